@@ -1,0 +1,3 @@
+from escale.cli.daemon import main
+
+raise SystemExit(main())

@@ -1,0 +1,83 @@
+"""The exceptions escale raises, each with a message a user can act on.
+
+Every error a user may see derives from :class:`EscaleError`; the CLI maps the
+families to stable exit codes (see :data:`EXIT_CODES`).
+"""
+from __future__ import annotations
+
+
+class EscaleError(Exception):
+    """Base class of every escale error."""
+
+    exit_code = 1
+
+
+class ConfigError(EscaleError):
+    """A configuration file, section or option is wrong (exit code 3)."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, path: object = None, section: str | None = None,
+                 option: str | None = None):
+        where = []
+        if path is not None:
+            where.append(str(path))
+        if section is not None:
+            where.append(f"[{section}]")
+        if option is not None:
+            where.append(f"option '{option}'")
+        self.path, self.section, self.option = path, section, option
+        self.detail = message
+        super().__init__(f"{' '.join(where)}: {message}" if where else message)
+
+
+class RelayError(EscaleError):
+    """The relay cannot be reached or fails (exit code 2)."""
+
+    exit_code = 2
+
+
+class AuthenticationError(RelayError):
+    """The relay refused our credentials."""
+
+
+class RelayObjectMissing(RelayError):
+    """An object expected on the relay is not there."""
+
+
+class ObjectExists(RelayError):
+    """A create-if-absent put found the object already present."""
+
+
+class QuotaExceeded(EscaleError):
+    """Publishing would exceed the relay quota; the pusher waits for room."""
+
+
+class IntegrityError(EscaleError):
+    """An object read from the relay is malformed, forged, replayed or unsafe.
+
+    Always names the relay object; nothing from that object touches the local folder.
+    """
+
+    def __init__(self, obj: str, message: str):
+        self.object = obj
+        super().__init__(f"relay object {obj}: {message}")
+
+
+class UnsafePath(IntegrityError):
+    """A path read from the relay would escape the synced folder."""
+
+
+class AlreadyRunning(EscaleError):
+    """Another escale process holds this repository's state (exit code 4)."""
+
+    exit_code = 4
+
+
+class Terminated(EscaleError):
+    """SIGTERM/SIGINT asked us to stop (exit code 5)."""
+
+    exit_code = 5
+
+
+EXIT_OK, EXIT_FILES_FAILED, EXIT_RELAY, EXIT_CONFIG, EXIT_RUNNING, EXIT_TERMINATED = 0, 1, 2, 3, 4, 5

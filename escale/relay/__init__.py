@@ -1,0 +1,46 @@
+"""Relay backends and the address parser that picks one.
+
+``file:///abs/path`` (or a bare absolute path) selects :class:`LocalMount`.
+"""
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+from .base import ObjectInfo, Relay, Usage, check_name
+from .localmount import LocalMount
+
+#: scheme -> backend class; network backends register here as they land
+BACKENDS: dict[str, type[Relay]] = {s: cls for cls in (LocalMount,) for s in cls.schemes}
+
+
+def parse_address(addr: str, multi_path_protocols=()) -> tuple[str, str, str | None, str]:
+    """Split a relay address into (protocol, address, port, path), as escale 0.7 did.
+
+    ``file:///abs``, ``/abs`` and ``~/rel`` give ``('file', '/abs', None, '')``;
+    ``proto://host[:port][/path]`` gives ``(proto, host, port, path)``.
+    """
+    addr = addr.strip()
+    if addr.startswith("/") or addr.startswith("~"):
+        return "file", os.path.expanduser(addr), None, ""
+    if "://" not in addr:
+        return "", addr, None, ""
+    proto, rest = addr.split("://", 1)
+    proto = proto.lower()
+    if proto == "file" or proto in multi_path_protocols:
+        if rest.startswith("/") or rest.startswith("~"):
+            return proto, os.path.expanduser(rest), None, ""
+        return proto, "", None, rest
+    parts = urlsplit(addr)
+    path = parts.path.lstrip("/")
+    port = str(parts.port) if parts.port else None
+    host = parts.hostname or ""
+    return proto, host, port, path
+
+
+def backend_for(protocol: str) -> type[Relay] | None:
+    return BACKENDS.get(protocol.lower())
+
+
+__all__ = ["BACKENDS", "LocalMount", "ObjectInfo", "Relay", "Usage", "backend_for", "check_name",
+           "parse_address"]
