@@ -1,0 +1,885 @@
+"""The Manager: one repository's sync cycle — pull, then push, then collect.
+
+A cycle lists the relay once, applies every pusher's new updates in sequence
+order, acknowledges them in its own object, publishes local changes as new
+updates (within the quota), and deletes its own updates once every required
+puller has acknowledged them. All decisions come from :mod:`escale.plan`; the
+folder changes go through :mod:`escale.folder`; relay objects through
+:mod:`escale.protocol`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from .access import AccessController
+from .checksum import ChecksumCache, FileChangedError
+from .encryption import Cipher, Plain
+from .errors import (ConfigError, EscaleError, IntegrityError, ObjectExists, RelayError,
+                     RelayObjectMissing, Terminated, UnsafePath)
+from .filters import Filter
+from .folder import ContentMismatch, Folder, LocalChanged
+from .index import DIR, DIR_VERSION, FILE, GONE, Entry, LocalFile
+from .pacing import TimeQuotaController
+from .plan import (CONSERVATIVE, DOWNLOAD, SHARED, UPLOAD, Displace, Fetch, MakeDir, Plan, Remember,
+                   RemoveDir, SetMode, local_changes, reconcile)
+from .protocol import (BLOB, FORMAT_VERSION, HEADER_NAME, INLINE, NONE, SNAPSHOT_MAGIC, UPDATE_MAGIC, Item,
+                       ObjectStore, RelayView, UpdateHeader, ack_name, blob_name, list_relay, member_name,
+                       request_name, reservation_name, snapshot_name, update_name)
+from .relay import Relay, backend_for, parse_address
+from .state import InstanceLock, Published, State
+from .stream import HashingReader, copy_exactly
+
+log = logging.getLogger(__name__)
+
+#: files at least this large travel as their own relay object, streamed
+BLOB_THRESHOLD = 4 << 20
+#: a reservation older than this is a crashed writer's leftover
+RESERVATION_TTL = 6 * 3600
+DEFAULT_MAXPAGESIZE = 200 * 10**6
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did; the CLI prints it and derives the exit code."""
+
+    repository: str
+    sent: int = 0
+    received: int = 0
+    deleted: int = 0
+    conflicts: int = 0
+    errors: list[str] = field(default_factory=list)
+    relay_error: str | None = None
+    waiting_for_room: bool = False
+
+    @property
+    def did_work(self) -> bool:
+        return bool(self.sent or self.received or self.deleted or self.conflicts)
+
+    def error(self, message: str) -> None:
+        log.error("%s: %s", self.repository, message)
+        self.errors.append(message)
+
+    def summary(self) -> str:
+        s = (f"{self.repository}: {self.sent} sent, {self.received} received, {self.deleted} deleted, "
+             f"{self.conflicts} conflicts, {len(self.errors)} errors")
+        if self.relay_error:
+            s += f" (relay failed: {self.relay_error})"
+        elif self.waiting_for_room:
+            s += " (waiting for room on the relay)"
+        return s
+
+
+class Manager:
+    """Sync one local folder with one relay (escale 0.7's constructor, still accepted).
+
+    ``Manager(LocalMount, repository='/path/to/folder', address='file:///relay').run()``
+    """
+
+    def __init__(self, relay, repository=None, address=None, directory=None, encryption=None,
+                 timestamp=True, refresh=True, clientname=None, filetype=(), include=None, exclude=None,
+                 tq_controller=None, count=None, checksum=True, checksum_cache=None, includedirectory=None,
+                 excludedirectory=None, waitonerror=(), verbosity=1, *, mode=None, quota=None,
+                 maxpagesize=None, state_dir=None, trash_retention_days=30.0, name=None, push_only=False,
+                 pull_only=False, **relay_args):
+        self.state_dir = Path(state_dir) if state_dir else None
+        if isinstance(repository, AccessController):
+            self.repository, self._access_args = repository, None
+        else:
+            if repository is None:
+                raise ConfigError("no local folder given (repository=...)", option="local path")
+            self.state_dir = self.state_dir or _default_state_dir(repository)
+            self._access_args = dict(repository=name or str(repository), path=repository, mode=mode,
+                                     push_only=push_only, pull_only=pull_only)
+            self.repository = AccessController(persistent=None, **self._access_args)
+        self.state_dir = self.state_dir or _default_state_dir(self.repository.path)
+        self.name = name or getattr(self.repository, "repository", None) or str(self.repository.path)
+        self.mode = self.repository.mode
+        self.relay = self._make_relay(relay, address, directory, relay_args)
+        self.cipher: Cipher = encryption if isinstance(encryption, Cipher) else Plain()
+        self.clientname = clientname or _default_client_name(self.name)
+        self.algorithm = "sha256" if checksum in (True, None) else str(checksum)
+        self.filter = Filter(include or [], exclude or [], list(filetype or []), includedirectory or [],
+                             excludedirectory or [])
+        self.count = count
+        self.maxpagesize = maxpagesize or DEFAULT_MAXPAGESIZE
+        self.tq = tq_controller or TimeQuotaController(refresh=refresh, quota=quota)
+        if quota is not None and tq_controller is not None:
+            self.tq.quota = quota
+        self.trash_retention_days = trash_retention_days
+        self.verbosity = verbosity
+        self._checksum_cache_opt = checksum_cache
+        self.state: State | None = None
+        self.cache: ChecksumCache | None = None
+        self.folder: Folder | None = None
+        self.store = ObjectStore(self.relay, self.cipher)
+        self._lock = InstanceLock(self.state_dir, self.name)
+        self._names: dict[str, str] = {}
+        self._cards: dict[str, dict] = {}
+        self.stop = threading.Event()
+        self.me = ""
+
+    @classmethod
+    def from_config(cls, cfg) -> "Manager":
+        """Build from a :class:`escale.config.RepositoryConfig`."""
+        from .encryption import make_cipher
+
+        backend = backend_for(cfg.relay_protocol)
+        if backend is None:
+            raise ConfigError(f"no relay backend for '{cfg.relay_protocol}'", path=cfg.config_path,
+                              section=cfg.name, option="relay address")
+        return cls(backend, repository=str(cfg.local_path), address=cfg.relay_url, name=cfg.name,
+                   mode=cfg.mode, encryption=make_cipher(cfg.encryption, cfg.passphrase),
+                   refresh=cfg.refresh, clientname=cfg.client_name, filetype=cfg.filetype,
+                   include=cfg.include, exclude=cfg.exclude, count=cfg.puller_count, checksum=cfg.checksum,
+                   checksum_cache=cfg.checksum_cache, includedirectory=cfg.include_directory,
+                   excludedirectory=cfg.exclude_directory, quota=cfg.quota, maxpagesize=cfg.maxpagesize,
+                   state_dir=cfg.state_dir(), trash_retention_days=cfg.trash_retention_days,
+                   verbosity=cfg.verbosity, user=cfg.user, password=cfg.password, **cfg.options)
+
+    @staticmethod
+    def _make_relay(relay, address, directory, relay_args) -> Relay:
+        if isinstance(relay, Relay):
+            return relay
+        if address is None and directory is None:
+            raise ConfigError("no relay address given", option="relay address")
+        addr = address or ""
+        if directory:
+            addr = addr.rstrip("/") + "/" + str(directory).lstrip("/") if addr else str(directory)
+        proto, host, _port, path = parse_address(addr)
+        if proto == "file" and not addr.startswith("file://"):
+            addr = "file://" + os.path.join(host, path) if path else "file://" + host
+        return relay(addr, **relay_args)
+
+    # -- life cycle ------------------------------------------------------------------------
+    def open(self) -> None:
+        self._lock.acquire()
+        try:
+            self.state = State(self.state_dir)
+            if self._access_args is not None:  # the per-file r/w table lives with the state
+                self.repository.close()
+                self.repository = AccessController(persistent=self.state_dir / "access.db", **self._access_args)
+            self.me = self.state.client_id()
+            opt = self._checksum_cache_opt
+            cache_path = None
+            if opt in (True, None):
+                cache_path = self.state_dir / "checksums.sqlite"
+            elif opt:
+                cache_path = Path(opt)
+            self.cache = ChecksumCache(cache_path, self.algorithm)
+            root = Path(self.repository.path)
+            root.mkdir(parents=True, exist_ok=True)
+            self.folder = Folder(root, self.algorithm, self.cache.digest_file)
+            self.folder.remove_temporaries()
+            if isinstance(self.cipher, Plain):
+                log.warning("%s: encryption is off: the relay sees file names and contents", self.name)
+        except BaseException:
+            self.close()
+            raise
+
+    def connect(self) -> None:
+        """Reach the relay: repository header, our member card, unfinished publications."""
+        self.relay.open()
+        self._ensure_header()
+        self._ensure_card()
+        self._recover_outbox()
+        self.store.relay.delete(reservation_name(self.me))
+
+    def close(self) -> None:
+        owned = self._access_args is not None
+        for closer in (getattr(self.cache, "close", None), getattr(self.state, "close", None),
+                       self.relay.close, self.repository.close if owned else None):
+            if closer:
+                try:
+                    closer()
+                except Exception:  # closing must not hide the real error
+                    log.debug("error while closing", exc_info=True)
+        self.cache = self.state = None
+        self._lock.release()
+
+    def __enter__(self) -> "Manager":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(self, once: bool = False) -> CycleReport:
+        """Cycle until stopped (``self.stop``), or once; returns the last cycle's report."""
+        opened = self.state is None
+        if opened:
+            self.open()
+        connected = False
+        try:
+            while True:
+                report = CycleReport(self.name)
+                try:
+                    if not connected:
+                        self.connect()
+                        connected = True
+                    self.cycle(report)
+                except RelayError as exc:
+                    report.relay_error = str(exc)
+                    log.error("%s: relay failed: %s; retrying next cycle", self.name, exc)
+                    connected = False
+                if once or self.stop.is_set():
+                    return report
+                log.info("%s", report.summary())
+                if not self.tq.wait(report.did_work, self.stop):
+                    return report
+        finally:
+            if opened:
+                self.close()
+
+    # -- the cycle -------------------------------------------------------------------------
+    def cycle(self, report: CycleReport | None = None) -> CycleReport:
+        report = report or CycleReport(self.name)
+        view = list_relay(self.relay)
+        self._read_cards(view)
+        if self.repository.may_pull():
+            self.download(view, report)
+        if self.repository.may_push():
+            if self.repository.may_pull():
+                view = list_relay(self.relay)
+            self.upload(view, report)
+        self.folder.purge_trash(self.trash_retention_days)
+        return report
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            raise Terminated(f"{self.name}: stopped")
+
+    # -- repository header and member cards --------------------------------------------------
+    def _ensure_header(self) -> None:
+        header = {"format": FORMAT_VERSION, "hash": self.algorithm, "encryption": self.cipher.name}
+        if self.relay.stat(HEADER_NAME) is None:
+            try:
+                self.store.put_json(HEADER_NAME, header, create_only=True)
+                log.info("%s: created repository on %s", self.name, self.relay.address)
+                return
+            except ObjectExists:
+                pass  # another client created it first: use theirs
+        found = self.store.get_json(HEADER_NAME)
+        if not isinstance(found, dict) or found.get("format") != FORMAT_VERSION:
+            raise IntegrityError(HEADER_NAME, f"unsupported repository format {found!r:.80}")
+        if found.get("encryption") != self.cipher.name:
+            raise ConfigError(f"the repository on {self.relay.address} uses encryption "
+                              f"'{found.get('encryption')}', this section says '{self.cipher.name}'",
+                              section=self.name, option="encryption")
+        algo = found.get("hash")
+        if algo != self.algorithm:
+            log.warning("%s: the repository uses checksum '%s'; using it instead of '%s'",
+                        self.name, algo, self.algorithm)
+            self.algorithm = algo
+            self.cache.algorithm = algo
+            self.folder.algorithm = algo
+
+    def _card(self) -> dict:
+        return {"v": FORMAT_VERSION, "name": self.clientname, "mode": self.mode,
+                "pulls": self.repository.may_pull(), "pushes": self.repository.may_push()}
+
+    def _ensure_card(self) -> None:
+        name = member_name(self.me)
+        card = self._card()
+        info = self.relay.stat(name)
+        if info is not None and self.state.get("card") == repr(card):
+            return
+        self.store.put_json(name, card)
+        self.state.set("card", repr(card))
+
+    def _read_cards(self, view: RelayView) -> None:
+        self._cards = {}
+        for cid, info in view.members.items():
+            card = self._read_small(info.name, info)
+            if isinstance(card, dict) and isinstance(card.get("name"), str):
+                self._cards[cid] = card
+                self._names[cid] = card["name"]
+        if self.me not in view.members:  # e.g. removed by hand: put it back
+            self._ensure_card()
+
+    def _read_small(self, name: str, info) -> object:
+        """A small JSON object, re-read only when the listing says it changed."""
+        cached = self.state.seen(name, info.size, info.mtime)
+        if cached is not None:
+            return cached
+        try:
+            value = self.store.get_json(name)
+        except RelayObjectMissing:
+            return None
+        except IntegrityError as exc:
+            log.error("%s: %s", self.name, exc)
+            return None
+        self.state.set_seen(name, info.size, info.mtime, value)
+        return value
+
+    def name_of(self, cid: str) -> str:
+        return self._names.get(cid) or cid[:8]
+
+    # -- scope: filters and access rules ---------------------------------------------------------
+    def _scope_push(self, path: str, kind: str) -> bool:
+        ok = self.filter.accepts_dir(path) if kind == DIR else self.filter.accepts_file(path)
+        return ok and self.repository.isReadable(path)
+
+    def _scope_pull(self, e: Entry) -> bool:
+        parent = e.path.rpartition("/")[0]
+        if parent and not self.filter.accepts_dir(parent):
+            return False
+        is_dir = e.kind == DIR or (e.kind == GONE and e.prev == DIR_VERSION)
+        kind_ok = self.filter.accepts_dir(e.path) if is_dir else self.filter.accepts_file(e.path)
+        return kind_ok and self.repository.isWritable(e.path)
+
+    # =========================================================================================
+    # Pull
+    # =========================================================================================
+    def download(self, view: RelayView | None = None, report: CycleReport | None = None) -> CycleReport:
+        """Apply every pusher's new updates (0.7 name), then acknowledge them."""
+        report = report or CycleReport(self.name)
+        view = view or list_relay(self.relay)
+        self._base = self.state.base()
+        self._wants = self.state.wants()
+        applied_before = self.state.applied()
+        for pusher in sorted(view.pushers() - {self.me}):
+            self._check_stop()
+            try:
+                self._pull_from(pusher, view, report)
+            except IntegrityError as exc:
+                report.error(str(exc))
+                self._base, self._wants = self.state.base(), self.state.wants()
+        if self.state.applied() != applied_before or self.relay.stat(ack_name(self.me)) is None:
+            acks = {p: [s, d] for p, (s, d) in self.state.applied().items()}
+            self.store.put_json(ack_name(self.me), {"v": FORMAT_VERSION, "acks": acks})
+        self._publish_wants(view)
+        return report
+
+    def _pull_from(self, pusher: str, view: RelayView, report: CycleReport) -> None:
+        pos = self.state.applied().get(pusher)
+        have = pos[0] if pos else 0
+        avail = sorted(s for s in view.updates.get(pusher, {}) if s > have)
+        snap_info = view.snapshots.get(pusher)
+        if avail and avail[0] != have + 1:
+            # the updates we need were collected: catch up from the pusher's snapshot
+            if snap_info is None:
+                raise IntegrityError(update_name(pusher, have + 1), "missing, and the pusher has no snapshot")
+            snap_seq = self._resync(pusher, snap_info, report)
+            if snap_seq is None:
+                return
+            have = snap_seq
+            avail = [s for s in avail if s > have]
+            if avail and avail[0] != have + 1:
+                raise IntegrityError(update_name(pusher, have + 1), "missing (not covered by the snapshot)")
+        elif not avail:
+            if snap_info is not None:
+                known = self.state.seen(snap_info.name, snap_info.size, snap_info.mtime)
+                if not isinstance(known, dict) or known.get("seq", 0) > have:
+                    self._resync(pusher, snap_info, report)
+            return
+        for seq in avail:
+            self._check_stop()
+            if seq != have + 1:
+                raise IntegrityError(update_name(pusher, have + 1), "missing: the pusher's sequence has a gap")
+            self._apply_update(pusher, seq, view, report)
+            have = seq
+
+    def _local(self, path: str) -> LocalFile | None:
+        try:
+            return self.folder.stat_one(path)
+        except (FileChangedError, OSError) as exc:
+            raise LocalChanged(f"cannot read {path}: {exc}") from exc
+
+    def _resync(self, pusher: str, info, report: CycleReport) -> int | None:
+        """Take a pusher's snapshot as a list of entries without content (wanted later)."""
+        name = snapshot_name(pusher)
+        header, digest, stream = self.store.open_framed(name, SNAPSHOT_MAGIC)
+        stream.close()
+        try:
+            seq, chain = int(header["seq"]), str(header["digest"])
+            if header.get("client") != pusher:
+                raise ValueError("snapshot of another client")
+            entries = [Entry.from_dict(d) for d in header["entries"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(name, f"malformed snapshot: {exc}") from exc
+        self.state.set_seen(info.name, info.size, info.mtime, {"seq": seq})
+        pos = self.state.applied().get(pusher)
+        if pos and seq <= pos[0]:
+            return None
+        log.info("%s: catching up from %s's snapshot (%d entries)", self.name, self.name_of(pusher), len(entries))
+        with self.state.transaction():
+            for e in entries:
+                self._apply_entry(name, e, pusher, None, report, from_snapshot=True)
+            self.state.set_applied(pusher, seq, chain)
+        self.folder.end_batch()
+        return seq
+
+    def _apply_update(self, pusher: str, seq: int, view: RelayView, report: CycleReport) -> None:
+        name = update_name(pusher, seq)
+        header, digest, stream = self.store.open_framed(name, UPDATE_MAGIC)
+        with stream:
+            h = UpdateHeader.parse(name, header, pusher, seq)
+            pos = self.state.applied().get(pusher)
+            expected_prev = pos[1] if pos else ""
+            if h.prev != expected_prev:
+                raise IntegrityError(name, "does not follow the update applied before it (fork or replay)")
+            body = _Body(stream)
+            with self.state.transaction():
+                for item in h.items:
+                    self._check_stop()
+                    start = body.pos
+                    inline = item.entry.size if item.data == INLINE else 0
+                    source = None
+                    if item.data == INLINE:
+                        source = body
+                    elif item.data == BLOB:
+                        source = _LazyBlob(self, blob_name(pusher, seq, item.blob))
+                    try:
+                        self._apply_entry(name, item.entry, pusher, source, report, supply=item.supply)
+                    finally:
+                        if isinstance(source, _LazyBlob):
+                            source.close()
+                    if not body.skip_to(start + inline):
+                        raise IntegrityError(name, "truncated: content shorter than announced")
+                self.state.set_applied(pusher, seq, digest.hex())
+        self.folder.end_batch()
+
+    def _apply_entry(self, objname: str, e: Entry, pusher: str, source, report: CycleReport, *,
+                     supply: bool = False, from_snapshot: bool = False) -> None:
+        """Reconcile one incoming entry and carry out the plan (errors are per file)."""
+        try:
+            from .access import safe_join
+            safe_join(self.folder.root, e.path)
+            if e.origin is not None:
+                safe_join(self.folder.root, e.origin)
+        except UnsafePath as exc:
+            report.error(f"relay object {objname}: refused unsafe path {e.path!r}: {exc}")
+            return
+        wanted = self._wants.get(e.path)
+        if supply and (wanted is None or wanted[0].hash != e.hash):
+            return  # content someone else asked for
+        if not self._scope_pull(e):
+            return
+        try:
+            local = self._local(e.path)
+            plan = reconcile(e, self._base.get(e.path), local, me=self.me, mode=self.mode, name_of=self.name_of)
+            if plan.needs_content:
+                if source is None:
+                    source, copy_from = None, self._local_source(e)
+                    if copy_from is None:
+                        self._want(e, pusher)
+                        return
+                else:
+                    copy_from = None
+            else:
+                copy_from = None
+            self._execute(plan, e, local, source, copy_from, report)
+            if wanted is not None:
+                self._wants.pop(e.path, None)
+                self.state.unwant(e.path)
+        except (LocalChanged, ContentMismatch, OSError) as exc:
+            report.error(f"{e.path}: {exc}; will retry")
+            self._want(e, pusher)
+
+    def _want(self, e: Entry, supplier: str) -> None:
+        self._wants[e.path] = (e, supplier)
+        self.state.want(e, supplier)
+
+    def _local_source(self, e: Entry) -> str | None:
+        """A local file holding exactly e's content (renames travel without content)."""
+        candidates = [e.origin] if e.origin else []
+        candidates += [p for p, b in self._base.items() if b.kind == FILE and b.hash == e.hash and p != e.path]
+        for p in candidates:
+            try:
+                lf = self._local(p)
+            except LocalChanged:
+                continue
+            if lf is not None and lf.kind == FILE and lf.hash == e.hash:
+                return p
+        return None
+
+    def _execute(self, plan: Plan, e: Entry, local: LocalFile | None, source, copy_from: str | None,
+                 report: CycleReport) -> None:
+        expect = local
+        for step in plan.steps:
+            if isinstance(step, Displace):
+                self.folder.displace(step.path, step.target, expect)
+                if step.target is None:
+                    report.deleted += e.kind == GONE
+                else:
+                    report.conflicts += 1
+                expect = None
+            elif isinstance(step, Fetch):
+                if step.target != e.path:
+                    report.conflicts += 1
+                    target_expect = self._local(step.target)
+                    if target_expect is not None and target_expect.hash == e.hash:
+                        continue  # that conflict copy is already here
+                else:
+                    target_expect = expect
+                if copy_from is not None:
+                    self.folder.fetch(step.target, e, None, target_expect, copy_from=copy_from)
+                else:
+                    self.folder.fetch(step.target, e, source.open() if isinstance(source, _LazyBlob) else source,
+                                      target_expect)
+                self._cache_written(step.target, e)
+                report.received += 1
+            elif isinstance(step, MakeDir):
+                self.folder.make_dir(step.path, step.mode)
+            elif isinstance(step, SetMode):
+                self.folder.set_mode(step.path, step.mode)
+            elif isinstance(step, RemoveDir):
+                if self.folder.remove_dir(step.path):
+                    report.deleted += 1
+            elif isinstance(step, Remember):
+                self._base[step.entry.path] = step.entry
+                self.state.remember(step.entry)
+        if plan.note and plan.note != "up to date":
+            log.info("%s: %s: %s", self.name, e.path, plan.note)
+
+    def _cache_written(self, relpath: str, e: Entry) -> None:
+        st = os.stat(self.folder.root / relpath, follow_symlinks=False)
+        self.cache.store(relpath, st.st_size, st.st_mtime_ns, st.st_ino, e.hash)
+
+    def _publish_wants(self, view: RelayView) -> None:
+        wants = sorted((p, e.hash, s) for p, (e, s) in self._wants.items())
+        key = repr(wants)
+        if key == self.state.get("wants_published", "[]") and (bool(wants) == (self.me in view.requests)):
+            return
+        if wants:
+            self.store.put_json(request_name(self.me), {"v": FORMAT_VERSION, "wants": [
+                {"path": p, "hash": h, "supplier": s} for p, h, s in wants]})
+        else:
+            self.relay.delete(request_name(self.me))
+        self.state.set("wants_published", key)
+
+    # =========================================================================================
+    # Push
+    # =========================================================================================
+    def upload(self, view: RelayView | None = None, report: CycleReport | None = None) -> CycleReport:
+        """Publish local changes and requested contents (0.7 name), then collect acked updates."""
+        report = report or CycleReport(self.name)
+        view = view or list_relay(self.relay)
+        self._collect(view)
+        scan = self.folder.scan(self.filter.accepts_file, self.filter.accepts_dir)
+        for lf in list(scan.values()):
+            try:
+                self.folder.fill_hash(lf)
+            except (FileChangedError, OSError) as exc:
+                log.info("%s: %s is changing; will send it once it settles (%s)", self.name, lf.path, exc)
+                del scan[lf.path]
+        self.cache.prune(scan.keys())
+        base = self.state.base()
+        changes = local_changes(scan, base, me=self.me, in_scope=self._scope_push)
+        supplies = self._supplies(view, scan, base)
+        items = [self._item(e) for e in changes] + supplies
+        if not items:
+            return report
+        for batch in self._batches(items, report):
+            self._check_stop()
+            if not self._publish(batch, report):
+                report.waiting_for_room = True
+                break
+        return report
+
+    def _item(self, e: Entry, supply: bool = False) -> Item:
+        if e.kind != FILE or (e.origin is not None and not supply):
+            return Item(e, NONE, supply=supply)
+        return Item(e, BLOB if e.size >= BLOB_THRESHOLD else INLINE, supply=supply)
+
+    def _supplies(self, view: RelayView, scan: dict[str, LocalFile], base: dict[str, Entry]) -> list[Item]:
+        """Contents other clients asked us for (late joiners, renames they could not apply)."""
+        items, seen = [], set()
+        for cid, info in view.requests.items():
+            if cid == self.me:
+                continue
+            req = self._read_small(info.name, info)
+            if not isinstance(req, dict) or not isinstance(req.get("wants"), list):
+                continue
+            acked = self._acked_seq(view, cid)
+            for w in req["wants"]:
+                if not isinstance(w, dict) or w.get("supplier") != self.me:
+                    continue
+                path, digest = w.get("path"), w.get("hash")
+                lf = scan.get(path) if isinstance(path, str) else None
+                if lf is None or lf.kind != FILE or lf.hash != digest or path in seen:
+                    continue
+                key = f"supplied:{cid}:{path}:{digest}"
+                sent = self.state.get(key)
+                if sent is not None and acked < int(sent):
+                    continue  # already on its way
+                b = base.get(path)
+                e = b if b is not None and b.kind == FILE and b.hash == digest else \
+                    Entry(path, FILE, digest, lf.size, lf.mtime_ns, lf.mode, None, self.me)
+                items.append(self._item(e, supply=True))
+                seen.add(path)
+                self.state.set(key, str(self.state.own_seq + 1))
+        return items
+
+    def _acked_seq(self, view: RelayView, cid: str) -> int:
+        info = view.acks.get(cid)
+        ack = self._read_small(info.name, info) if info else None
+        try:
+            return int(ack["acks"][self.me][0])
+        except (TypeError, KeyError, ValueError, IndexError):
+            return 0
+
+    def _batches(self, items: list[Item], report: CycleReport):
+        """Split into updates of at most ``maxpagesize`` content bytes, contentless items first."""
+        free = [i for i in items if i.data == NONE]
+        heavy = [i for i in items if i.data != NONE]
+        quota = self.tq.quota
+        batch, size = free, 0
+        for item in heavy:
+            if quota is not None and self.cipher.size_on_relay(item.entry.size) > quota:
+                report.error(f"{item.entry.path} ({item.entry.size} bytes) is larger than the relay quota "
+                             f"({quota} bytes); it cannot be sent")
+                continue
+            if batch and size and size + item.entry.size > self.maxpagesize:
+                yield batch
+                batch, size = [], 0
+            batch.append(item)
+            size += item.entry.size
+        if batch:
+            yield batch
+
+    def _pullers(self) -> list[str]:
+        return sorted(c for c, card in self._cards.items() if c != self.me and card.get("pulls"))
+
+    def _publish(self, items: list[Item], report: CycleReport) -> bool:
+        """Write one update (blobs first, then the update object); False if no room."""
+        seq = self.state.own_seq + 1
+        estimate = sum(self.cipher.size_on_relay(i.entry.size) for i in items if i.data != NONE)
+        estimate += self.cipher.size_on_relay(4096 + 400 * len(items))
+        if not self._reserve(estimate):
+            log.info("%s: relay quota reached; waiting for pullers to free room", self.name)
+            return False
+        try:
+            with self.state.transaction():
+                self.state.set_outbox(seq, time.time())
+            kept: list[Item] = []
+            blob_no = 0
+            with tempfile.TemporaryFile(dir=self.state_dir, prefix="spool-") as spool:
+                for item in items:
+                    if item.data == NONE:
+                        kept.append(item)
+                        continue
+                    path = self.folder.root / item.entry.path
+                    try:
+                        if item.data == BLOB:
+                            item.blob = blob_no
+                            ok = self._put_blob(blob_name(self.me, seq, blob_no), path, item.entry)
+                            blob_no += 1
+                        else:
+                            ok = self._spool(spool, path, item.entry)
+                    except OSError as exc:
+                        log.info("%s: cannot read %s (%s); will retry", self.name, item.entry.path, exc)
+                        ok = False
+                    if ok:
+                        kept.append(item)
+                    elif item.data == INLINE:
+                        spool.truncate(sum(i.entry.size for i in kept if i.data == INLINE))
+                        spool.seek(0, os.SEEK_END)
+                if not kept:
+                    with self.state.transaction():
+                        self.state.clear_outbox(seq)
+                    return True
+                header = UpdateHeader(self.me, seq, self.state.own_digest, time.time(), self._pullers(),
+                                      self.count, kept)
+                head = ObjectStore.encode_header(UPDATE_MAGIC, header.to_dict())
+                spool.seek(0)
+                written = self.store.put_framed(update_name(self.me, seq), head, [spool])
+            digest = hashlib.sha256(head).hexdigest()
+            size = written + sum(self.cipher.size_on_relay(i.entry.size) for i in kept if i.data == BLOB)
+            with self.state.transaction():
+                for item in kept:
+                    if not item.supply:
+                        self.state.remember(item.entry)
+                self.state.add_published(Published(seq, digest, header.pullers, self.count, size))
+                self.state.clear_outbox(seq)
+            report.sent += sum(1 for i in kept if i.entry.kind == FILE and not i.supply)
+            report.deleted += sum(1 for i in kept if i.entry.kind == GONE)
+            log.info("%s: published update %d (%d entries, %d bytes)", self.name, seq, len(kept), size)
+            return True
+        finally:
+            if self.tq.quota is not None:
+                self.relay.delete(reservation_name(self.me))
+
+    def _spool(self, spool: BinaryIO, path: Path, e: Entry) -> bool:
+        with open(path, "rb") as f:
+            reader = HashingReader(f, self.algorithm)
+            n = copy_exactly(reader, spool, e.size)
+            extra = f.read(1)
+        if n != e.size or extra or reader.hexdigest() != e.hash:
+            log.info("%s: %s changed while being sent; will send it next cycle", self.name, e.path)
+            return False
+        return True
+
+    def _put_blob(self, name: str, path: Path, e: Entry) -> bool:
+        with open(path, "rb") as f:
+            reader = HashingReader(f, self.algorithm)
+            self.store.relay.put(name, self.cipher.encrypt(name, reader))
+        if reader.count != e.size or reader.hexdigest() != e.hash:
+            self.relay.delete(name)
+            log.info("%s: %s changed while being sent; will send it next cycle", self.name, e.path)
+            return False
+        return True
+
+    def _reserve(self, size: int) -> bool:
+        """Claim room under the quota without a lock.
+
+        Write our reservation, then list: whoever lists after both reservations exist
+        sees both, so two pushers can never both take the last room.
+        """
+        quota = self.tq.quota
+        if quota is None:
+            return True
+        for attempt in (0, 1):
+            view = list_relay(self.relay)
+            mine = view.reservations.get(self.me)
+            used = view.used + self._others_reserved(view)
+            claim = self.store.json_size({"bytes": size, "time": time.time()})
+            if mine is None:
+                used += claim
+            if used + size > quota:
+                if mine is not None:
+                    self.relay.delete(reservation_name(self.me))
+                return False
+            if attempt == 0:
+                self.store.put_json(reservation_name(self.me), {"bytes": size, "time": time.time()})
+        return True
+
+    def _others_reserved(self, view: RelayView) -> int:
+        total = 0
+        for cid, info in view.reservations.items():
+            if cid == self.me:
+                continue
+            r = self._read_small(info.name, info)
+            try:
+                if time.time() - float(r["time"]) < RESERVATION_TTL:
+                    total += int(r["bytes"])
+            except (TypeError, KeyError, ValueError):
+                continue
+        return total
+
+    def _recover_outbox(self) -> None:
+        """Finish or roll back an update a killed run was publishing."""
+        for seq in self.state.outbox():
+            name = update_name(self.me, seq)
+            if seq > self.state.own_seq and self.relay.stat(name) is not None:
+                header, digest, stream = self.store.open_framed(name, UPDATE_MAGIC)
+                stream.close()
+                h = UpdateHeader.parse(name, header, self.me, seq)
+                size = sum(i.size for i in self.relay.list(f"b/{self.me}/{seq}/")) + self.relay.stat(name).size
+                with self.state.transaction():
+                    for item in h.items:
+                        if not item.supply:
+                            self.state.remember(item.entry)
+                    self.state.add_published(Published(seq, digest.hex(), h.pullers, h.count, size))
+                    self.state.clear_outbox(seq)
+                log.info("%s: completed update %d interrupted by a crash", self.name, seq)
+            else:
+                for info in list(self.relay.list(f"b/{self.me}/{seq}/")):
+                    self.relay.delete(info.name)
+                with self.state.transaction():
+                    self.state.clear_outbox(seq)
+                log.info("%s: rolled back update %d interrupted by a crash", self.name, seq)
+
+    # -- collection of acknowledged updates ---------------------------------------------------
+    def _collect(self, view: RelayView) -> int:
+        """Delete our updates every required puller acknowledged (snapshot first)."""
+        published = self.state.published()
+        if not published:
+            return 0
+        acks: dict[str, int] = {}
+        for cid in view.acks:
+            if cid != self.me:
+                acks[cid] = self._acked_seq(view, cid)
+        members = set(view.members)
+        done = []
+        for p in published:
+            acked_by = {c for c, s in acks.items() if s >= p.seq}
+            if p.count:
+                ok = len(acked_by) >= p.count
+            else:
+                required = {c for c in p.pullers if c in members}
+                ok = required <= acked_by and len(acked_by) >= 1
+            if ok:
+                done.append(p)
+        if not done:
+            return 0
+        if max(p.seq for p in done) > int(self.state.get("snapshot_seq", "0")):
+            self._write_snapshot()
+        for p in done:
+            for info in view.blobs.get((self.me, p.seq), []):
+                self.relay.delete(info.name)
+            self.relay.delete(update_name(self.me, p.seq))
+            with self.state.transaction():
+                self.state.drop_published(p.seq)
+        log.info("%s: collected %d acknowledged update(s)", self.name, len(done))
+        return len(done)
+
+    def _write_snapshot(self) -> None:
+        seq = self.state.own_seq
+        entries = [e.to_dict() for e in self.state.base().values()]
+        header = {"v": FORMAT_VERSION, "client": self.me, "seq": seq, "digest": self.state.own_digest,
+                  "entries": entries}
+        head = ObjectStore.encode_header(SNAPSHOT_MAGIC, header)
+        self.store.put_framed(snapshot_name(self.me), head, [])
+        with self.state.transaction():
+            self.state.set("snapshot_seq", str(seq))
+
+
+class _Body:
+    """The update body after the header, read front to back, tracking the offset."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream = stream
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        self.pos += len(data)
+        return data
+
+    def skip_to(self, offset: int) -> bool:
+        if offset > self.pos:
+            self.pos += copy_exactly(self.stream, None, offset - self.pos)
+        return self.pos >= offset
+
+
+class _LazyBlob:
+    """A blob object opened only if the plan needs its content."""
+
+    def __init__(self, manager: Manager, name: str):
+        self.manager, self.name, self.stream = manager, name, None
+
+    def open(self) -> BinaryIO:
+        raw = self.manager.relay.get(self.name)
+        self.stream = self.manager.cipher.decrypt(self.name, raw)
+        return self.stream
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+
+def _default_client_name(section: str) -> str:
+    import socket
+
+    host = socket.gethostname()
+    return section if host in ("", "localhost") else host
+
+
+def _default_state_dir(local_path) -> Path:
+    import platformdirs
+
+    key = hashlib.sha1(str(Path(local_path).resolve()).encode()).hexdigest()[:12]
+    return Path(platformdirs.user_state_path("escale")) / f"lib-{key}"
+
+
+# 0.7 had IndexManager for index-based relays; this protocol is always indexed.
+IndexManager = Manager

@@ -1,0 +1,225 @@
+"""Reconcile, without I/O: (incoming entry, remembered base, local state) → steps.
+
+This module decides; :mod:`escale.apply` carries the steps out. Keeping the two
+apart (as Unison does) lets every rule be tested without a disk or a relay.
+
+Rules, for an incoming entry E replacing version E.prev, our base B (what we last
+synced at that path) and the local file L:
+
+1. L already equals E → remember E, nothing to write.
+2. E continues our base (E.prev == B) and L is unchanged since B → apply E.
+3. Otherwise there is a concurrent change:
+   - a deletion never removes a version the deleter did not see (local wins);
+   - an edit beats a deletion (a deleted local file comes back);
+   - two edits: the version with the larger stamp (mtime, author id, digest) stays
+     at the path and the other is kept as ``<stem>.conflict-<client>-<UTC time><ext>``;
+     every client computes the same stamps, so every client picks the same winner.
+   Modes refine this: ``conservative`` never overwrites a local file changed here
+   since the last sync; ``download`` never pushes, so a local edit that meets an
+   incoming version goes to the trash and the incoming version wins.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .index import DIR, FILE, GONE, Entry, LocalFile
+
+SHARED, UPLOAD, DOWNLOAD, CONSERVATIVE = "shared", "upload", "download", "conservative"
+
+
+# -- steps ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fetch:
+    """Write E's content at ``target`` (E.path, or a conflict name)."""
+
+    target: str
+    entry: Entry
+
+
+@dataclass(frozen=True)
+class MakeDir:
+    path: str
+    mode: int
+
+
+@dataclass(frozen=True)
+class SetMode:
+    path: str
+    mode: int
+
+
+@dataclass(frozen=True)
+class Displace:
+    """Move the local file at ``path`` aside: to ``target`` (conflict copy) or the trash."""
+
+    path: str
+    target: str | None  # None = trash
+
+
+@dataclass(frozen=True)
+class RemoveDir:
+    path: str
+
+
+@dataclass(frozen=True)
+class Remember:
+    """Record ``entry`` as the synced base of its path."""
+
+    entry: Entry
+
+
+@dataclass
+class Plan:
+    path: str
+    steps: list = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def needs_content(self) -> bool:
+        return any(isinstance(s, Fetch) for s in self.steps)
+
+
+def conflict_name(path: str, client: str, mtime_ns: int) -> str:
+    """``<stem>.conflict-<client>-<UTC yyyymmdd-hhmmss><ext>``: identical on every client."""
+    head, base = path.rpartition("/")[0], path.rpartition("/")[2]
+    stem, ext = os.path.splitext(base)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(mtime_ns / 1e9))
+    name = f"{stem}.conflict-{client}-{stamp}{ext}"
+    return f"{head}/{name}" if head else name
+
+
+def stamp(mtime_ns: int, author: str, version: str | None) -> tuple:
+    return (mtime_ns, author, version or "")
+
+
+def reconcile(e: Entry, base: Entry | None, local: LocalFile | None, *, me: str, mode: str = SHARED,
+              name_of: Callable[[str], str] = lambda cid: cid) -> Plan:
+    """Decide what an incoming entry does to one path. ``local.hash`` must be filled."""
+    plan = Plan(e.path)
+    steps = plan.steps
+    ev, pv = e.version, e.prev
+    lv = local.version if local else None
+    bv = base.version if base else None
+    if base is None and local is not None and lv == pv:
+        bv = lv  # we never synced it, but we hold exactly the version E replaces
+
+    # 1. already there
+    if lv == ev:
+        if local is not None and e.kind in (FILE, DIR) and local.mode != e.mode:
+            steps.append(SetMode(e.path, e.mode))
+        steps.append(Remember(e))
+        plan.note = "up to date"
+        return plan
+
+    modified = lv != bv
+
+    if e.kind == GONE:
+        if pv == bv and not modified:
+            steps.append(RemoveDir(e.path) if local.kind == DIR else Displace(e.path, None))
+            steps.append(Remember(e))
+            plan.note = "deleted"
+        elif pv == bv:
+            steps.append(Remember(e))  # our unpublished edit re-creates it later
+            plan.note = "deletion ignored: changed here"
+        else:
+            plan.note = "deletion ignored: concurrent version"
+        return plan
+
+    # E is a file or a folder
+    if local is None:
+        _apply(steps, e)
+        plan.note = "created" if base is None or base.kind == GONE else "restored (edit beats deletion)"
+        return plan
+    if pv == bv and not modified:
+        _apply(steps, e, displace_first=local.kind != e.kind)
+        plan.note = "updated"
+        return plan
+
+    # a concurrent change meets E
+    if modified:
+        l_author, l_mtime = me, local.mtime_ns
+    else:
+        l_author, l_mtime = (base.author, base.mtime_ns) if base else (me, local.mtime_ns)
+
+    if e.kind == DIR or local.kind == DIR:
+        if local.kind == DIR:  # keep the folder; an incoming file lands beside it
+            steps.append(Fetch(conflict_name(e.path, name_of(e.author), e.mtime_ns), e))
+        else:
+            steps.append(Displace(e.path, conflict_name(e.path, name_of(l_author), l_mtime)))
+            _apply(steps, e)
+        plan.note = "file/folder conflict"
+        return plan
+
+    if mode == DOWNLOAD and modified:
+        steps.append(Displace(e.path, None))
+        _apply(steps, e)
+        plan.note = "local edit moved to trash (download mode)"
+        return plan
+
+    e_wins = stamp(e.mtime_ns, e.author, ev) > stamp(l_mtime, l_author, lv)
+    if mode == CONSERVATIVE and modified:
+        e_wins = False
+    if e_wins:
+        steps.append(Displace(e.path, conflict_name(e.path, name_of(l_author), l_mtime)))
+        _apply(steps, e)
+        plan.note = "conflict: incoming version wins"
+    else:
+        steps.append(Fetch(conflict_name(e.path, name_of(e.author), e.mtime_ns), e))
+        if modified:
+            steps.append(Remember(e))  # our edit is published next as E's successor
+        plan.note = "conflict: local version wins"
+    return plan
+
+
+def _apply(steps: list, e: Entry, displace_first: bool = False) -> None:
+    if displace_first:
+        steps.append(Displace(e.path, None))
+    if e.kind == DIR:
+        steps.append(MakeDir(e.path, e.mode))
+    else:
+        steps.append(Fetch(e.path, e))
+    steps.append(Remember(e))
+
+
+# -- the pusher's side ------------------------------------------------------------------------
+def local_changes(scan: dict[str, LocalFile], base: dict[str, Entry], *, me: str,
+                  in_scope: Callable[[str, str], bool] = lambda p, k: True) -> list[Entry]:
+    """Entries that publish what changed here since the base.
+
+    ``in_scope(path, kind)`` says whether a path is ours to publish (filters, access
+    rules); a base path out of scope is never reported deleted.
+    Order: folders (shallow first), files, file deletions, folder deletions (deep first),
+    so a receiver can apply an update front to back.
+    """
+    dirs, files, gone_files, gone_dirs = [], [], [], []
+    for path, lf in scan.items():
+        if not in_scope(path, lf.kind):
+            continue
+        b = base.get(path)
+        bv = b.version if b else None
+        if lf.version == bv and (b is None or b.mode == lf.mode):
+            continue
+        e = Entry(path, lf.kind, lf.hash if lf.kind == FILE else None, lf.size if lf.kind == FILE else 0,
+                  lf.mtime_ns, lf.mode, bv, me)
+        (dirs if lf.kind == DIR else files).append(e)
+    for path, b in base.items():
+        if b.kind == GONE or path in scan or not in_scope(path, b.kind):
+            continue
+        e = Entry(path, GONE, None, 0, time.time_ns(), 0, b.version, me)
+        (gone_dirs if b.kind == DIR else gone_files).append(e)
+    # renames: a new file whose content a deleted path held travels without content
+    by_hash: dict[str, list[Entry]] = {}
+    for g in gone_files:
+        by_hash.setdefault(g.prev, []).append(g)
+    for i, f in enumerate(files):
+        if f.prev is None and by_hash.get(f.hash):
+            src = by_hash[f.hash].pop()
+            files[i] = Entry(f.path, f.kind, f.hash, f.size, f.mtime_ns, f.mode, f.prev, f.author, src.path)
+    dirs.sort(key=lambda e: (e.path.count("/"), e.path))
+    files.sort(key=lambda e: (-e.mtime_ns, e.path))  # fresh changes before backlog
+    gone_files.sort(key=lambda e: e.path)
+    gone_dirs.sort(key=lambda e: (-e.path.count("/"), e.path))
+    return dirs + files + gone_files + gone_dirs

@@ -1,0 +1,196 @@
+"""A client's memory of a repository, in one SQLite file under its state folder.
+
+Holds the base index (what was last synced, path by path), the chain position of
+every pusher we pull from, our own published updates until they are collected,
+the write-ahead record of an update being published, and requests for content.
+Each cycle step commits in one transaction, so ``kill -9`` leaves either the old
+or the new state, never a mix.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import secrets
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .errors import AlreadyRunning
+from .index import Entry
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS base (path TEXT PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS applied (pusher TEXT PRIMARY KEY, seq INTEGER NOT NULL, digest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS published (seq INTEGER PRIMARY KEY, digest TEXT NOT NULL,
+    pullers TEXT NOT NULL, count INTEGER, size INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, started REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS wants (path TEXT PRIMARY KEY, entry TEXT NOT NULL, supplier TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (name TEXT PRIMARY KEY, size INTEGER, mtime REAL, value TEXT);
+"""
+
+
+@dataclass(frozen=True)
+class Published:
+    seq: int
+    digest: str
+    pullers: list[str]
+    count: int | None
+    size: int
+
+
+class State:
+    """The SQLite state of one repository on this machine."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.directory / "state.sqlite", isolation_level=None,
+                                  check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode = wal")
+        self.db.execute("PRAGMA synchronous = normal")
+        self.db.executescript(SCHEMA)
+        self._depth = 0
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic step; nested calls join the outer transaction."""
+        if self._depth == 0:
+            self.db.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self.db.execute("ROLLBACK")
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self.db.execute("COMMIT")
+
+    # -- meta ------------------------------------------------------------------------------
+    def get(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set(self, key: str, value: str) -> None:
+        self.db.execute("REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def client_id(self) -> str:
+        """This client's random id on the relay (never the host name)."""
+        cid = self.get("client_id")
+        if cid is None:
+            cid = secrets.token_hex(8)
+            self.set("client_id", cid)
+        return cid
+
+    @property
+    def own_seq(self) -> int:
+        return int(self.get("own_seq", "0"))
+
+    @property
+    def own_digest(self) -> str:
+        return self.get("own_digest", "")
+
+    # -- base index ------------------------------------------------------------------------
+    def base(self) -> dict[str, Entry]:
+        return {p: Entry.from_dict(json.loads(e)) for p, e in self.db.execute("SELECT path, entry FROM base")}
+
+    def base_entry(self, path: str) -> Entry | None:
+        row = self.db.execute("SELECT entry FROM base WHERE path = ?", (path,)).fetchone()
+        return Entry.from_dict(json.loads(row[0])) if row else None
+
+    def remember(self, entry: Entry) -> None:
+        self.db.execute("REPLACE INTO base (path, entry) VALUES (?, ?)", (entry.path, json.dumps(entry.to_dict())))
+
+    # -- pull positions --------------------------------------------------------------------
+    def applied(self) -> dict[str, tuple[int, str]]:
+        return {p: (s, d) for p, s, d in self.db.execute("SELECT pusher, seq, digest FROM applied")}
+
+    def set_applied(self, pusher: str, seq: int, digest: str) -> None:
+        self.db.execute("REPLACE INTO applied (pusher, seq, digest) VALUES (?, ?, ?)", (pusher, seq, digest))
+
+    # -- own updates -----------------------------------------------------------------------
+    def published(self) -> list[Published]:
+        return [Published(s, d, json.loads(p), c, z) for s, d, p, c, z in
+                self.db.execute("SELECT seq, digest, pullers, count, size FROM published ORDER BY seq")]
+
+    def add_published(self, p: Published) -> None:
+        self.db.execute("REPLACE INTO published VALUES (?, ?, ?, ?, ?)",
+                        (p.seq, p.digest, json.dumps(p.pullers), p.count, p.size))
+        self.set("own_seq", str(p.seq))
+        self.set("own_digest", p.digest)
+
+    def drop_published(self, seq: int) -> None:
+        self.db.execute("DELETE FROM published WHERE seq = ?", (seq,))
+
+    def outbox(self) -> list[int]:
+        return [s for (s,) in self.db.execute("SELECT seq FROM outbox")]
+
+    def set_outbox(self, seq: int, started: float) -> None:
+        self.db.execute("REPLACE INTO outbox VALUES (?, ?)", (seq, started))
+
+    def clear_outbox(self, seq: int) -> None:
+        self.db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+
+    # -- requests for content we lack ------------------------------------------------------
+    def wants(self) -> dict[str, tuple[Entry, str]]:
+        return {p: (Entry.from_dict(json.loads(e)), s)
+                for p, e, s in self.db.execute("SELECT path, entry, supplier FROM wants")}
+
+    def want(self, entry: Entry, supplier: str) -> None:
+        self.db.execute("REPLACE INTO wants VALUES (?, ?, ?)", (entry.path, json.dumps(entry.to_dict()), supplier))
+
+    def unwant(self, path: str) -> None:
+        self.db.execute("DELETE FROM wants WHERE path = ?", (path,))
+
+    # -- cache of small relay objects, keyed by what the listing says of them -------------
+    def seen(self, name: str, size: int, mtime: float):
+        row = self.db.execute("SELECT size, mtime, value FROM seen WHERE name = ?", (name,)).fetchone()
+        if row and row[0] == size and row[1] == mtime:
+            return json.loads(row[2])
+        return None
+
+    def set_seen(self, name: str, size: int, mtime: float, value) -> None:
+        self.db.execute("REPLACE INTO seen VALUES (?, ?, ?, ?)", (name, size, mtime, json.dumps(value)))
+
+
+class InstanceLock:
+    """Refuse a second escale process on the same repository state (flock, freed on any exit)."""
+
+    def __init__(self, directory: Path, label: str):
+        self.path = Path(directory) / "lock"
+        self.label = label
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = os.read(fd, 32).decode().strip()
+            except OSError:
+                pid = "?"
+            os.close(fd)
+            raise AlreadyRunning(f"repository {self.label} is already being synced by another escale "
+                                 f"process (pid {pid or '?'}; state in {self.path.parent})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
