@@ -50,8 +50,15 @@ class Folder:
         self._trash_batch: Path | None = None
 
     # -- scanning --------------------------------------------------------------------------
-    def scan(self, accept_file: Callable[[str], bool], accept_dir: Callable[[str], bool]) -> dict[str, LocalFile]:
-        """Stat every file and folder (no hashing); dot-files included, .escale/ never."""
+    def scan(self, accept_file: Callable[[str], bool], accept_dir: Callable[[str], bool],
+             descend: Callable[[str], bool] | None = None) -> dict[str, LocalFile]:
+        """Stat every file and folder (no hashing); dot-files included, .escale/ never.
+
+        ``descend`` says whether to walk into a folder (only exclusions stop a walk, so
+        ``include directory = src/lib*`` still reaches ``src/library``); ``accept_dir``
+        whether the folder itself is synced.
+        """
+        descend = descend or accept_dir
         found: dict[str, LocalFile] = {}
         stack = [("", str(self.root))]
         while stack:
@@ -75,6 +82,7 @@ class Folder:
                         if accept_dir(relpath):
                             found[relpath] = LocalFile(relpath, DIR, 0, st.st_mtime_ns, st.st_ino,
                                                        stat.S_IMODE(st.st_mode) & 0o777)
+                        if descend(relpath):
                             stack.append((relpath, d.path))
                     elif stat.S_ISREG(st.st_mode):
                         if accept_file(relpath):

@@ -329,7 +329,7 @@ class Manager:
 
     def _scope_pull(self, e: Entry) -> bool:
         parent = e.path.rpartition("/")[0]
-        if parent and not self.filter.accepts_dir(parent):
+        if parent and not self.filter.may_descend(parent):
             return False
         is_dir = e.kind == DIR or (e.kind == GONE and e.prev == DIR_VERSION)
         kind_ok = self.filter.accepts_dir(e.path) if is_dir else self.filter.accepts_file(e.path)
@@ -564,7 +564,7 @@ class Manager:
         report = report or CycleReport(self.name)
         view = view or list_relay(self.relay)
         self._collect(view)
-        scan = self.folder.scan(self.filter.accepts_file, self.filter.accepts_dir)
+        scan = self.folder.scan(self.filter.accepts_file, self.filter.accepts_dir, self.filter.may_descend)
         for lf in list(scan.values()):
             try:
                 self.folder.fill_hash(lf)

@@ -1,0 +1,1056 @@
+"""Read, check and edit escale's INI configuration file.
+
+One file holds any number of *repositories*, one per ``[section]``. Options
+written before the first section are global: they are inherited by every
+section, except the few global-only ones (cache dir, logging) that configure
+the process. Every option of escale 0.7 is still recognised under all of its
+aliases so that old files keep loading; options that no longer mean anything
+are accepted with a warning instead of an error.
+
+Everything a user can get wrong ends in a :class:`~escale.errors.ConfigError`
+naming the file, the section, the option and the bad value (never the value of
+a secret), so the CLI can exit with code 3 and a message that can be acted on.
+"""
+from __future__ import annotations
+
+import configparser
+import difflib
+import hashlib
+import logging
+import math
+import os
+import posixpath
+import re
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import platformdirs
+
+from .errors import ConfigError
+from .relay import BACKENDS, backend_for, parse_address
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: the system-wide file, last in the search order (a module attribute so tests can move it)
+SYSTEM_CONFIG = Path("/etc/escale.conf")
+
+DEFAULT_REFRESH = 30.0
+DEFAULT_MAXPAGESIZE = 200 * 10**6
+DEFAULT_CHECKSUM = "sha256"
+DEFAULT_TRASH_RETENTION_DAYS = 30.0
+MAX_CLIENT_NAME = 64
+MODES = ("shared", "upload", "download", "conservative")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+# --------------------------------------------------------------------------- data model
+
+
+@dataclass
+class GlobalConfig:
+    """Options that configure the process rather than one repository."""
+
+    cache_dir: Path | None = None
+    log_file: Path | None = None
+    log_level: str = "INFO"
+    log_rotate: int = 3
+
+
+@dataclass
+class RepositoryConfig:
+    """One ``[section]``: a local folder kept in sync through one relay."""
+
+    name: str
+    config_path: Path | None
+    local_path: Path
+    relay_url: str
+    relay_protocol: str
+    client_name: str
+    mode: str = "shared"
+    refresh: float = DEFAULT_REFRESH
+    quota: int | None = None
+    puller_count: int | None = None
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    filetype: list[str] = field(default_factory=list)
+    include_directory: list[str] = field(default_factory=list)
+    exclude_directory: list[str] = field(default_factory=list)
+    checksum: str = DEFAULT_CHECKSUM
+    checksum_cache: bool | Path = True
+    index: str | None = None
+    maxpagesize: int = DEFAULT_MAXPAGESIZE
+    encryption: str = "off"
+    passphrase: str | None = field(default=None, repr=False)
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    trash_retention_days: float = DEFAULT_TRASH_RETENTION_DAYS
+    timestamp: bool = True
+    verbosity: int = 1
+    options: dict[str, str] = field(default_factory=dict)
+    cache_dir: Path | None = None
+
+    def state_dir(self) -> Path:
+        """Folder for this repository's local state (databases, trash, lock).
+
+        It is keyed by both the configuration file and the section, so two
+        files or two sections never share state even when they use the same
+        names; it is derived, never created here (the manager creates it).
+        """
+        base = self.cache_dir if self.cache_dir is not None else platformdirs.user_state_path("escale")
+        if self.config_path is not None:
+            cfg = os.path.abspath(os.fspath(self.config_path))
+            top = f"{_sanitize(Path(cfg).stem)}-{_sha1(cfg)}"
+        else:
+            top = f"lib-{_sha1(os.fspath(self.local_path))}"
+        return Path(base) / top / f"{_sanitize(self.name)}-{_sha1(self.name)}"
+
+
+@dataclass
+class Config:
+    """A whole configuration file: global options plus repositories in file order."""
+
+    path: Path | None
+    globals: GlobalConfig
+    repositories: dict[str, RepositoryConfig]
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(os.fsencode(text)).hexdigest()[:8]
+
+
+def _sanitize(name: str) -> str:
+    """A file-name-safe rendering; the hash suffix keeps distinct names distinct."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "_"
+
+
+# --------------------------------------------------------------------------- option table
+
+GLOBAL, REPO, RELAY, OBSOLETE = "global", "repository", "relay", "obsolete"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option: its field name, every accepted spelling and where it may appear.
+
+    ``scope`` is GLOBAL (before the first section only), REPO (a repository
+    field, inheritable from the global part), RELAY (kept verbatim in
+    ``RepositoryConfig.options`` for network backends) or OBSOLETE (0.7 option,
+    accepted with a warning and ignored).
+    """
+
+    field: str
+    aliases: tuple[str, ...]
+    scope: str = REPO
+
+    @property
+    def name(self) -> str:
+        return self.aliases[0]
+
+
+def _o(fieldname: str, *aliases: str, scope: str = REPO) -> OptionSpec:
+    return OptionSpec(fieldname, aliases, scope)
+
+
+OPTIONS: tuple[OptionSpec, ...] = (
+    # repository options
+    _o("local_path", "local path", "path"),
+    _o("relay_address", "relay address", "host address", "remote address", "address"),
+    _o("relay_directory", "relay directory", "host directory", "remote directory", "directory",
+       "relay dir", "remote dir", "host dir", "dir", "relay path", "remote path", "host path"),
+    _o("port", "port", "host port", "relay port", "remote port"),
+    _o("client_name", "client name", "client"),
+    _o("mode", "mode", "synchronization mode"),
+    _o("push_only", "push only", "read only"),
+    _o("pull_only", "pull only", "write only"),
+    _o("refresh", "refresh"),
+    _o("quota", "disk quota", "quota"),
+    _o("puller_count", "puller count", "pullers"),
+    _o("include", "include", "include files", "filter", "pattern"),
+    _o("exclude", "exclude", "exclude files"),
+    _o("filetype", "file extension", "file type"),
+    _o("include_directory", "include directory", "include directories"),
+    _o("exclude_directory", "exclude directory", "exclude directories"),
+    _o("checksum", "checksum", "hash algorithm"),
+    _o("checksum_cache", "checksum cache"),
+    _o("index", "index", "compact"),
+    _o("maxpagesize", "maxpagesize", "maxarchivesize"),
+    _o("encryption", "encryption"),
+    _o("passphrase", "passphrase", "key"),
+    _o("user", "user", "auth user", "host user", "relay user", "remote user"),
+    _o("password", "password", "secret", "secret file", "credential"),
+    _o("trash_retention", "trash retention", "trash days"),
+    _o("timestamp", "modification time", "timestamp", "mtime"),
+    _o("verbosity", "verbosity", "verbosity level"),
+    # kept for network relay backends (stored in RepositoryConfig.options)
+    _o("ssl_version", "ssl version", scope=RELAY),
+    _o("verify_ssl", "verify ssl", scope=RELAY),
+    _o("certfile", "certfile", "cert file", "certificate", scope=RELAY),
+    _o("keyfile", "keyfile", "key file", "private key", scope=RELAY),
+    _o("max_retries", "max retries", scope=RELAY),
+    _o("rclone_binary", "rclone binary", scope=RELAY),
+    _o("drive_binary", "drive binary", scope=RELAY),
+    # escale 0.7 options that no longer mean anything: warned about, ignored
+    _o("lock_timeout", "lock timeout", scope=OBSOLETE),
+    _o("min_split_size", "min split size", "split size", "split", scope=OBSOLETE),
+    _o("max_pending_transfers", "max pending transfers", scope=OBSOLETE),
+    _o("retry_on_error", "retry on error", "retryonerror", scope=OBSOLETE),
+    _o("pull_overwrite", "pull overwrite", scope=OBSOLETE),
+    _o("allow_page_deletion", "allow page deletion", "page deletion", scope=OBSOLETE),
+    _o("maintainer", "maintainer", "email", scope=OBSOLETE),
+    _o("priority", "priority", scope=OBSOLETE),
+    _o("keep_alive", "keep alive", scope=OBSOLETE),
+    _o("protocol", "protocol", scope=OBSOLETE),
+    _o("client_count", "client count", scope=OBSOLETE),
+    _o("homogeneous_clients", "homogeneous clients", scope=OBSOLETE),
+    _o("upload_count", "upload count", scope=OBSOLETE),
+    _o("upload_max_wait", "upload max wait", scope=OBSOLETE),
+    # global-only options
+    _o("cache_dir", "cache dir", "cache", scope=GLOBAL),
+    _o("log_file", "log file", scope=GLOBAL),
+    _o("log_level", "log level", scope=GLOBAL),
+    _o("log_rotate", "log rotate", scope=GLOBAL),
+)
+
+
+def _key(name: str) -> str:
+    """Lookup key: case, spaces, underscores and hyphens do not matter."""
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
+def _display(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name).strip().lower()
+
+
+def _build_alias_map() -> dict[str, OptionSpec]:
+    table: dict[str, OptionSpec] = {}
+    for spec in OPTIONS:
+        for alias in spec.aliases:
+            k = _key(alias)
+            if k in table and table[k] is not spec:
+                raise AssertionError(f"alias {alias!r} is ambiguous")  # programming error
+            table[k] = spec
+    return table
+
+
+_ALIASES = _build_alias_map()
+ALL_ALIASES: tuple[str, ...] = tuple(a for spec in OPTIONS for a in spec.aliases)
+
+
+def lookup_option(name: str) -> OptionSpec | None:
+    """The option a (possibly differently spelt) name refers to, or None."""
+    return _ALIASES.get(_key(name))
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(_display(name), ALL_ALIASES, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+# --------------------------------------------------------------------------- value parsers
+
+_TRUE = {"yes", "on", "true", "1"}
+_FALSE = {"no", "off", "false", "0"}
+
+
+def parse_bool(text: str) -> bool:
+    """yes/no, on/off, true/false, 1/0, in any case."""
+    t = text.strip().lower()
+    if t in _TRUE:
+        return True
+    if t in _FALSE:
+        return False
+    raise ValueError("expected yes/no, on/off, true/false or 1/0")
+
+
+_SIZE_UNITS: dict[str, Decimal] = {"": Decimal(10**6), "B": Decimal(1)}
+for _exp, _letter in enumerate("KMGTP", start=1):
+    for _u in (_letter, _letter + "B", _letter + "o"):
+        _SIZE_UNITS[_u] = Decimal(10 ** (3 * _exp))
+    _SIZE_UNITS[_letter + "iB"] = Decimal(1024**_exp)
+    _SIZE_UNITS[_letter + "b"] = Decimal(10 ** (3 * _exp)) / 8  # bits, as escale 0.7 read them
+_SIZE_UNITS.update({"k": Decimal(10**3), "kB": Decimal(10**3)})
+_SIZE_RE = re.compile(r"^\s*(\d+(?:[.,]\d*)?|[.,]\d+)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as ``500MB``, ``1,5 GB``, ``2GiB`` or ``5`` (a bare number is MB).
+
+    Units are case-sensitive: ``MB``/``Mo``/``M`` are 10**6 bytes, ``MiB`` is
+    2**20, and a lowercase ``b`` means bits (``Mb`` = 125 000 bytes), as in 0.7.
+    Raises ValueError on anything else.
+    """
+    if not isinstance(text, str):
+        raise ValueError("a size must be text")
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (expected a number and a unit such as 500MB or 2GiB)")
+    number, unit = m.groups()
+    if unit not in _SIZE_UNITS:
+        units = ", ".join(u for u in _SIZE_UNITS if u)
+        raise ValueError(f"unknown size unit {unit!r} (known units: {units})")
+    try:
+        value = Decimal(number.replace(",", "."))
+    except InvalidOperation as exc:  # pragma: no cover - the regex already guards this
+        raise ValueError(f"not a number: {number!r}") from exc
+    return int((value * _SIZE_UNITS[unit]).to_integral_value())
+
+
+def _parse_positive_size(text: str) -> int:
+    n = parse_size(text)
+    if n <= 0:
+        raise ValueError("must be greater than 0")
+    return n
+
+
+def _parse_quota(text: str) -> int | None:
+    if text.strip().lower() in _FALSE | {"none"}:
+        return None
+    return _parse_positive_size(text)
+
+
+def _parse_int(text: str, minimum: int | None = None) -> int:
+    try:
+        n = int(text.strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if minimum is not None and n < minimum:
+        raise ValueError(f"must be at least {minimum}")
+    return n
+
+
+def _parse_float(text: str) -> float:
+    try:
+        x = float(text.strip().replace(",", "."))
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not math.isfinite(x):
+        raise ValueError("expected a number, not infinity or NaN")
+    return x
+
+
+def _parse_refresh(text: str) -> float:
+    t = text.strip().lower()
+    if t in _TRUE - {"1"}:
+        return DEFAULT_REFRESH
+    if t in _FALSE - {"0"}:
+        raise ValueError("refresh cannot be turned off; give the longest pause between two "
+                         f"synchronisation cycles in seconds, greater than 0 (default {DEFAULT_REFRESH:g})")
+    x = _parse_float(t)
+    if x <= 0:
+        raise ValueError("must be a number of seconds greater than 0 "
+                         f"(the pause between two synchronisation cycles; default {DEFAULT_REFRESH:g})")
+    return x
+
+
+def _parse_mode(text: str) -> str:
+    t = text.strip().lower()
+    if t.startswith("shar"):
+        return "shared"
+    if t in ("upload", "download", "conservative"):
+        return t
+    if t == "protective":
+        return "conservative"
+    raise ValueError("expected shared, upload, download or conservative")
+
+
+def _parse_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _parse_extensions(text: str) -> list[str]:
+    exts = [e.lstrip(".") for e in _parse_list(text)]
+    if any(not e for e in exts):
+        raise ValueError("an extension cannot be only dots")
+    return exts
+
+
+def _parse_checksum(text: str) -> str:
+    t = text.strip().lower()
+    if t in _TRUE:
+        return DEFAULT_CHECKSUM
+    if t in _FALSE:
+        raise ValueError("checksums cannot be turned off: escale needs them to detect changes; "
+                         f"remove the option to use {DEFAULT_CHECKSUM}")
+    usable = sorted(a for a in hashlib.algorithms_available if not a.startswith("shake_"))
+    if t not in usable:
+        raise ValueError(f"unknown hash algorithm (available: {', '.join(usable)})")
+    return t
+
+
+def _parse_abs_path(text: str) -> Path:
+    p = os.path.expanduser(text.strip())
+    if not os.path.isabs(p):
+        raise ValueError("must be an absolute path (a leading ~ is expanded)")
+    return Path(os.path.normpath(p))
+
+
+def _parse_checksum_cache(text: str) -> bool | Path:
+    try:
+        return parse_bool(text)
+    except ValueError:
+        pass
+    try:
+        return _parse_abs_path(text)
+    except ValueError:
+        raise ValueError("expected yes/no or an absolute path") from None
+
+
+def _parse_index(text: str) -> str | None:
+    t = re.sub(r"\s+", " ", text.strip().lower())
+    if t in _TRUE:
+        return "on"
+    if t in _FALSE:
+        return None
+    m = re.fullmatch(r"top ?dir(?: ?: ?(\d+))?", t)
+    if not m:
+        raise ValueError("expected yes/no, topdir or topdir:N")
+    if m.group(1) is None:
+        return "topdir"
+    depth = int(m.group(1))
+    if depth < 1:
+        raise ValueError("the topdir depth must be at least 1")
+    return f"topdir:{depth}"
+
+
+_ENCRYPTION_OFF = {"off", "no", "false", "0", "plain", "none"}
+
+
+def _parse_encryption(text: str) -> str:
+    t = text.strip().lower()
+    if t in _ENCRYPTION_OFF:
+        return "off"
+    raise ValueError(f"encryption '{text.strip()}' is not available yet; "
+                     "only 'encryption = off' is accepted in this version")
+
+
+def _parse_trash(text: str) -> float:
+    x = _parse_float(text)
+    if x < 0:
+        raise ValueError("must be 0 (empty the trash every cycle) or a number of days")
+    return x
+
+
+def _parse_timestamp(text: str) -> bool:
+    if "%" in text:
+        log.warning("timestamp formats of escale 0.7 (%r) are obsolete; modification times are kept", text)
+        return True
+    return parse_bool(text)
+
+
+def _parse_client_name(text: str) -> str:
+    name = text.strip()
+    if not name:
+        raise ValueError("a client name cannot be empty")
+    if "/" in name:
+        raise ValueError("a client name cannot contain '/'")
+    if len(name) > MAX_CLIENT_NAME:
+        raise ValueError(f"a client name has at most {MAX_CLIENT_NAME} characters")
+    if any(ord(c) < 32 for c in name):
+        raise ValueError("a client name cannot contain control characters")
+    return name
+
+
+def _parse_log_level(text: str) -> str:
+    t = text.strip().upper()
+    if t not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return t
+
+
+def _parse_port(text: str) -> int:
+    n = _parse_int(text, 1)
+    if n > 65535:
+        raise ValueError("a port is at most 65535")
+    return n
+
+
+# --------------------------------------------------------------------------- reading the file
+
+_GLOBAL_HEADER = "\x00escale-global\x00"
+_NO_DEFAULT_SECTION = "\x00escale-no-default\x00"
+_RESERVED_SECTIONS = ("default", "error")
+_SECRET_FIELDS = ("password", "passphrase")
+
+
+@dataclass
+class _Value:
+    """One option as written: for error messages and for origin (None = global part)."""
+
+    option: str
+    value: str
+    section: str | None
+
+
+def _where(section: str | None) -> str:
+    return "" if section is not None else " (in the global part, before the first section)"
+
+
+def _bad(v: _Value, reason: str, path: Path | None) -> ConfigError:
+    spec = lookup_option(v.option)
+    shown = "<hidden>" if spec is not None and spec.field in _SECRET_FIELDS else v.value
+    return ConfigError(f"bad value '{shown}'{_where(v.section)}: {reason}",
+                       path=path, section=v.section, option=v.option)
+
+
+def _read_ini(text: str, path: Path | None) -> tuple[list[tuple[str, str]], dict[str, list[tuple[str, str]]]]:
+    """Split the file into global (key, value) pairs and sections, in file order."""
+    parser = configparser.ConfigParser(interpolation=None, default_section=_NO_DEFAULT_SECTION,
+                                       strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep spelling for messages
+    text = text.lstrip("\ufeff")
+    try:
+        parser.read_string(f"[{_GLOBAL_HEADER}]\n{text}", source=str(path or "<string>"))
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(f"line {(exc.lineno or 1) - 1}: section [{exc.section}] appears twice",
+                          path=path) from None
+    except configparser.DuplicateOptionError as exc:
+        where = "the global part" if exc.section == _GLOBAL_HEADER else f"[{exc.section}]"
+        raise ConfigError(f"line {(exc.lineno or 1) - 1}: option '{exc.option}' appears twice in {where}",
+                          path=path) from None
+    except configparser.ParsingError as exc:
+        lineno, line = exc.errors[0]
+        raise ConfigError(f"line {lineno - 1}: cannot parse {line} "
+                          "(expected 'option = value' or '[section]')", path=path) from None
+    except configparser.Error as exc:  # pragma: no cover - other syntax errors
+        raise ConfigError(f"syntax error: {exc}", path=path) from None
+    sections: dict[str, list[tuple[str, str]]] = {}
+    for name in parser.sections():
+        if name == _GLOBAL_HEADER:
+            continue
+        if name.strip().lower() in _RESERVED_SECTIONS:
+            raise ConfigError(f"section name [{name}] is reserved; rename the section", path=path,
+                              section=name)
+        if not name.strip():
+            raise ConfigError("a section name cannot be blank", path=path)
+        sections[name] = list(parser.items(name, raw=True))
+    return list(parser.items(_GLOBAL_HEADER, raw=True)), sections
+
+
+def _classify(raw: list[tuple[str, str]], section: str | None, path: Path | None
+              ) -> tuple[dict[str, _Value], dict[str, _Value], dict[str, _Value]]:
+    """Sort one block's options into (repository/relay, global-only, obsolete) by field."""
+    fields: dict[str, _Value] = {}
+    globals_: dict[str, _Value] = {}
+    obsolete: dict[str, _Value] = {}
+    for option, value in raw:
+        spec = lookup_option(option)
+        if spec is None:
+            raise ConfigError(f"unknown option '{option}'{_where(section)}{_suggest(option)}",
+                              path=path, section=section, option=option)
+        if spec.scope == GLOBAL and section is not None:
+            raise ConfigError("global option, put it before the first section",
+                              path=path, section=section, option=option)
+        target = {GLOBAL: globals_, OBSOLETE: obsolete}.get(spec.scope, fields)
+        if spec.field in target:
+            first = target[spec.field].option
+            raise ConfigError(f"option given twice{_where(section)} (also as '{first}')",
+                              path=path, section=section, option=option)
+        target[spec.field] = _Value(option, value, section)
+    for v in obsolete.values():
+        log.warning("%s%s: option '%s' is obsolete and ignored",
+                    path or "<config>", f" [{section}]" if section is not None else "", v.option)
+    return fields, globals_, obsolete
+
+
+def _parse_globals(vals: dict[str, _Value], path: Path | None) -> GlobalConfig:
+    g = GlobalConfig()
+    parsers: dict[str, Callable[[str], object]] = {
+        "cache_dir": _parse_abs_path,
+        "log_file": _parse_abs_path,
+        "log_level": _parse_log_level,
+        "log_rotate": lambda t: _parse_int(t, 0),
+    }
+    for name, v in vals.items():
+        if not v.value.strip():
+            continue
+        try:
+            setattr(g, name, parsers[name](v.value))
+        except ValueError as exc:
+            raise _bad(v, str(exc), path) from None
+    return g
+
+
+class _Section:
+    """The merged options of one section, with typed getters that report bad values."""
+
+    def __init__(self, name: str, vals: dict[str, _Value], path: Path | None):
+        self.name, self.vals, self.path = name, vals, path
+
+    def raw(self, name: str) -> _Value | None:
+        v = self.vals.get(name)
+        return v if v is not None and v.value.strip() else None
+
+    def get(self, name: str, parser: Callable[[str], T], default: T) -> T:
+        v = self.raw(name)
+        if v is None:
+            return default
+        try:
+            return parser(v.value)
+        except ValueError as exc:
+            raise _bad(v, str(exc), self.path) from None
+
+    def required(self, name: str) -> _Value:
+        v = self.raw(name)
+        if v is None:
+            spec = next(s for s in OPTIONS if s.field == name)
+            raise ConfigError(f"missing required option '{spec.name}'", path=self.path, section=self.name)
+        return v
+
+    def error(self, v: _Value, message: str) -> ConfigError:
+        return ConfigError(message + _where(v.section), path=self.path, section=v.section, option=v.option)
+
+
+def _relay_location(sec: _Section) -> tuple[str, str, dict[str, str]]:
+    """(relay URL, protocol, extra options) from the address, directory and port options."""
+    addr_v = sec.required("relay_address")
+    protocol, host, addr_port, addr_path = parse_address(addr_v.value)
+    if not protocol:
+        raise sec.error(addr_v, f"relay address '{addr_v.value}' has no protocol; write "
+                                "'file:///absolute/path' or an absolute path for a mounted folder")
+    if backend_for(protocol) is None:
+        raise sec.error(addr_v, f"no relay backend for '{protocol}' yet "
+                                f"(available: {', '.join(sorted(BACKENDS))})")
+    extra: dict[str, str] = {}
+    port = sec.get("port", _parse_port, None)
+    if addr_port is not None:
+        if port is not None and port != int(addr_port):
+            port_v = sec.raw("port")
+            assert port_v is not None
+            raise sec.error(port_v, f"port {port} contradicts the port {addr_port} in the relay address")
+        port = int(addr_port)
+    if port is not None:
+        extra["port"] = str(port)
+    dir_v = sec.raw("relay_directory")
+    directory = os.path.expanduser(dir_v.value.strip()) if dir_v is not None else ""
+
+    if protocol == "file":
+        if port is not None:
+            log.warning("[%s] a port is meaningless for a file relay; ignored", sec.name)
+        base = host  # parse_address puts a file relay's absolute path here
+        if not base and addr_path:
+            raise sec.error(addr_v, f"relay path '{addr_path}' is relative; write file:///absolute/path")
+        if base and directory:
+            if os.path.isabs(directory):
+                inside = os.path.normpath(directory)
+                if os.path.commonpath([inside, os.path.normpath(base)]) != os.path.normpath(base):
+                    assert dir_v is not None
+                    raise sec.error(dir_v, f"relay directory '{dir_v.value}' is absolute but not inside "
+                                           f"the relay address path '{base}'; make it relative to the "
+                                           "address, or leave the path out of the address")
+                full = inside
+            else:
+                full = os.path.join(base, directory)
+        elif directory:
+            if not os.path.isabs(directory):
+                assert dir_v is not None
+                raise sec.error(dir_v, f"relay directory '{dir_v.value}' is relative and the relay "
+                                       "address has no path; give an absolute path")
+            full = directory
+        elif base:
+            full = base
+        else:
+            raise sec.error(addr_v, "a file relay needs an absolute path, e.g. file:///mnt/share/escale")
+        return f"file://{os.path.normpath(full)}", protocol, extra
+
+    # network relays: proto://host[:port]/address-path/directory
+    path = posixpath.join(addr_path, directory.lstrip("/")) if directory else addr_path
+    netloc = host + (f":{port}" if port is not None else "")
+    return f"{protocol}://{netloc}/{path.strip('/')}".rstrip("/"), protocol, extra
+
+
+def _resolve_password(v: _Value, user: str | None, path: Path | None,
+                      section: str) -> tuple[str | None, str]:
+    """A literal password, or (user, password) read from the credential file it names.
+
+    The file holds one line ``user:password`` or just the password; with a
+    known user, a line ``user:password`` among several lines is picked.
+    Nothing read here is ever logged or shown in an error.
+    """
+    raw = v.value.strip()
+    must_be_file = _key(v.option) == "secretfile"
+    candidate = Path(os.path.expanduser(raw))
+    if not candidate.is_absolute() and path is not None:
+        candidate = path.parent / candidate
+    try:
+        is_file = candidate.is_file()
+    except (OSError, ValueError):
+        is_file = False
+    if not is_file:
+        if must_be_file:
+            raise ConfigError(f"credential file {candidate} does not exist" + _where(v.section),
+                              path=path, section=v.section, option=v.option)
+        return user, raw
+    try:
+        mode = candidate.stat().st_mode
+        lines = [ln.strip() for ln in candidate.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read credential file {candidate}: {exc}" + _where(v.section),
+                          path=path, section=v.section, option=v.option) from None
+    if mode & 0o077:
+        log.warning("[%s] credential file %s can be read by other users; chmod 600 it", section, candidate)
+    if not lines:
+        raise ConfigError(f"credential file {candidate} is empty" + _where(v.section),
+                          path=path, section=v.section, option=v.option)
+    if user is not None:
+        for line in lines:
+            if line.startswith(user + ":"):
+                return user, line[len(user) + 1:]
+        return user, lines[0]
+    first = lines[0]
+    if ":" in first:
+        file_user, password = first.split(":", 1)
+        return (file_user or None), password
+    return None, first
+
+
+def _default_client_name(section: str) -> str:
+    host = socket.gethostname()
+    return section if not host or host == "localhost" else host
+
+
+def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
+                      g: GlobalConfig) -> RepositoryConfig:
+    sec = _Section(name, vals, path)
+    local_v = sec.required("local_path")
+    sec.required("relay_address")
+    local_path = sec.get("local_path", _parse_abs_path, Path("/"))
+    relay_url, protocol, options = _relay_location(sec)
+    if protocol == "file":
+        relay_real = os.path.realpath(relay_url[len("file://"):])
+        local_real = os.path.realpath(local_path)
+        if os.path.commonpath([relay_real, local_real]) in (relay_real, local_real):
+            raise sec.error(local_v, f"the local folder {local_path} and the relay folder "
+                                     f"{relay_url[len('file://'):]} overlap; keep them apart")
+
+    client_v = sec.raw("client_name")
+    if client_v is None:
+        default_name = _default_client_name(name)
+        try:
+            client_name = _parse_client_name(default_name)
+        except ValueError as exc:
+            raise ConfigError(f"the default client name '{default_name}' is unusable ({exc}); "
+                              "set 'client name'", path=path, section=name) from None
+    else:
+        client_name = sec.get("client_name", _parse_client_name, "")
+
+    mode = sec.get("mode", _parse_mode, None)
+    push_only = sec.get("push_only", parse_bool, False)
+    pull_only = sec.get("pull_only", parse_bool, False)
+    if push_only and pull_only:
+        v = sec.raw("pull_only")
+        assert v is not None
+        raise sec.error(v, "'push only' and 'pull only' cannot both be on; use 'mode' instead")
+    for flag, implied, fname in ((push_only, "upload", "push_only"), (pull_only, "download", "pull_only")):
+        if flag:
+            if mode is not None and mode != implied:
+                v = sec.raw(fname)
+                assert v is not None
+                raise sec.error(v, f"'{v.option}' means mode = {implied}, which contradicts "
+                                   f"mode = {mode}; keep only one of them")
+            mode = implied
+
+    user = sec.get("user", lambda t: t.strip(), None)
+    password = None
+    pw_v = sec.raw("password")
+    if pw_v is not None:
+        user, password = _resolve_password(pw_v, user, path, name)
+    passphrase_v = sec.raw("passphrase")
+
+    for spec in OPTIONS:
+        if spec.scope == RELAY and (rv := sec.raw(spec.field)) is not None:
+            options[spec.field] = rv.value.strip()
+            if protocol == "file":
+                log.info("[%s] option '%s' is kept for network relays; it has no effect on a file relay",
+                         name, rv.option)
+
+    return RepositoryConfig(
+        name=name,
+        config_path=path,
+        local_path=local_path,
+        relay_url=relay_url,
+        relay_protocol=protocol,
+        client_name=client_name,
+        mode=mode or "shared",
+        refresh=sec.get("refresh", _parse_refresh, DEFAULT_REFRESH),
+        quota=sec.get("quota", _parse_quota, None),
+        puller_count=sec.get("puller_count", lambda t: _parse_int(t, 1), None),
+        include=sec.get("include", _parse_list, []),
+        exclude=sec.get("exclude", _parse_list, []),
+        filetype=sec.get("filetype", _parse_extensions, []),
+        include_directory=sec.get("include_directory", _parse_list, []),
+        exclude_directory=sec.get("exclude_directory", _parse_list, []),
+        checksum=sec.get("checksum", _parse_checksum, DEFAULT_CHECKSUM),
+        checksum_cache=sec.get("checksum_cache", _parse_checksum_cache, True),
+        index=sec.get("index", _parse_index, None),
+        maxpagesize=sec.get("maxpagesize", _parse_positive_size, DEFAULT_MAXPAGESIZE),
+        encryption=sec.get("encryption", _parse_encryption, "off"),
+        passphrase=passphrase_v.value if passphrase_v is not None else None,
+        user=user or None,
+        password=password,
+        trash_retention_days=sec.get("trash_retention", _parse_trash, DEFAULT_TRASH_RETENTION_DAYS),
+        timestamp=sec.get("timestamp", _parse_timestamp, True),
+        verbosity=sec.get("verbosity", lambda t: _parse_int(t, 0), 1),
+        options=options,
+        cache_dir=g.cache_dir,
+    )
+
+
+def _check_across(repos: dict[str, RepositoryConfig], path: Path | None) -> None:
+    """Refuse sections that would trample on each other."""
+    seen: dict[tuple[str, str], str] = {}
+    for r in repos.values():
+        key = (r.relay_url, r.client_name)
+        if key in seen:
+            raise ConfigError(f"section [{seen[key]}] already uses client name '{r.client_name}' on relay "
+                              f"{r.relay_url}; give this section a different 'client name'",
+                              path=path, section=r.name)
+        seen[key] = r.name
+    for r in repos.values():
+        if r.relay_protocol != "file":
+            continue
+        relay_real = os.path.realpath(r.relay_url[len("file://"):])
+        for s in repos.values():
+            local_real = os.path.realpath(s.local_path)
+            if s is not r and os.path.commonpath([relay_real, local_real]) in (relay_real, local_real):
+                raise ConfigError(f"its relay folder {relay_real} overlaps the local folder of "
+                                  f"[{s.name}] ({s.local_path}); keep them apart",
+                                  path=path, section=r.name)
+
+
+def parse_config_text(text: str, path: str | Path | None = None) -> Config:
+    """Parse configuration text; ``path`` is used for messages, state and relative credential files."""
+    cfg_path = Path(os.path.abspath(os.path.expanduser(os.fspath(path)))) if path is not None else None
+    raw_globals, raw_sections = _read_ini(text, cfg_path)
+    inherited, global_vals, _ = _classify(raw_globals, None, cfg_path)
+    g = _parse_globals(global_vals, cfg_path)
+    if not raw_sections:
+        raise ConfigError("no repository section; add a [section] with 'local path' and 'relay address'",
+                          path=cfg_path)
+    repos: dict[str, RepositoryConfig] = {}
+    for name, raw in raw_sections.items():
+        own, _, _ = _classify(raw, name, cfg_path)
+        repos[name] = _build_repository(name, {**inherited, **own}, cfg_path, g)
+    _check_across(repos, cfg_path)
+    return Config(path=cfg_path, globals=g, repositories=repos)
+
+
+# --------------------------------------------------------------------------- finding and loading
+
+
+def config_search_path() -> list[Path]:
+    """Where a configuration file is looked for without ``-c``, first match wins."""
+    home = Path.home()
+    return [home / ".config" / "escale" / "escale.conf", home / ".escale" / "escale.conf", SYSTEM_CONFIG]
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The configuration file to use: ``explicit`` if given, else the first one that exists.
+
+    Only looks; never creates a file or folder (escale 0.7 created /etc/escale.conf as root).
+    """
+    if explicit is not None:
+        p = Path(os.path.expanduser(os.fspath(explicit)))
+        if not p.is_file():
+            what = "is not a file" if p.exists() else "does not exist"
+            raise ConfigError(f"configuration file {what}", path=p)
+        return p
+    candidates = config_search_path()
+    for p in candidates:
+        if p.is_file():
+            return p
+    raise ConfigError("no configuration file found; looked in " + ", ".join(map(str, candidates)))
+
+
+def _read_text(p: Path) -> str:
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file: {exc.strerror or exc}", path=p) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"line {line}: not valid UTF-8 text", path=p) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Find, read and check the configuration file (ConfigError on any problem)."""
+    p = find_config(path)
+    return parse_config_text(_read_text(p), p)
+
+
+# --------------------------------------------------------------------------- editing
+
+
+_LINE_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+_EOL_RE = re.compile(r"(\r\n|\r|\n)$")
+_OPTION_LINE_RE = re.compile(r"^(?P<pre>\s*(?P<key>.*?)\s*[=:]\s*)(?P<value>.*)$")
+
+
+def _scan(lines: list[str]) -> list[tuple[str, str | None]]:
+    """Classify lines as configparser reads them: blank, comment, header, option or continuation."""
+    out: list[tuple[str, str | None]] = []
+    option_indent: int | None = None
+    for i, line in enumerate(lines):
+        body = _EOL_RE.sub("", line)
+        if i == 0:
+            body = body.lstrip("\ufeff")
+        stripped = body.strip()
+        if not stripped:
+            out.append(("blank", None))
+            continue
+        if stripped.startswith(("#", ";")):
+            out.append(("comment", None))
+            continue
+        indent = len(body) - len(body.lstrip())
+        if option_indent is not None and indent > option_indent:
+            out.append(("cont", None))
+            continue
+        header = configparser.ConfigParser.SECTCRE.match(stripped)
+        if header:
+            out.append(("header", header.group("header")))
+            option_indent = None
+            continue
+        m = _OPTION_LINE_RE.match(stripped)
+        out.append(("option", m.group("key") if m else None))
+        option_indent = indent if m else None
+    return out
+
+
+def set_option(path: str | os.PathLike[str], section: str | None, option: str, value: str) -> None:
+    """Set one option in the file, leaving every other byte as it was.
+
+    ``section=None`` edits the global part. An existing line for the option
+    (under any alias) keeps its spelling and only gets its value replaced;
+    otherwise ``option = value`` is added after the section's last option.
+    The result is checked with :func:`parse_config_text` before the file is
+    atomically replaced, so an edit never turns a loadable file into a broken
+    one (a file that is already broken may be completed option by option).
+    """
+    p = Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+    spec = lookup_option(option)
+    if spec is None:
+        raise ConfigError(f"unknown option '{option}'{_suggest(option)}", path=p, section=section,
+                          option=option)
+    if spec.scope == GLOBAL and section is not None:
+        raise ConfigError("global option, put it before the first section", path=p, section=section,
+                          option=option)
+    value = str(value).strip()
+    if "\n" in value or "\r" in value:
+        raise ConfigError("a value must fit on one line", path=p, section=section, option=option)
+    text = _read_text(p)
+    lines = _LINE_RE.findall(text)
+    kinds = _scan(lines)
+
+    if section is None:
+        start = 0
+    else:
+        starts = [i for i, (kind, name) in enumerate(kinds) if kind == "header" and name == section]
+        if not starts:
+            raise ConfigError(f"no section [{section}]", path=p)
+        start = starts[0] + 1
+    end = next((i for i in range(start, len(kinds)) if kinds[i][0] == "header"), len(kinds))
+
+    eol_match = re.search(r"\r\n|\r|\n", text)
+    eol = eol_match.group(0) if eol_match else "\n"
+    target = None
+    for i in range(start, end):
+        kind, key = kinds[i]
+        if kind == "option" and key is not None:
+            found = lookup_option(key)
+            if found is not None and found.field == spec.field:
+                target = i
+                break
+
+    if target is not None:
+        line = lines[target]
+        line_eol = _EOL_RE.search(line)
+        ending = line_eol.group(1) if line_eol else ""
+        body = line[: len(line) - len(ending)]
+        m = _OPTION_LINE_RE.match(body)
+        assert m is not None
+        pre = m.group("pre")
+        if not m.group("value") and not pre[-1].isspace():
+            pre += " "
+        lines[target] = pre + value + ending
+        j = target + 1
+        drop = []
+        while j < end and kinds[j][0] in ("cont", "blank", "comment"):
+            if kinds[j][0] == "cont":
+                drop.append(j)
+            j += 1
+        for k in reversed(drop):
+            del lines[k]
+    else:
+        last = max((i for i in range(start, end) if kinds[i][0] in ("option", "cont")), default=None)
+        if last is None:
+            if section is not None:
+                last = start - 1
+            else:
+                # before the comments/blank lines that introduce the first section
+                insert_at = end
+                while insert_at > 0 and kinds[insert_at - 1][0] in ("blank", "comment"):
+                    insert_at -= 1
+                last = insert_at - 1
+        if last >= 0 and not _EOL_RE.search(lines[last]):
+            lines[last] += eol
+        lines.insert(last + 1, f"{option} = {value}{eol}")
+
+    new_text = "".join(lines)
+    _check_edit(text, new_text, p, section, spec)
+    _atomic_write(p, new_text.encode("utf-8"))
+    log.info("%s: set %s'%s'", p, f"[{section}] " if section is not None else "", option)
+
+
+def _check_edit(old_text: str, new_text: str, p: Path, section: str | None, spec: OptionSpec) -> None:
+    """Refuse an edit that breaks the file, without blocking repairs of a broken file.
+
+    A file that loaded must still load. A file that is already broken (say, a
+    section being filled in one option at a time) may be written unless the
+    first error is now about the option just set.
+    """
+    try:
+        parse_config_text(new_text, p)
+        return
+    except ConfigError as exc:
+        new_error = exc
+    try:
+        parse_config_text(old_text, p)
+    except ConfigError:
+        about = lookup_option(new_error.option) if new_error.option else None
+        if about is not spec or new_error.section != section:
+            log.debug("%s: written although it does not load yet: %s", p, new_error)
+            return
+    raise new_error
+
+
+def _atomic_write(p: Path, data: bytes) -> None:
+    """Replace the file in one rename so a crash never leaves half a configuration."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.chmod(tmp, p.stat().st_mode & 0o7777)
+        except OSError:
+            pass
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+__all__ = ["Config", "GlobalConfig", "OPTIONS", "OptionSpec", "RepositoryConfig", "SYSTEM_CONFIG",
+           "config_search_path", "find_config", "load_config", "lookup_option", "parse_bool",
+           "parse_config_text", "parse_size", "set_option"]
