@@ -44,6 +44,10 @@ BLOB_THRESHOLD = 4 << 20
 #: a reservation older than this is a crashed writer's leftover
 RESERVATION_TTL = 6 * 3600
 DEFAULT_MAXPAGESIZE = 200 * 10**6
+#: room kept under the quota for each member's small objects (card, acks, requests)
+SMALL_OBJECTS_ROOM = 16 << 10
+#: relay bytes one base entry takes in a snapshot (an upper estimate)
+SNAPSHOT_BYTES_PER_ENTRY = 320
 
 
 @dataclass
@@ -654,7 +658,7 @@ class Manager:
         seq = self.state.own_seq + 1
         estimate = sum(self.cipher.size_on_relay(i.entry.size) for i in items if i.data != NONE)
         estimate += self.cipher.size_on_relay(4096 + 400 * len(items))
-        if not self._reserve(estimate):
+        if not self._reserve(estimate + self._headroom(len(items))):
             log.info("%s: relay quota reached; waiting for pullers to free room", self.name)
             return False
         try:
@@ -727,6 +731,16 @@ class Manager:
             log.info("%s: %s changed while being sent; will send it next cycle", self.name, e.path)
             return False
         return True
+
+    def _headroom(self, new_entries: int) -> int:
+        """Room the quota must keep beyond an update: the snapshot we will rewrite before
+        collecting it (old and new copies coexist for a moment) and every member's small
+        objects, so the relay stays under the quota at every instant."""
+        if self.tq.quota is None:
+            return 0
+        entries = len(self.state.base()) + new_entries
+        snapshot = self.cipher.size_on_relay(1024 + SNAPSHOT_BYTES_PER_ENTRY * entries)
+        return snapshot + SMALL_OBJECTS_ROOM * max(1, len(self._cards))
 
     def _reserve(self, size: int) -> bool:
         """Claim room under the quota without a lock.

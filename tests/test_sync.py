@@ -1,0 +1,194 @@
+"""Multi-client scenarios through the real CLI on one file:// relay (issue: core engine)."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from cluster import temp_files, tree, update_objects
+
+BIG = 300 * 1000 * 1000
+
+
+def converge(cluster, rounds=3):
+    cluster.round(rounds=rounds)
+
+
+def assert_same(cluster, *names):
+    names = names or tuple(cluster.clients)
+    first = cluster.clients[names[0]].tree()
+    for n in names[1:]:
+        other = cluster.clients[n].tree()
+        assert other == first, f"{n} differs from {names[0]}: " \
+            f"only in {names[0]}: {sorted(set(first) - set(other))[:5]}, only in {n}: " \
+            f"{sorted(set(other) - set(first))[:5]}, " \
+            f"changed: {[k for k in first if k in other and first[k] != other[k]][:5]}"
+    return first
+
+
+def write_big(path, size):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+        f.write(b"end")  # not a multiple of the block
+
+
+def test_three_shared_clients_all_kinds_of_changes(cluster):
+    a, b, c = cluster.add("a"), cluster.add("b"), cluster.add("c")
+    a.write("top.txt", "top")
+    a.write("nested/deeper/still/file.md", "# deep")
+    a.write(".hidden/.dotfile", "dot")
+    a.write("zero", b"")
+    a.write("unicodé/日本語 ファイル.txt", "ünïcødé")
+    a.write("exec.sh", "#!/bin/sh\necho hi\n")
+    os.chmod(a.path("exec.sh"), 0o755)
+    a.path("empty/inner").mkdir(parents=True)
+    write_big(a.path("big/huge.bin"), BIG)
+    b.write("from-b.txt", "b was here")
+    converge(cluster)
+    t = assert_same(cluster)
+    assert t["exec.sh"][2] == 0o755 and t["empty/inner"][0] == "dir" and t["zero"][1] == \
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert t["big/huge.bin"][0] == "file" and (c.path("big/huge.bin").stat().st_size == BIG + 3)
+    assert t["top.txt"][3] == int(a.path("top.txt").stat().st_mtime)  # mtimes carried
+
+    # edits, deletions, renames (file and folder), on different clients
+    time.sleep(0.01)
+    b.write("top.txt", "top edited on b")
+    c.path("from-b.txt").unlink()
+    os.rename(c.path("nested/deeper"), c.path("nested/moved"))
+    os.rename(a.path("big/huge.bin"), a.path("big/renamed.bin"))
+    (a.path("empty/inner")).rmdir()
+    os.chmod(b.path("exec.sh"), 0o700)
+    converge(cluster)
+    t = assert_same(cluster)
+    assert "from-b.txt" not in t and "nested/moved/still/file.md" in t and "nested/deeper" not in t
+    assert "big/renamed.bin" in t and "big/huge.bin" not in t and "empty/inner" not in t
+    assert a.path("top.txt").read_text() == "top edited on b"
+    assert t["exec.sh"][2] == 0o700
+    # deleted files went to the trash, not away
+    trash = [p for p in (b.folder / ".escale" / "trash").rglob("from-b.txt")]
+    assert trash and trash[0].read_text() == "b was here"
+    # transit only: once everyone acked, no update data remains on the relay
+    assert update_objects(cluster) == []
+    assert cluster.relay_bytes() < 1_000_000
+    for cl in cluster.clients.values():
+        assert temp_files(cl.folder) == []
+
+
+def test_upload_and_download_modes(cluster):
+    up = cluster.add("up", "upload")
+    d1, d2 = cluster.add("d1", "download"), cluster.add("d2", "download")
+    up.write("doc/a.txt", "v1")
+    up.write("doc/b.txt", "b")
+    cluster.round(rounds=2)
+    assert d1.tree() == up.tree() == d2.tree()
+    # a download client's local edits and new files are never pushed
+    d1.write("doc/a.txt", "edited on d1")
+    d1.write("local-only.txt", "mine")
+    # an upload client never writes locally
+    up.write("doc/b.txt", "b2")
+    cluster.round(rounds=2)
+    assert not up.path("local-only.txt").exists() and not d2.path("local-only.txt").exists()
+    assert up.path("doc/a.txt").read_text() == "v1" and d2.path("doc/a.txt").read_text() == "v1"
+    assert d1.path("doc/b.txt").read_text() == "b2" == d2.path("doc/b.txt").read_text()
+    # when the uploader changes a file the download client edited, the upload wins there
+    # and the local edit is kept in the trash
+    up.write("doc/a.txt", "v2")
+    cluster.round(rounds=2)
+    assert d1.path("doc/a.txt").read_text() == "v2"
+    assert [p.read_text() for p in (d1.folder / ".escale/trash").rglob("a.txt")] == ["edited on d1"]
+    assert update_objects(cluster) == []
+
+
+def test_concurrent_edit_gives_one_winner_and_one_conflict_copy_everywhere(cluster):
+    a, b, c = cluster.add("a"), cluster.add("b"), cluster.add("c")
+    a.write("shared.txt", "original")
+    converge(cluster, rounds=2)
+    now = time.time()
+    a.write("shared.txt", "edit by a", mtime=now - 60)
+    b.write("shared.txt", "edit by b", mtime=now)  # newer: wins
+    a.once()  # a publishes; b has not seen it yet
+    b.once()  # b pulls a's edit first: conflict with its local edit
+    converge(cluster)
+    t = assert_same(cluster)
+    copies = [p for p in t if "conflict" in p]
+    assert len(copies) == 1, copies
+    assert copies[0].startswith("shared.conflict-a-") and copies[0].endswith(".txt")
+    assert a.path("shared.txt").read_text() == "edit by b"
+    assert a.path(copies[0]).read_text() == "edit by a"
+
+
+def test_concurrent_published_edits_resolve_the_same_everywhere(cluster):
+    a, b, c = cluster.add("a"), cluster.add("b"), cluster.add("c")
+    a.write("x.txt", "0")
+    converge(cluster, rounds=2)
+    now = time.time()
+    a.write("x.txt", "a-version", mtime=now)       # newer: wins
+    b.write("x.txt", "b-version", mtime=now - 30)
+    # a publishes; b pulls a's update with its own edit still local, then both sync
+    a.once("-r", "repo")
+    assert "1 conflicts" in b.once().out
+    converge(cluster)
+    t = assert_same(cluster)
+    copies = sorted(p for p in t if "conflict" in p)
+    assert len(copies) == 1 and copies[0].startswith("x.conflict-b-")
+    assert c.path("x.txt").read_text() == "a-version" and c.path(copies[0]).read_text() == "b-version"
+
+
+def test_late_joiner_receives_everything(cluster):
+    a, b = cluster.add("a"), cluster.add("b")
+    for i in range(1000):
+        a.write(f"many/{i // 100:02d}/file-{i:04d}.txt", f"content {i}\n" * (i % 7))
+    cluster.round(rounds=2)
+    assert b.tree() == a.tree()
+    assert update_objects(cluster) == []  # all collected: only snapshots can help now
+    late = cluster.add("late")
+    for _ in range(3):
+        late.once()
+        a.once()
+        b.once()
+    assert late.tree() == a.tree()
+    assert len([k for k, v in late.tree().items() if v[0] == "file"]) == 1000
+    cluster.round(rounds=2)
+    assert update_objects(cluster) == []
+
+
+def test_deletion_loses_to_a_concurrent_edit(cluster):
+    a, b = cluster.add("a"), cluster.add("b")
+    a.write("keep.txt", "v1")
+    converge(cluster, rounds=2)
+    a.path("keep.txt").unlink()
+    b.write("keep.txt", "v2 edited")
+    a.once()
+    b.once()
+    converge(cluster)
+    assert_same(cluster)
+    assert a.path("keep.txt").read_text() == "v2 edited"
+
+
+def test_changed_during_download_is_not_overwritten(cluster, monkeypatch):
+    """The rename into place is refused when the target changed since the scan."""
+    from escale.folder import Folder, LocalChanged
+    from escale.index import Entry, FILE
+    import hashlib
+    import io
+
+    root = cluster.base / "f"
+    root.mkdir()
+    (root / "t.txt").write_text("local")
+    folder = Folder(root, "sha256", lambda p, r, st: hashlib.sha256(p.read_bytes()).hexdigest())
+    expect = folder.stat_one("t.txt")
+    (root / "t.txt").write_text("changed meanwhile")
+    data = b"incoming"
+    e = Entry("t.txt", FILE, hashlib.sha256(data).hexdigest(), len(data), time.time_ns(), 0o644, None, "x" * 16)
+    with pytest.raises(LocalChanged):
+        folder.fetch("t.txt", e, io.BytesIO(data), expect)
+    assert (root / "t.txt").read_text() == "changed meanwhile"
+    assert temp_files(root) == []
