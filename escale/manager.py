@@ -81,6 +81,24 @@ class CycleReport:
         return s
 
 
+@dataclass(frozen=True)
+class MemberStatus:
+    name: str
+    mode: str
+    pending_updates: int
+    is_me: bool
+
+
+@dataclass(frozen=True)
+class RepositoryStatus:
+    repository: str
+    relay: str
+    used_bytes: int
+    quota: int | None
+    members: list[MemberStatus]
+    wanted_files: int
+
+
 class Manager:
     """Sync one local folder with one relay (escale 0.7's constructor, still accepted).
 
@@ -242,6 +260,27 @@ class Manager:
             if opened:
                 self.close()
 
+    def status(self) -> "RepositoryStatus":
+        """What the relay and our state say, without syncing (safe while a daemon runs)."""
+        own_state = self.state is None
+        if own_state:
+            self.state = State(self.state_dir)
+            self.me = self.state.client_id()
+        try:
+            self.relay.open()
+            view = list_relay(self.relay)
+            self._read_cards(view, repair=False)
+            members = [MemberStatus(self._cards.get(cid, {}).get("name", "?"),
+                                    self._cards.get(cid, {}).get("mode", "?"),
+                                    len(view.updates.get(cid, {})), cid == self.me)
+                       for cid in sorted(view.members)]
+            return RepositoryStatus(self.name, self.relay.address, view.used, self.tq.quota, members,
+                                    len(self.state.wants()))
+        finally:
+            if own_state:
+                self.state.close()
+                self.state = None
+
     # -- the cycle -------------------------------------------------------------------------
     def cycle(self, report: CycleReport | None = None) -> CycleReport:
         report = report or CycleReport(self.name)
@@ -298,14 +337,14 @@ class Manager:
         self.store.put_json(name, card)
         self.state.set("card", repr(card))
 
-    def _read_cards(self, view: RelayView) -> None:
+    def _read_cards(self, view: RelayView, repair: bool = True) -> None:
         self._cards = {}
         for cid, info in view.members.items():
             card = self._read_small(info.name, info)
             if isinstance(card, dict) and isinstance(card.get("name"), str):
                 self._cards[cid] = card
                 self._names[cid] = card["name"]
-        if self.me not in view.members:  # e.g. removed by hand: put it back
+        if repair and self.me not in view.members:  # e.g. removed by hand: put it back
             self._ensure_card()
 
     def _read_small(self, name: str, info) -> object:

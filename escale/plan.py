@@ -7,7 +7,8 @@ Rules, for an incoming entry E replacing version E.prev, our base B (what we las
 synced at that path) and the local file L:
 
 1. L already equals E → remember E, nothing to write.
-2. E continues our base (E.prev == B) and L is unchanged since B → apply E.
+2. E continues our base (E.prev == B) and L is unchanged since B → apply E. So does a
+   newer E from the client that wrote B (one client's versions form a line).
 3. Otherwise there is a concurrent change:
    - a deletion never removes a version the deleter did not see (local wins);
    - an edit beats a deletion (a deleted local file comes back);
@@ -136,6 +137,15 @@ def reconcile(e: Entry, base: Entry | None, local: LocalFile | None, *, me: str,
     if pv == bv and not modified:
         _apply(steps, e, displace_first=local.kind != e.kind)
         plan.note = "updated"
+        return plan
+    if not modified and base is not None and base.author == e.author and base.kind != GONE:
+        # one client's versions of a path form a line: its newer version supersedes the
+        # one we hold even if we skipped some in between (e.g. while the path was w-)
+        if e.mtime_ns >= base.mtime_ns:
+            _apply(steps, e, displace_first=local.kind != e.kind)
+            plan.note = "updated (newer version from the same client)"
+        else:
+            plan.note = "ignored: older than the version we hold from the same client"
         return plan
 
     # a concurrent change meets E

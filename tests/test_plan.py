@@ -162,3 +162,14 @@ def test_local_changes_respects_scope():
     base = {"secret": entry("secret", h=H0)}
     changes = local_changes({"x": local("x")}, base, me=ME, in_scope=lambda p, k: p != "secret")
     assert [e.path for e in changes] == ["x"]  # an out-of-scope base path is not reported deleted
+
+
+def test_newer_version_from_the_same_author_supersedes_a_skipped_history():
+    base = entry(h=H0, author=ALICE, mtime=10**18)
+    e = entry(h=H2, prev=H1, author=ALICE, mtime=2 * 10**18)  # we never saw H1
+    assert kinds(reconcile(e, base, local(h=H0), me=ME)) == ["Fetch", "Remember"]
+    older = entry(h=H2, prev=H1, author=ALICE, mtime=10**17)
+    assert reconcile(older, base, local(h=H0), me=ME).steps == []
+    # but a local edit on top of it still makes a conflict
+    plan = reconcile(e, base, local(h=H1, mtime=3 * 10**18), me=ME, name_of=NAMES)
+    assert any(isinstance(s, Fetch) and "conflict" in s.target for s in plan.steps)

@@ -1,0 +1,115 @@
+"""``escalectl``: inspect and control repositories without running a sync.
+
+- ``access [-r NAME] FILE [MODIFIERS…]``: show or set per-file flags (escale 0.7's
+  ``r+``/``r-``/``r?`` = may/may not be uploaded, ``w…`` = may be written locally).
+- ``status [-r NAME]``: members, pending updates and relay usage of each repository.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..access import AccessAttributes, parse_modifiers
+from ..config import load_config
+from ..errors import EXIT_CONFIG, EXIT_FILES_FAILED, EXIT_OK, ConfigError, EscaleError
+from .daemon import select
+from .logs import setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="escalectl", description="Control escale repositories.")
+    p.add_argument("-c", "--config", help="configuration file (default: the standard search)")
+    p.add_argument("--version", action="version", version=f"escalectl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("access", help="show or set a file's r/w flags")
+    a.add_argument("-r", "--repository", metavar="NAME", help="repository (section) of the file")
+    a.add_argument("resource", help="file, relative to the synced folder or absolute")
+    a.add_argument("modifiers", nargs="*", help="e.g. r- (never upload), w- (never overwrite), r?w? (unset)")
+    s = sub.add_parser("status", help="members, pending updates and relay usage")
+    s.add_argument("-r", "--repository", action="append", default=[], metavar="NAME")
+    return p
+
+
+def _locate(cfg, resource: str, name: str | None):
+    """(repository config, relative path) for a file named by the user."""
+    repos = select(cfg, [name] if name else [])
+    matches = []
+    for r in repos:
+        root = Path(r.local_path)
+        p = Path(resource)
+        if p.is_absolute():
+            try:
+                rel = p.resolve().relative_to(root.resolve()).as_posix()
+            except ValueError:
+                continue
+        else:
+            rel = p.as_posix()
+            if not name and not (root / rel).exists():
+                continue
+        matches.append((r, rel))
+    if not matches:
+        raise ConfigError(f"'{resource}' is in no repository's folder" if not name else
+                          f"'{resource}' is not inside [{name}]'s folder", path=cfg.path)
+    if len(matches) > 1:
+        raise ConfigError(f"'{resource}' is in several repositories ({', '.join(r.name for r, _ in matches)}); "
+                          "name one with -r", path=cfg.path)
+    return matches[0]
+
+
+def cmd_access(cfg, args) -> int:
+    repo, rel = _locate(cfg, args.resource, args.repository)
+    try:
+        changes = parse_modifiers(args.modifiers)
+    except ValueError as exc:
+        print(f"escalectl: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    state = repo.state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    with AccessAttributes(state / "access.db") as table:
+        if "r" in changes:
+            table.setReadability(rel, changes["r"])
+        if "w" in changes:
+            table.setWritability(rel, changes["w"])
+        print(f"{repo.name}: {rel}: {table.table(rel)}")
+    return EXIT_OK
+
+
+def cmd_status(cfg, args) -> int:
+    from ..manager import Manager
+
+    code = EXIT_OK
+    for repo in select(cfg, args.repository):
+        try:
+            st = Manager.from_config(repo).status()
+        except EscaleError as exc:
+            print(f"escalectl: {repo.name}: {exc}", file=sys.stderr)
+            code = max(code, exc.exit_code)
+            continue
+        quota = f" of {st.quota} (quota)" if st.quota else ""
+        print(f"[{st.repository}] relay {st.relay}: {st.used_bytes} bytes in use{quota}")
+        for m in st.members:
+            tag = " (this client)" if m.is_me else ""
+            print(f"  {m.name:<20} {m.mode:<12} {m.pending_updates} update(s) pending{tag}")
+        if st.wanted_files:
+            print(f"  waiting for the contents of {st.wanted_files} file(s)")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(-1)
+    try:
+        cfg = load_config(args.config)
+        return {"access": cmd_access, "status": cmd_status}[args.command](cfg, args)
+    except ConfigError as exc:
+        print(f"escalectl: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EscaleError as exc:
+        print(f"escalectl: {exc}", file=sys.stderr)
+        return exc.exit_code or EXIT_FILES_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

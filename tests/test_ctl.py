@@ -1,0 +1,52 @@
+"""escalectl through the real CLI: flags set there change what the daemon does."""
+import subprocess
+import sys
+
+
+def ctl(client, *args):
+    p = subprocess.run([sys.executable, "-m", "escale.cli.ctl", "-c", str(client.conf), *args],
+                       capture_output=True, text=True, env=client.cluster.env)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_access_flags_gate_push_and_pull(cluster):
+    a, b = cluster.add("a"), cluster.add("b")
+    a.write("private.txt", "never leaves a")
+    a.write("shared.txt", "v1")
+    code, out, _ = ctl(a, "access", "private.txt", "r-")
+    assert code == 0 and out.strip() == "repo: private.txt: r-w?"
+    cluster.round(rounds=2)
+    assert not b.path("private.txt").exists() and b.path("shared.txt").read_text() == "v1"
+    # w- on b: a's next edit of shared.txt is not written there
+    assert ctl(b, "access", str(b.path("shared.txt")), "w-")[0] == 0
+    a.write("shared.txt", "v2")
+    cluster.round(rounds=2)
+    assert b.path("shared.txt").read_text() == "v1"
+    # unset: the flag table forgets it and the file follows again on the next change
+    assert ctl(b, "access", "shared.txt", "w?")[1].strip() == "repo: shared.txt: r?w?"
+    a.write("shared.txt", "v3")
+    cluster.round(rounds=2)
+    assert b.path("shared.txt").read_text() == "v3"
+    assert not [p for p in b.tree() if "conflict" in p]  # a skipped version is not a conflict
+
+
+def test_access_errors(cluster):
+    a = cluster.add("a")
+    code, _, err = ctl(a, "access", "missing.txt")
+    assert code == 3 and "no repository" in err
+    a.write("f", "x")
+    code, _, err = ctl(a, "access", "f", "x+")
+    assert code == 3 and "invalid access modifier" in err
+
+
+def test_status_lists_members_and_pending_updates(cluster):
+    a, b = cluster.add("a"), cluster.add("b")
+    b.once()
+    a.write("f.txt", "x")
+    a.once()
+    code, out, _ = ctl(a, "status")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("[repo] relay file://")
+    assert any(line.split()[:2] == ["a", "shared"] and "1 update(s) pending (this client)" in line for line in lines)
+    assert any(line.split()[:2] == ["b", "shared"] and "0 update(s)" in line for line in lines)
