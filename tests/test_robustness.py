@@ -153,6 +153,54 @@ def test_kill9_pusher_then_converges(cluster):
     assert [n for n in update_objects(cluster) if RELAY_TMP not in n] == []
 
 
+def test_kill9_pusher_between_upload_and_commit(cluster):
+    """Kill A after its update object is on the relay but before its state recorded it.
+
+    To land the kill in that window deterministically, the test holds a write lock on A's
+    real state database while A uploads: A finishes the upload, then blocks on its commit,
+    and is killed there. The next run must adopt the update (not publish it twice)."""
+    a = cluster.add("A")
+    b = cluster.add("B")
+    b.once()
+    populate(a, n_small=6)
+    before = a.tree()
+    a.once()                                   # creates A's state and its client id...
+    b.once()
+    a.once()                                   # ...and drains update 1
+    cid, seq = meta(a)["client_id"], int(meta(a)["own_seq"])
+    a.write("late.bin", os.urandom(BIG // 2))
+    a.write("late.txt", "late")
+    before = a.tree()
+    target = cluster.relay / "u" / cid / str(seq + 1)
+
+    proc = a.start("--once")
+    db = sqlite3.connect(state_db(a), isolation_level=None, timeout=10)
+    try:
+        assert wait_for(lambda: proc.poll() is not None or bool(relay_temps(cluster)), timeout=20, interval=0.002)
+        assert proc.poll() is None, ("A finished before its blob upload was seen", finish(proc))
+        db.execute("BEGIN IMMEDIATE")          # A's next commit now waits (up to 5 s)
+        assert wait_for(lambda: target.exists(), timeout=4, interval=0.002), "update never appeared"
+        assert proc.poll() is None, finish(proc)
+        kill9(proc)
+        finish(proc)
+        assert db.execute("SELECT value FROM meta WHERE key='own_seq'").fetchone()[0] == str(seq)
+        db.execute("ROLLBACK")
+    finally:
+        if proc.poll() is None:
+            kill9(proc)
+        db.close()
+
+    r = a.once()
+    assert f"completed update {seq + 1} interrupted by a crash" in r.err, r
+    assert "0 sent" in r.out, r                # adopted, not published a second time
+    assert sorted(n for n in update_objects(cluster) if n.startswith("u/")) == [f"u/{cid}/{seq + 1}"]
+    b.once()
+    a.once()
+    assert a.tree() == before == b.tree()
+    assert [n for n in update_objects(cluster) if RELAY_TMP not in n] == []
+    assert local_temps(a.folder) == [] and local_temps(b.folder) == []
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "engine bug: _recover_outbox (escale/manager.py) rolls back a crashed publication through "
     "relay.list(), which skips '.escale-put-' temporaries, and LocalMount only removes temporaries "
