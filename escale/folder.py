@@ -182,6 +182,20 @@ class Folder:
             except FileNotFoundError:
                 pass
 
+    def move(self, source: str, source_expect: LocalFile | None, target: str, entry: Entry,
+             expect: LocalFile | None) -> None:
+        """Complete a rename: move the local file ``source`` (whose digest is entry's) to ``target``."""
+        src = safe_join(self.root, source)
+        dest = safe_join(self.root, target)
+        if source_expect is None or source_expect.hash != entry.hash or not self._unchanged(source, source_expect):
+            raise LocalChanged(f"{source} changed here; cannot complete its rename to {target}")
+        self.make_parents(target)
+        if not self._unchanged(target, expect):
+            raise LocalChanged(f"{target} changed here during the sync; kept the local version")
+        os.chmod(src, entry.mode & 0o777)
+        os.utime(src, ns=(entry.mtime_ns, entry.mtime_ns))
+        os.replace(src, dest)
+
     def make_parents(self, relpath: str) -> None:
         parent = relpath.rpartition("/")[0]
         if parent:

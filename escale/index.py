@@ -29,6 +29,8 @@ class Entry:
     author: str = ""
     #: for a rename: a path whose content (same hash) receivers may reuse
     origin: str | None = None
+    #: the author's update that published this version (0: not published yet)
+    seq: int = 0
 
     @property
     def version(self) -> str | None:
@@ -46,13 +48,13 @@ class Entry:
         try:
             e = cls(path=d["path"], kind=d["kind"], hash=d.get("hash"), size=d.get("size", 0),
                     mtime_ns=d.get("mtime_ns", 0), mode=d.get("mode", 0o644), prev=d.get("prev"),
-                    author=d.get("author", ""), origin=d.get("origin"))
+                    author=d.get("author", ""), origin=d.get("origin"), seq=d.get("seq", 0))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"entry lacks a field: {exc}") from exc
         if not isinstance(e.path, str) or e.kind not in KINDS:
             raise ValueError(f"bad entry kind or path: {e.kind!r}")
         if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                   for x in (e.size, e.mtime_ns, e.mode)):
+                   for x in (e.size, e.mtime_ns, e.mode, e.seq)):
             raise ValueError(f"bad number in entry for {e.path!r}")
         if e.kind == FILE and not (isinstance(e.hash, str) and _HEX.match(e.hash)):
             raise ValueError(f"bad digest in entry for {e.path!r}")

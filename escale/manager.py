@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -28,10 +28,10 @@ from .filters import Filter
 from .folder import ContentMismatch, Folder, LocalChanged
 from .index import DIR, DIR_VERSION, FILE, GONE, Entry, LocalFile
 from .pacing import TimeQuotaController
-from .plan import (CONSERVATIVE, DOWNLOAD, SHARED, UPLOAD, Displace, Fetch, MakeDir, Plan, Remember,
-                   RemoveDir, SetMode, local_changes, reconcile)
+from .plan import (Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode, local_changes, reconcile,
+                   saw, stamp)
 from .protocol import (BLOB, FORMAT_VERSION, HEADER_NAME, INLINE, NONE, SNAPSHOT_MAGIC, UPDATE_MAGIC, Item,
-                       ObjectStore, RelayView, UpdateHeader, ack_name, blob_name, list_relay, member_name,
+                       ObjectStore, RelayView, Snapshot, UpdateHeader, ack_name, blob_name, list_relay, member_name,
                        request_name, reservation_name, snapshot_name, update_name)
 from .relay import Relay, backend_for, parse_address
 from .state import InstanceLock, Published, State
@@ -212,7 +212,13 @@ class Manager:
         self._ensure_header()
         self._ensure_card()
         self._recover_outbox()
-        self.store.relay.delete(reservation_name(self.me))
+        self.relay.delete(reservation_name(self.me))
+        # interrupted uploads of our own objects (we are their only writer)
+        removed = sum(self.relay.abort_incomplete(prefix) for prefix in (
+            f"u/{self.me}/", f"b/{self.me}/", ack_name(self.me), snapshot_name(self.me), member_name(self.me),
+            request_name(self.me), reservation_name(self.me)))
+        if removed:
+            log.info("%s: removed %d interrupted upload(s) from the relay", self.name, removed)
 
     def close(self) -> None:
         owned = self._access_args is not None
@@ -382,53 +388,147 @@ class Manager:
     # Pull
     # =========================================================================================
     def download(self, view: RelayView | None = None, report: CycleReport | None = None) -> CycleReport:
-        """Apply every pusher's new updates (0.7 name), then acknowledge them."""
+        """Apply every pusher's new updates in causal order (0.7 name), then acknowledge them.
+
+        An update waits until the updates its publisher had applied (its ``deps``) are
+        applied here too, so an entry never meets a base its publisher had not seen
+        unless the two are truly concurrent. A pusher whose needed updates were
+        collected is caught up from its snapshot; several such snapshots are merged.
+        """
         report = report or CycleReport(self.name)
         view = view or list_relay(self.relay)
         self._base = self.state.base()
         self._wants = self.state.wants()
+        self._by_hash: dict[str, list[str]] | None = None
+        self._moves: dict[str, str | None] = {}
         applied_before = self.state.applied()
+        self._pos = {p: s for p, (s, _d) in applied_before.items()}
+        queues: dict[str, list[int]] = {}
+        resync: dict[str, object] = {}  # pusher -> snapshot info, or its loaded Snapshot
         for pusher in sorted(view.pushers() - {self.me}):
-            self._check_stop()
+            have = self._pos.get(pusher, 0)
+            queues[pusher] = sorted(s for s in view.updates.get(pusher, {}) if s > have)
+            snap = view.snapshots.get(pusher)
+            behind = bool(queues[pusher]) and queues[pusher][0] != have + 1
+            if behind or (not queues[pusher] and snap is not None and self._snapshot_newer(snap, have)):
+                if snap is None:
+                    report.error(f"relay object {update_name(pusher, have + 1)}: missing, and its client has "
+                                 "no snapshot to catch up from")
+                    queues[pusher] = []
+                else:
+                    resync[pusher] = snap
+        progress = True
+        while progress:
+            progress = False
+            for pusher in sorted(queues):
+                self._check_stop()
+                try:
+                    if pusher in resync:
+                        snap = self._load_snapshot(pusher, resync)
+                        if snap is None or not self._ready(snap.deps):
+                            continue
+                        self._apply_snapshots([snap], report)
+                        del resync[pusher]
+                        progress = True
+                    progress |= self._drain(pusher, queues, report, causal=True)
+                except IntegrityError as exc:
+                    self._fail(pusher, queues, resync, exc, report)
+        # what is left waits on itself (snapshots taken at nearly the same time) or on a
+        # pusher we cannot follow: merge the snapshots, then apply in sequence order
+        snaps = []
+        for pusher in sorted(resync):
             try:
-                self._pull_from(pusher, view, report)
+                snap = self._load_snapshot(pusher, resync)
             except IntegrityError as exc:
-                report.error(str(exc))
-                self._base, self._wants = self.state.base(), self.state.wants()
+                self._fail(pusher, queues, resync, exc, report)
+                continue
+            if snap is not None:
+                snaps.append(snap)
+        if snaps:
+            self._apply_snapshots(snaps, report)
+        for pusher in sorted(queues):
+            try:
+                self._drain(pusher, queues, report, causal=False)
+            except IntegrityError as exc:
+                self._fail(pusher, queues, {}, exc, report)
         if self.state.applied() != applied_before or self.relay.stat(ack_name(self.me)) is None:
             acks = {p: [s, d] for p, (s, d) in self.state.applied().items()}
             self.store.put_json(ack_name(self.me), {"v": FORMAT_VERSION, "acks": acks})
         self._publish_wants(view)
         return report
 
-    def _pull_from(self, pusher: str, view: RelayView, report: CycleReport) -> None:
-        pos = self.state.applied().get(pusher)
-        have = pos[0] if pos else 0
-        avail = sorted(s for s in view.updates.get(pusher, {}) if s > have)
-        snap_info = view.snapshots.get(pusher)
-        if avail and avail[0] != have + 1:
-            # the updates we need were collected: catch up from the pusher's snapshot
-            if snap_info is None:
-                raise IntegrityError(update_name(pusher, have + 1), "missing, and the pusher has no snapshot")
-            snap_seq = self._resync(pusher, snap_info, report)
-            if snap_seq is None:
-                return
-            have = snap_seq
-            avail = [s for s in avail if s > have]
-            if avail and avail[0] != have + 1:
-                raise IntegrityError(update_name(pusher, have + 1), "missing (not covered by the snapshot)")
-        elif not avail:
-            if snap_info is not None:
-                known = self.state.seen(snap_info.name, snap_info.size, snap_info.mtime)
-                if not isinstance(known, dict) or known.get("seq", 0) > have:
-                    self._resync(pusher, snap_info, report)
-            return
-        for seq in avail:
+    def _fail(self, pusher: str, queues: dict, resync: dict, exc: IntegrityError, report: CycleReport) -> None:
+        """Stop following one pusher this cycle; everything else goes on."""
+        report.error(str(exc))
+        queues[pusher] = []
+        resync.pop(pusher, None)
+        self._base, self._wants = self.state.base(), self.state.wants()
+        self._by_hash = None
+
+    def _ready(self, deps: dict[str, int]) -> bool:
+        return all(q == self.me or self._pos.get(q, 0) >= s for q, s in deps.items())
+
+    def _drain(self, pusher: str, queues: dict[str, list[int]], report: CycleReport, causal: bool) -> bool:
+        """Apply the pusher's queued updates in order while their dependencies are met."""
+        progress = False
+        queue = queues[pusher]
+        while queue and queue[0] <= self._pos.get(pusher, 0):
+            queue.pop(0)  # covered by a snapshot
+        while queue:
             self._check_stop()
-            if seq != have + 1:
-                raise IntegrityError(update_name(pusher, have + 1), "missing: the pusher's sequence has a gap")
-            self._apply_update(pusher, seq, view, report)
-            have = seq
+            seq = queue[0]
+            if seq != self._pos.get(pusher, 0) + 1:
+                raise IntegrityError(update_name(pusher, self._pos.get(pusher, 0) + 1),
+                                     "missing: the sequence of its client has a gap")
+            if not self._apply_update(pusher, seq, report, causal):
+                break
+            queue.pop(0)
+            progress = True
+        return progress
+
+    def _snapshot_newer(self, info, have: int) -> bool:
+        known = self.state.seen(info.name, info.size, info.mtime)
+        return not isinstance(known, dict) or known.get("seq", 0) > have
+
+    def _load_snapshot(self, pusher: str, resync: dict) -> Snapshot | None:
+        """Read (once per cycle) a pusher's snapshot; None if it holds nothing new."""
+        value = resync[pusher]
+        if isinstance(value, Snapshot) or value is None:
+            return value
+        info = value
+        header, _digest, stream = self.store.open_framed(info.name, SNAPSHOT_MAGIC)
+        stream.close()
+        snap = Snapshot.parse(info.name, header, pusher)
+        self.state.set_seen(info.name, info.size, info.mtime, {"seq": snap.seq})
+        if snap.seq <= self._pos.get(pusher, 0):
+            snap = None
+        resync[pusher] = snap
+        return snap
+
+    def _apply_snapshots(self, snaps: list[Snapshot], report: CycleReport) -> None:
+        """Take snapshots as entries without content (wanted from their writers).
+
+        Where several snapshots hold a path, an entry whose writer had seen another's
+        version supersedes it; among the rest the sync rules' stamp picks one.
+        """
+        by_path: dict[str, list[tuple[Snapshot, Entry]]] = {}
+        for snap in snaps:
+            log.info("%s: catching up from %s's snapshot (%d entries)", self.name, self.name_of(snap.client),
+                     len(snap.entries))
+            for e in snap.entries:
+                by_path.setdefault(e.path, []).append((snap, e))
+        self._moves = {}
+        with self.state.transaction():
+            for path, cands in by_path.items():
+                live = [(s, e) for s, e in cands if not any(
+                    e2.version != e.version and saw(s2.client, s2.deps, e) for s2, e2 in cands)] or cands
+                snap, e = max(live, key=lambda c: stamp(c[1].mtime_ns, c[1].author, c[1].version))
+                self._apply_entry(snapshot_name(snap.client), e, snap.client, None, report,
+                                  seen=lambda b, s=snap: saw(s.client, s.deps, b))
+            for snap in snaps:
+                self.state.set_applied(snap.client, snap.seq, snap.digest)
+                self._pos[snap.client] = snap.seq
+        self.folder.end_batch()
 
     def _local(self, path: str) -> LocalFile | None:
         try:
@@ -436,40 +536,25 @@ class Manager:
         except (FileChangedError, OSError) as exc:
             raise LocalChanged(f"cannot read {path}: {exc}") from exc
 
-    def _resync(self, pusher: str, info, report: CycleReport) -> int | None:
-        """Take a pusher's snapshot as a list of entries without content (wanted later)."""
-        name = snapshot_name(pusher)
-        header, digest, stream = self.store.open_framed(name, SNAPSHOT_MAGIC)
-        stream.close()
-        try:
-            seq, chain = int(header["seq"]), str(header["digest"])
-            if header.get("client") != pusher:
-                raise ValueError("snapshot of another client")
-            entries = [Entry.from_dict(d) for d in header["entries"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IntegrityError(name, f"malformed snapshot: {exc}") from exc
-        self.state.set_seen(info.name, info.size, info.mtime, {"seq": seq})
-        pos = self.state.applied().get(pusher)
-        if pos and seq <= pos[0]:
-            return None
-        log.info("%s: catching up from %s's snapshot (%d entries)", self.name, self.name_of(pusher), len(entries))
-        with self.state.transaction():
-            for e in entries:
-                self._apply_entry(name, e, pusher, None, report, from_snapshot=True)
-            self.state.set_applied(pusher, seq, chain)
-        self.folder.end_batch()
-        return seq
-
-    def _apply_update(self, pusher: str, seq: int, view: RelayView, report: CycleReport) -> None:
+    def _apply_update(self, pusher: str, seq: int, report: CycleReport, causal: bool = True) -> bool:
+        """Apply one update; False (nothing done) if ``causal`` and its dependencies are not met."""
         name = update_name(pusher, seq)
         header, digest, stream = self.store.open_framed(name, UPDATE_MAGIC)
         with stream:
             h = UpdateHeader.parse(name, header, pusher, seq)
+            if not self._ready(h.deps):
+                if causal:
+                    return False
+                log.warning("%s: applying %s before updates it depends on (they are not available)",
+                            self.name, name)
             pos = self.state.applied().get(pusher)
             expected_prev = pos[1] if pos else ""
             if h.prev != expected_prev:
                 raise IntegrityError(name, "does not follow the update applied before it (fork or replay)")
             body = _Body(stream)
+            # rename sources this update deletes: their file can be moved, not copied
+            self._moves = {i.entry.path: i.entry.prev for i in h.items if i.entry.kind == GONE}
+            seen = lambda b: saw(pusher, h.deps, b)  # noqa: E731
             with self.state.transaction():
                 for item in h.items:
                     self._check_stop()
@@ -481,17 +566,19 @@ class Manager:
                     elif item.data == BLOB:
                         source = _LazyBlob(self, blob_name(pusher, seq, item.blob))
                     try:
-                        self._apply_entry(name, item.entry, pusher, source, report, supply=item.supply)
+                        self._apply_entry(name, item.entry, pusher, source, report, supply=item.supply, seen=seen)
                     finally:
                         if isinstance(source, _LazyBlob):
                             source.close()
                     if not body.skip_to(start + inline):
                         raise IntegrityError(name, "truncated: content shorter than announced")
                 self.state.set_applied(pusher, seq, digest.hex())
+                self._pos[pusher] = seq
         self.folder.end_batch()
+        return True
 
     def _apply_entry(self, objname: str, e: Entry, pusher: str, source, report: CycleReport, *,
-                     supply: bool = False, from_snapshot: bool = False) -> None:
+                     supply: bool = False, seen=lambda b: False) -> None:
         """Reconcile one incoming entry and carry out the plan (errors are per file)."""
         try:
             from .access import safe_join
@@ -508,7 +595,8 @@ class Manager:
             return
         try:
             local = self._local(e.path)
-            plan = reconcile(e, self._base.get(e.path), local, me=self.me, mode=self.mode, name_of=self.name_of)
+            plan = reconcile(e, self._base.get(e.path), local, me=self.me, mode=self.mode, name_of=self.name_of,
+                             seen=seen)
             if plan.needs_content:
                 if source is None:
                     source, copy_from = None, self._local_source(e)
@@ -519,7 +607,8 @@ class Manager:
                     copy_from = None
             else:
                 copy_from = None
-            self._execute(plan, e, local, source, copy_from, report)
+            move = copy_from is not None and copy_from == e.origin and self._moves.get(e.origin) == e.hash
+            self._execute(plan, e, local, source, copy_from, report, move=move)
             if wanted is not None:
                 self._wants.pop(e.path, None)
                 self.state.unwant(e.path)
@@ -533,8 +622,13 @@ class Manager:
 
     def _local_source(self, e: Entry) -> str | None:
         """A local file holding exactly e's content (renames travel without content)."""
+        if self._by_hash is None:
+            self._by_hash = {}
+            for p, b in self._base.items():
+                if b.kind == FILE:
+                    self._by_hash.setdefault(b.hash, []).append(p)
         candidates = [e.origin] if e.origin else []
-        candidates += [p for p, b in self._base.items() if b.kind == FILE and b.hash == e.hash and p != e.path]
+        candidates += [p for p in self._by_hash.get(e.hash, ()) if p != e.path]
         for p in candidates:
             try:
                 lf = self._local(p)
@@ -545,7 +639,7 @@ class Manager:
         return None
 
     def _execute(self, plan: Plan, e: Entry, local: LocalFile | None, source, copy_from: str | None,
-                 report: CycleReport) -> None:
+                 report: CycleReport, move: bool = False) -> None:
         expect = local
         for step in plan.steps:
             if isinstance(step, Displace):
@@ -563,7 +657,9 @@ class Manager:
                         continue  # that conflict copy is already here
                 else:
                     target_expect = expect
-                if copy_from is not None:
+                if copy_from is not None and move and step.target == e.path:
+                    self.folder.move(copy_from, self._local(copy_from), step.target, e, target_expect)
+                elif copy_from is not None:
                     self.folder.fetch(step.target, e, None, target_expect, copy_from=copy_from)
                 else:
                     self.folder.fetch(step.target, e, source.open() if isinstance(source, _LazyBlob) else source,
@@ -579,6 +675,8 @@ class Manager:
                     report.deleted += 1
             elif isinstance(step, Remember):
                 self._base[step.entry.path] = step.entry
+                if self._by_hash is not None and step.entry.kind == FILE:
+                    self._by_hash.setdefault(step.entry.hash, []).append(step.entry.path)
                 self.state.remember(step.entry)
         if plan.note and plan.note != "up to date":
             log.info("%s: %s: %s", self.name, e.path, plan.note)
@@ -671,23 +769,49 @@ class Manager:
             return 0
 
     def _batches(self, items: list[Item], report: CycleReport):
-        """Split into updates of at most ``maxpagesize`` content bytes, contentless items first."""
+        """Cut updates of at most ``maxpagesize`` content bytes — and, with a quota, of at
+        most the room left — contentless items first. Each batch is sized just before it
+        is published, so room freed meanwhile is used."""
         free = [i for i in items if i.data == NONE]
         heavy = [i for i in items if i.data != NONE]
         quota = self.tq.quota
-        batch, size = free, 0
-        for item in heavy:
-            if quota is not None and self.cipher.size_on_relay(item.entry.size) > quota:
-                report.error(f"{item.entry.path} ({item.entry.size} bytes) is larger than the relay quota "
-                             f"({quota} bytes); it cannot be sent")
-                continue
-            if batch and size and size + item.entry.size > self.maxpagesize:
-                yield batch
-                batch, size = [], 0
-            batch.append(item)
-            size += item.entry.size
-        if batch:
+        if quota is not None:
+            most = quota - self._headroom(len(items)) - self._frame_size(1)
+            for item in list(heavy):
+                if self.cipher.size_on_relay(item.entry.size) > most:
+                    report.error(f"{item.entry.path} ({item.entry.size} bytes) is larger than the relay quota "
+                                 f"allows ({max(0, most)} of {quota} bytes usable for one file); it cannot be sent")
+                    heavy.remove(item)
+        while free or heavy:
+            limit = self.maxpagesize
+            if quota is not None:
+                limit = min(limit, self._room(len(items)))
+            batch, size = free, 0
+            free = []
+            while heavy:
+                cost = self.cipher.size_on_relay(heavy[0].entry.size)
+                if batch and size + cost + self._frame_size(len(batch) + 1) > limit:
+                    break
+                if not batch and quota is not None and cost + self._frame_size(1) > limit:
+                    break  # not even one file fits now: wait for room
+                batch.append(heavy.pop(0))
+                size += cost
+            if not batch:
+                report.waiting_for_room = True
+                return
             yield batch
+
+    def _frame_size(self, n_items: int) -> int:
+        """Upper estimate of an update's own bytes beside the contents."""
+        return 4096 + 600 * n_items
+
+    def _room(self, new_entries: int) -> int:
+        """Bytes an update may take now without the relay going over the quota."""
+        view = list_relay(self.relay)
+        used = view.used + self._others_reserved(view)
+        if self.me not in view.reservations:
+            used += self.store.json_size({"bytes": 10**12, "time": time.time()})
+        return self.tq.quota - used - self._headroom(new_entries)
 
     def _pullers(self) -> list[str]:
         return sorted(c for c, card in self._cards.items() if c != self.me and card.get("pulls"))
@@ -696,7 +820,7 @@ class Manager:
         """Write one update (blobs first, then the update object); False if no room."""
         seq = self.state.own_seq + 1
         estimate = sum(self.cipher.size_on_relay(i.entry.size) for i in items if i.data != NONE)
-        estimate += self.cipher.size_on_relay(4096 + 400 * len(items))
+        estimate += self.cipher.size_on_relay(self._frame_size(len(items)))
         if not self._reserve(estimate + self._headroom(len(items))):
             log.info("%s: relay quota reached; waiting for pullers to free room", self.name)
             return False
@@ -730,8 +854,10 @@ class Manager:
                     with self.state.transaction():
                         self.state.clear_outbox(seq)
                     return True
+                kept = [i if i.supply else Item(replace(i.entry, seq=seq), i.data, i.blob, i.supply) for i in kept]
+                deps = {p: s for p, (s, _d) in self.state.applied().items()}
                 header = UpdateHeader(self.me, seq, self.state.own_digest, time.time(), self._pullers(),
-                                      self.count, kept)
+                                      self.count, kept, deps)
                 head = ObjectStore.encode_header(UPDATE_MAGIC, header.to_dict())
                 spool.seek(0)
                 written = self.store.put_framed(update_name(self.me, seq), head, [spool])
@@ -777,7 +903,7 @@ class Manager:
         objects, so the relay stays under the quota at every instant."""
         if self.tq.quota is None:
             return 0
-        entries = len(self.state.base()) + new_entries
+        entries = self.state.base_count() + new_entries
         snapshot = self.cipher.size_on_relay(1024 + SNAPSHOT_BYTES_PER_ENTRY * entries)
         return snapshot + SMALL_OBJECTS_ROOM * max(1, len(self._cards))
 
@@ -877,10 +1003,9 @@ class Manager:
 
     def _write_snapshot(self) -> None:
         seq = self.state.own_seq
-        entries = [e.to_dict() for e in self.state.base().values()]
-        header = {"v": FORMAT_VERSION, "client": self.me, "seq": seq, "digest": self.state.own_digest,
-                  "entries": entries}
-        head = ObjectStore.encode_header(SNAPSHOT_MAGIC, header)
+        deps = {p: s for p, (s, _d) in self.state.applied().items()}
+        snap = Snapshot(self.me, seq, self.state.own_digest, deps, list(self.state.base().values()))
+        head = ObjectStore.encode_header(SNAPSHOT_MAGIC, snap.to_dict())
         self.store.put_framed(snapshot_name(self.me), head, [])
         with self.state.transaction():
             self.state.set("snapshot_seq", str(seq))

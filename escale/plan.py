@@ -7,8 +7,10 @@ Rules, for an incoming entry E replacing version E.prev, our base B (what we las
 synced at that path) and the local file L:
 
 1. L already equals E → remember E, nothing to write.
-2. E continues our base (E.prev == B) and L is unchanged since B → apply E. So does a
-   newer E from the client that wrote B (one client's versions form a line).
+2. E supersedes our base — E.prev is B, or E's publisher had already seen B when it
+   published E (its pull positions cover B's author and seq) — and L is unchanged
+   since B → apply E. Pullers apply updates in causal order, so a base E's publisher
+   had not seen is truly concurrent with E.
 3. Otherwise there is a concurrent change:
    - a deletion never removes a version the deleter did not see (local wins);
    - an edit beats a deletion (a deleted local file comes back);
@@ -92,13 +94,22 @@ def conflict_name(path: str, client: str, mtime_ns: int) -> str:
     return f"{head}/{name}" if head else name
 
 
+def saw(publisher: str, deps: dict[str, int], b: Entry) -> bool:
+    """Had ``publisher``, whose pull positions were ``deps``, seen version ``b``?"""
+    return b.author == publisher or (b.seq > 0 and deps.get(b.author, 0) >= b.seq)
+
+
 def stamp(mtime_ns: int, author: str, version: str | None) -> tuple:
     return (mtime_ns, author, version or "")
 
 
 def reconcile(e: Entry, base: Entry | None, local: LocalFile | None, *, me: str, mode: str = SHARED,
-              name_of: Callable[[str], str] = lambda cid: cid) -> Plan:
-    """Decide what an incoming entry does to one path. ``local.hash`` must be filled."""
+              name_of: Callable[[str], str] = lambda cid: cid,
+              seen: Callable[[Entry], bool] = lambda b: False) -> Plan:
+    """Decide what an incoming entry does to one path. ``local.hash`` must be filled.
+
+    ``seen(b)`` tells whether E's publisher had seen version ``b`` when it published E.
+    """
     plan = Plan(e.path)
     steps = plan.steps
     ev, pv = e.version, e.prev
@@ -116,13 +127,14 @@ def reconcile(e: Entry, base: Entry | None, local: LocalFile | None, *, me: str,
         return plan
 
     modified = lv != bv
+    supersedes = pv == bv or (base is not None and seen(base))
 
     if e.kind == GONE:
-        if pv == bv and not modified:
+        if supersedes and not modified:
             steps.append(RemoveDir(e.path) if local.kind == DIR else Displace(e.path, None))
             steps.append(Remember(e))
             plan.note = "deleted"
-        elif pv == bv:
+        elif supersedes:
             steps.append(Remember(e))  # our unpublished edit re-creates it later
             plan.note = "deletion ignored: changed here"
         else:
@@ -134,18 +146,9 @@ def reconcile(e: Entry, base: Entry | None, local: LocalFile | None, *, me: str,
         _apply(steps, e)
         plan.note = "created" if base is None or base.kind == GONE else "restored (edit beats deletion)"
         return plan
-    if pv == bv and not modified:
+    if supersedes and not modified:
         _apply(steps, e, displace_first=local.kind != e.kind)
         plan.note = "updated"
-        return plan
-    if not modified and base is not None and base.author == e.author and base.kind != GONE:
-        # one client's versions of a path form a line: its newer version supersedes the
-        # one we hold even if we skipped some in between (e.g. while the path was w-)
-        if e.mtime_ns >= base.mtime_ns:
-            _apply(steps, e, displace_first=local.kind != e.kind)
-            plan.note = "updated (newer version from the same client)"
-        else:
-            plan.note = "ignored: older than the version we hold from the same client"
         return plan
 
     # a concurrent change meets E

@@ -42,6 +42,7 @@ SNAPSHOT_MAGIC = b"ESCS\x01"
 MAX_HEADER = 512 << 20
 MAX_SMALL_OBJECT = 64 << 20
 _CID = r"[0-9a-f]{16}"
+_CID_RE = re.compile(rf"^{_CID}$")
 _NAME_RE = re.compile(rf"^(?:(?P<kind>[mjasqr])/(?P<cid>{_CID})"
                       rf"|u/(?P<ucid>{_CID})/(?P<useq>[1-9][0-9]{{0,17}})"
                       rf"|b/(?P<bcid>{_CID})/(?P<bseq>[1-9][0-9]{{0,17}})/(?P<bn>0|[1-9][0-9]{{0,8}}))$")
@@ -226,11 +227,12 @@ class UpdateHeader:
     pullers: list[str]  # members that pulled when this was published
     count: int | None   # 'puller count' in force, if set
     items: list[Item]
+    deps: dict[str, int] = field(default_factory=dict)  # publisher's pull positions
 
     def to_dict(self) -> dict:
         return {"v": FORMAT_VERSION, "client": self.client, "seq": self.seq, "prev": self.prev,
                 "time": self.time, "pullers": self.pullers, "count": self.count,
-                "items": [i.to_dict() for i in self.items]}
+                "items": [i.to_dict() for i in self.items], "deps": self.deps}
 
     @classmethod
     def parse(cls, name: str, d: dict, cid: str, seq: int) -> "UpdateHeader":
@@ -238,7 +240,7 @@ class UpdateHeader:
             if d.get("v") != FORMAT_VERSION:
                 raise ValueError(f"unsupported format version {d.get('v')!r}")
             h = cls(d["client"], d["seq"], d["prev"], float(d["time"]), list(d["pullers"]),
-                    d.get("count"), [Item.from_dict(i) for i in d["items"]])
+                    d.get("count"), [Item.from_dict(i) for i in d["items"]], parse_deps(d.get("deps", {})))
             if not all(isinstance(p, str) for p in h.pullers) or not isinstance(h.prev, str):
                 raise ValueError("bad puller list or chain link")
             if h.count is not None and not (isinstance(h.count, int) and h.count >= 1):
@@ -249,6 +251,41 @@ class UpdateHeader:
             raise IntegrityError(name, f"header says client {h.client[:16]!r} seq {h.seq!r}; "
                                        "the object was moved or replayed under another name")
         return h
+
+
+def parse_deps(d: Any) -> dict[str, int]:
+    """Pull positions ``{client id: seq}`` as found in an update or snapshot header."""
+    if not isinstance(d, dict) or not all(
+            isinstance(k, str) and _CID_RE.match(k) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in d.items()):
+        raise ValueError("bad dependency positions")
+    return dict(d)
+
+
+@dataclass
+class Snapshot:
+    client: str
+    seq: int
+    digest: str
+    deps: dict[str, int]
+    entries: list[Entry]
+
+    def to_dict(self) -> dict:
+        return {"v": FORMAT_VERSION, "client": self.client, "seq": self.seq, "digest": self.digest,
+                "deps": self.deps, "entries": [e.to_dict() for e in self.entries]}
+
+    @classmethod
+    def parse(cls, name: str, d: dict, cid: str) -> "Snapshot":
+        try:
+            if d.get("v") != FORMAT_VERSION:
+                raise ValueError(f"unsupported format version {d.get('v')!r}")
+            snap = cls(d["client"], int(d["seq"]), str(d["digest"]), parse_deps(d.get("deps", {})),
+                       [Entry.from_dict(e) for e in d["entries"]])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(name, f"malformed snapshot: {exc}") from exc
+        if snap.client != cid:
+            raise IntegrityError(name, "snapshot of another client (moved or replayed under another name)")
+        return snap
 
 
 def list_relay(relay: Relay) -> RelayView:

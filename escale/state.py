@@ -106,6 +106,9 @@ class State:
     def base(self) -> dict[str, Entry]:
         return {p: Entry.from_dict(json.loads(e)) for p, e in self.db.execute("SELECT path, entry FROM base")}
 
+    def base_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM base").fetchone()[0]
+
     def base_entry(self, path: str) -> Entry | None:
         row = self.db.execute("SELECT entry FROM base WHERE path = ?", (path,)).fetchone()
         return Entry.from_dict(json.loads(row[0])) if row else None

@@ -1,7 +1,7 @@
 """The reconcile rules, decided without a disk or a relay."""
 from escale.index import DIR, FILE, GONE, Entry, LocalFile
 from escale.plan import (CONSERVATIVE, DOWNLOAD, Displace, Fetch, MakeDir, Remember, RemoveDir, SetMode,
-                         conflict_name, local_changes, reconcile)
+                         conflict_name, local_changes, reconcile, saw)
 
 H0, H1, H2 = "a0" * 16, "b1" * 16, "c2" * 16
 ME, ALICE, BOB = "0" * 16, "a" * 16, "b" * 16
@@ -164,12 +164,31 @@ def test_local_changes_respects_scope():
     assert [e.path for e in changes] == ["x"]  # an out-of-scope base path is not reported deleted
 
 
-def test_newer_version_from_the_same_author_supersedes_a_skipped_history():
-    base = entry(h=H0, author=ALICE, mtime=10**18)
-    e = entry(h=H2, prev=H1, author=ALICE, mtime=2 * 10**18)  # we never saw H1
-    assert kinds(reconcile(e, base, local(h=H0), me=ME)) == ["Fetch", "Remember"]
-    older = entry(h=H2, prev=H1, author=ALICE, mtime=10**17)
-    assert reconcile(older, base, local(h=H0), me=ME).steps == []
-    # but a local edit on top of it still makes a conflict
-    plan = reconcile(e, base, local(h=H1, mtime=3 * 10**18), me=ME, name_of=NAMES)
+def test_entry_supersedes_a_base_its_publisher_had_seen():
+    """C applied Alice's v1 (her update 3) while Bob, who had applied it too, wrote v2 on
+    top of a version C never saw: v2 still supersedes v1 (Bob's deps cover it)."""
+    base = Entry("f.txt", FILE, H0, 5, 10**18, 0o644, None, ALICE, seq=3)
+    e = Entry("f.txt", FILE, H2, 5, 10**17, 0o644, H1, BOB, seq=9)  # older mtime, prev unknown to us
+    plan = reconcile(e, base, local(h=H0), me=ME, seen=lambda b: saw(BOB, {ALICE: 3}, b))
+    assert kinds(plan) == ["Fetch", "Remember"]
+    # Bob had only applied Alice's update 2: truly concurrent, the stamps decide
+    plan = reconcile(e, base, local(h=H0), me=ME, name_of=NAMES, seen=lambda b: saw(BOB, {ALICE: 2}, b))
+    assert plan.steps[0] == Fetch(conflict_name("f.txt", "bob", 10**17), e)
+    # a local edit on top of the base still makes a conflict
+    plan = reconcile(e, base, local(h=H1, mtime=3 * 10**18), me=ME, name_of=NAMES,
+                     seen=lambda b: saw(BOB, {ALICE: 3}, b))
     assert any(isinstance(s, Fetch) and "conflict" in s.target for s in plan.steps)
+
+
+def test_deletion_by_a_publisher_that_saw_our_version():
+    base = Entry("f.txt", FILE, H0, 5, 10**18, 0o644, None, ALICE, seq=4)
+    gone = Entry("f.txt", GONE, None, 0, 2 * 10**18, 0, H1, BOB, seq=2)  # Bob deleted a later version
+    assert kinds(reconcile(gone, base, local(h=H0), me=ME, seen=lambda b: saw(BOB, {ALICE: 4}, b))) == \
+        ["Displace", "Remember"]
+    assert reconcile(gone, base, local(h=H0), me=ME, seen=lambda b: saw(BOB, {ALICE: 3}, b)).steps == []
+
+
+def test_saw():
+    e = Entry("p", FILE, H0, 1, 1, 0o644, None, ALICE, seq=5)
+    assert saw(ALICE, {}, e) and saw(BOB, {ALICE: 5}, e) and not saw(BOB, {ALICE: 4}, e)
+    assert not saw(BOB, {ALICE: 9}, Entry("p", FILE, H0, 1, 1, 0o644, None, ALICE))  # never published

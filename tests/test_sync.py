@@ -192,3 +192,20 @@ def test_changed_during_download_is_not_overwritten(cluster, monkeypatch):
         folder.fetch("t.txt", e, io.BytesIO(data), expect)
     assert (root / "t.txt").read_text() == "changed meanwhile"
     assert temp_files(root) == []
+
+
+def test_rename_moves_the_file_instead_of_copying(cluster):
+    a, b = cluster.add("a"), cluster.add("b")
+    a.write("dir/original.bin", os.urandom(6 << 20))  # a blob-sized file
+    cluster.round(rounds=2)
+    inode = b.path("dir/original.bin").stat().st_ino
+    os.rename(a.path("dir/original.bin"), a.path("other/renamed.bin")) if a.path("other").mkdir() is None else None
+    before = cluster.relay_bytes()
+    r = a.once()
+    assert "1 sent" in r.out
+    assert cluster.relay_bytes() - before < 100_000  # the rename carried no content
+    b.once()
+    assert b.path("other/renamed.bin").stat().st_ino == inode  # moved, not copied
+    assert not b.path("dir/original.bin").exists()
+    assert not list((b.folder / ".escale").rglob("original.bin"))  # nothing needed the trash
+    assert b.tree() == a.tree()

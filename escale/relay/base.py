@@ -78,6 +78,14 @@ class Relay(ABC):
     def delete(self, name: str) -> None:
         """Remove the object; absent objects are not an error."""
 
+    def abort_incomplete(self, prefix: str) -> int:
+        """Remove interrupted uploads of objects whose name starts with ``prefix``.
+
+        Called by the one writer of those objects after a crash (a multipart upload
+        on S3, a temporary file on a mounted folder). Returns how many were removed.
+        """
+        return 0
+
     def usage(self) -> Usage:
         """Space the storage reports, when it does (quota accounting uses listings)."""
         return Usage()

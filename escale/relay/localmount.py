@@ -98,7 +98,8 @@ class LocalMount(Relay):
 
     def put(self, name: str, stream: BinaryIO, *, create_only: bool = False) -> int:
         target = self._path(name)
-        tmp = target.parent / f"{TMP_MARK}{uuid.uuid4().hex}"
+        # the target's name is in the temporary's, so its writer can find it after a crash
+        tmp = target.parent / f"{TMP_MARK}{target.name}.{uuid.uuid4().hex}"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "xb") as out:
@@ -140,6 +141,27 @@ class LocalMount(Relay):
             except OSError:
                 break
             parent = parent.parent
+
+    def abort_incomplete(self, prefix: str) -> int:
+        folder, _, _ = prefix.rpartition("/")
+        start = self.root.joinpath(*folder.split("/")) if folder else self.root
+        if folder:
+            check_name(folder)
+        removed = 0
+        for dirpath, _dirs, files in os.walk(start):
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for f in files:
+                if not f.startswith(TMP_MARK):
+                    continue
+                target = rel + f[len(TMP_MARK):].rsplit(".", 1)[0]
+                if target.startswith(prefix):
+                    try:
+                        os.unlink(os.path.join(dirpath, f))
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed
 
     def usage(self) -> Usage:
         try:
