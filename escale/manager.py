@@ -9,6 +9,7 @@ folder changes go through :mod:`escale.folder`; relay objects through
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -146,6 +147,8 @@ class Manager:
         self._names: dict[str, str] = {}
         self._cards: dict[str, dict] = {}
         self.stop = threading.Event()
+        self.wake = threading.Event()  # set by the folder watcher: something changed here
+        self.progress = False  # show tqdm bars for long transfers (the CLI, in a terminal)
         self.me = ""
 
     @classmethod
@@ -245,6 +248,12 @@ class Manager:
         if opened:
             self.open()
         connected = False
+        watcher = None
+        if not once:
+            from .watch import FolderWatcher
+
+            watcher = FolderWatcher(self.folder.root, self.wake)
+            watcher.start()
         try:
             while True:
                 report = CycleReport(self.name)
@@ -260,9 +269,12 @@ class Manager:
                 if once or self.stop.is_set():
                     return report
                 log.info("%s", report.summary())
-                if not self.tq.wait(report.did_work, self.stop):
+                self.wake.clear()  # events from our own writes during the cycle
+                if not self.tq.wait(report.did_work, self.stop, self.wake):
                     return report
         finally:
+            if watcher is not None:
+                watcher.stop()
             if opened:
                 self.close()
 
@@ -662,8 +674,9 @@ class Manager:
                 elif copy_from is not None:
                     self.folder.fetch(step.target, e, None, target_expect, copy_from=copy_from)
                 else:
-                    self.folder.fetch(step.target, e, source.open() if isinstance(source, _LazyBlob) else source,
-                                      target_expect)
+                    stream = source.open() if isinstance(source, _LazyBlob) else source
+                    with self._bar(stream, e.size, f"recv {e.path}") as shown:
+                        self.folder.fetch(step.target, e, shown, target_expect)
                 self._cache_written(step.target, e)
                 report.received += 1
             elif isinstance(step, MakeDir):
@@ -887,10 +900,19 @@ class Manager:
             return False
         return True
 
+    def _bar(self, stream: BinaryIO, total: int, desc: str):
+        """A tqdm progress bar around a long transfer's stream (only in a terminal)."""
+        if not self.progress or total < BLOB_THRESHOLD:
+            return contextlib.nullcontext(stream)
+        from tqdm import tqdm
+
+        return tqdm.wrapattr(stream, "read", total=total, desc=desc[-40:], unit="B", unit_scale=True,
+                             unit_divisor=1024, leave=False)
+
     def _put_blob(self, name: str, path: Path, e: Entry) -> bool:
-        with open(path, "rb") as f:
-            reader = HashingReader(f, self.algorithm)
-            self.store.relay.put(name, self.cipher.encrypt(name, reader))
+        with open(path, "rb") as f, self._bar(f, e.size, f"send {e.path}") as shown:
+            reader = HashingReader(shown, self.algorithm)
+            self.relay.put(name, self.cipher.encrypt(name, reader))
         if reader.count != e.size or reader.hexdigest() != e.hash:
             self.relay.delete(name)
             log.info("%s: %s changed while being sent; will send it next cycle", self.name, e.path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,26 @@ class TimeQuotaController:
     def record(self, did_work: bool) -> None:
         self.idle_cycles = 0 if did_work else self.idle_cycles + 1
 
-    def wait(self, did_work: bool = False, stop: threading.Event | None = None) -> bool:
-        """Sleep until the next cycle; False when asked to stop."""
+    def wait(self, did_work: bool = False, stop: threading.Event | None = None,
+             wake: threading.Event | None = None, settle: float = 1.0) -> bool:
+        """Sleep until the next cycle; False when asked to stop.
+
+        ``wake`` (set on a local change) ends the sleep early, after ``settle`` seconds
+        so that a burst of edits goes out in one cycle.
+        """
         self.record(did_work)
-        delay = self.interval
-        log.debug("next cycle in %.1f s", delay)
-        if stop is None:
-            threading.Event().wait(delay)
-            return True
-        return not stop.wait(delay)
+        end = time.monotonic() + self.interval
+        stop = stop or threading.Event()
+        log.debug("next cycle in %.1f s", self.interval)
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return not stop.is_set()
+            if stop.wait(min(left, 0.2)):
+                return False
+            if wake is not None and wake.is_set():
+                wake.clear()
+                return not stop.wait(min(settle, max(0.0, end - time.monotonic())))
 
     def room(self, used: int) -> int | None:
         """Bytes that may still be written, or None when there is no quota."""

@@ -30,7 +30,8 @@ class Result:
 
 
 class Client:
-    def __init__(self, cluster: "Cluster", name: str, mode: str = "shared", extra: str = ""):
+    def __init__(self, cluster: "Cluster", name: str, mode: str = "shared", extra: str = "",
+                 refresh: float = 1):
         self.cluster, self.name, self.mode = cluster, name, mode
         self.folder = cluster.base / name
         self.state = cluster.base / f"state-{name}"
@@ -44,7 +45,7 @@ class Client:
             f"relay address = file://{cluster.relay}\n"
             f"client name = {name}\n"
             f"mode = {mode}\n"
-            f"refresh = 1\n{extra}")
+            f"refresh = {refresh}\n{extra}")
 
     def cmd(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "escale", "-c", str(self.conf), *args]
@@ -83,8 +84,8 @@ class Cluster:
         self.clients: dict[str, Client] = {}
         self.env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
-    def add(self, name: str, mode: str = "shared", extra: str = "") -> Client:
-        c = Client(self, name, mode, extra)
+    def add(self, name: str, mode: str = "shared", extra: str = "", refresh: float = 1) -> Client:
+        c = Client(self, name, mode, extra, refresh)
         self.clients[name] = c
         return c
 

@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         g = cfg.globals
         setup_logging(-1 if args.quiet else args.verbose, g.log_file, g.log_level, g.log_rotate)
         managers = [Manager.from_config(r) for r in select(cfg, args.repository)]
+        for m in managers:  # progress bars for long transfers, in a terminal
+            m.progress = sys.stderr.isatty() and not args.quiet
     except ConfigError as exc:
         print(f"escale: {exc}", file=sys.stderr)
         return EXIT_CONFIG
