@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from .access import AccessController
+from .access import AccessController, safe_join
 from .checksum import ChecksumCache, FileChangedError
 from .encryption import Cipher, Plain
 from .errors import (ConfigError, EscaleError, IntegrityError, ObjectExists, RelayError,
@@ -266,6 +266,12 @@ class Manager:
                     report.relay_error = str(exc)
                     log.error("%s: relay failed: %s; retrying next cycle", self.name, exc)
                     connected = False
+                except (ConfigError, Terminated):
+                    raise
+                except Exception as exc:  # a bug or a surprise: keep the daemon alive, retry
+                    log.exception("%s: unexpected error; retrying next cycle", self.name)
+                    report.error(f"unexpected error: {exc!r}")
+                    connected = False  # reconnecting also finishes or rolls back a publication
                 if once or self.stop.is_set():
                     return report
                 log.info("%s", report.summary())
@@ -277,6 +283,21 @@ class Manager:
                 watcher.stop()
             if opened:
                 self.close()
+
+    def forget(self, client_name: str) -> list[str]:
+        """Remove the member card of a client that will not come back, so pushers stop
+        waiting for its acknowledgements. If it does come back it re-registers and
+        catches up from snapshots. Returns the ids removed."""
+        self.relay.open()
+        view = list_relay(self.relay)
+        removed = []
+        for cid, info in view.members.items():
+            card = self.store.get_json(info.name)
+            if isinstance(card, dict) and card.get("name") == client_name:
+                self.relay.delete(info.name)
+                self.relay.delete(ack_name(cid))
+                removed.append(cid)
+        return removed
 
     def status(self) -> "RepositoryStatus":
         """What the relay and our state say, without syncing (safe while a daemon runs)."""
@@ -593,7 +614,6 @@ class Manager:
                      supply: bool = False, seen=lambda b: False) -> None:
         """Reconcile one incoming entry and carry out the plan (errors are per file)."""
         try:
-            from .access import safe_join
             safe_join(self.folder.root, e.path)
             if e.origin is not None:
                 safe_join(self.folder.root, e.origin)

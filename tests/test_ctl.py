@@ -50,3 +50,23 @@ def test_status_lists_members_and_pending_updates(cluster):
     assert lines[0].startswith("[repo] relay file://")
     assert any(line.split()[:2] == ["a", "shared"] and "1 update(s) pending (this client)" in line for line in lines)
     assert any(line.split()[:2] == ["b", "shared"] and "0 update(s)" in line for line in lines)
+
+
+def test_forget_lets_updates_be_collected_without_a_dead_puller(cluster):
+    a, b, dead = cluster.add("a"), cluster.add("b"), cluster.add("dead")
+    cluster.round(rounds=1)  # everyone is a member
+    a.write("f.txt", "x")
+    a.once()
+    b.once()
+    a.once()
+    from cluster import update_objects
+    assert update_objects(cluster), "the update must wait for 'dead'"
+    code, out, _ = ctl(a, "forget", "dead")
+    assert code == 0 and "forgot 1 member(s) named dead" in out
+    a.once()
+    assert update_objects(cluster) == []
+    # if it comes back, it re-registers and catches up from the snapshot
+    dead.once()
+    a.once()
+    dead.once()
+    assert dead.path("f.txt").read_text() == "x"

@@ -3,6 +3,7 @@
 - ``access [-r NAME] FILE [MODIFIERS…]``: show or set per-file flags (escale 0.7's
   ``r+``/``r-``/``r?`` = may/may not be uploaded, ``w…`` = may be written locally).
 - ``status [-r NAME]``: members, pending updates and relay usage of each repository.
+- ``forget [-r NAME] CLIENT``: stop waiting for a client that will not come back.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("modifiers", nargs="*", help="e.g. r- (never upload), w- (never overwrite), r?w? (unset)")
     s = sub.add_parser("status", help="members, pending updates and relay usage")
     s.add_argument("-r", "--repository", action="append", default=[], metavar="NAME")
+    f = sub.add_parser("forget", help="stop waiting for a client that will not come back")
+    f.add_argument("-r", "--repository", action="append", default=[], metavar="NAME")
+    f.add_argument("client", help="the client name (as in its 'client name' option)")
     return p
 
 
@@ -97,12 +101,33 @@ def cmd_status(cfg, args) -> int:
     return code
 
 
+def cmd_forget(cfg, args) -> int:
+    from ..manager import Manager
+
+    code = EXIT_OK
+    for repo in select(cfg, args.repository):
+        if args.client == repo.client_name:
+            print(f"escalectl: {repo.name}: '{args.client}' is this client", file=sys.stderr)
+            code = EXIT_CONFIG
+            continue
+        try:
+            removed = Manager.from_config(repo).forget(args.client)
+        except EscaleError as exc:
+            print(f"escalectl: {repo.name}: {exc}", file=sys.stderr)
+            code = max(code, exc.exit_code)
+            continue
+        print(f"{repo.name}: forgot {len(removed)} member(s) named {args.client}")
+        if not removed:
+            code = max(code, EXIT_FILES_FAILED)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(-1)
     try:
         cfg = load_config(args.config)
-        return {"access": cmd_access, "status": cmd_status}[args.command](cfg, args)
+        return {"access": cmd_access, "status": cmd_status, "forget": cmd_forget}[args.command](cfg, args)
     except ConfigError as exc:
         print(f"escalectl: {exc}", file=sys.stderr)
         return EXIT_CONFIG
