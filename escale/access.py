@@ -83,10 +83,10 @@ def safe_join(root: str | os.PathLike[str], relpath: str) -> Path:
             raise UnsafePath(relpath, f"path has a {part!r} component")
     if parts[0].lower() == STATE_DIR:
         raise UnsafePath(relpath, f"path is inside escale's own {STATE_DIR}/ folder")
-    base = Path(root)
+    base = os.fspath(root)
     current = base
-    for part in parts[:-1]:
-        current = current / part
+    for i, part in enumerate(parts[:-1]):
+        current = f"{current}/{part}"
         try:
             st = os.lstat(current)
         except FileNotFoundError:
@@ -94,9 +94,8 @@ def safe_join(root: str | os.PathLike[str], relpath: str) -> Path:
         except NotADirectoryError:
             break  # a file where a folder should be: writing will fail, harmlessly
         if stat.S_ISLNK(st.st_mode):
-            raise UnsafePath(relpath, f"folder {current.relative_to(base).as_posix()!r} "
-                                      "is a symbolic link")
-    return base.joinpath(*parts)
+            raise UnsafePath(relpath, f"folder {'/'.join(parts[:i + 1])!r} is a symbolic link")
+    return Path(f"{base}/{relpath}")
 
 
 # --------------------------------------------------------------------------- modifiers

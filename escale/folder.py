@@ -197,9 +197,10 @@ class Folder:
         os.replace(src, dest)
 
     def make_parents(self, relpath: str) -> None:
+        """Create the folders above a path (already checked by safe_join)."""
         parent = relpath.rpartition("/")[0]
         if parent:
-            dest = safe_join(self.root, parent)
+            dest = self.root / parent
             if not dest.is_dir():
                 if dest.exists() or dest.is_symlink():
                     raise LocalChanged(f"cannot create folder {parent}: a file is in the way")

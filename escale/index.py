@@ -8,7 +8,7 @@ it has from a concurrent change.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 FILE, DIR, GONE = "file", "dir", "gone"
@@ -37,7 +37,12 @@ class Entry:
         return version_of(self.kind, self.hash)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if v is not None}
+        d = {"path": self.path, "kind": self.kind, "size": self.size, "mtime_ns": self.mtime_ns,
+             "mode": self.mode, "author": self.author, "seq": self.seq}
+        for k in ("hash", "prev", "origin"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
         return d
 
     @classmethod

@@ -124,6 +124,7 @@ class Manager:
             self.repository = AccessController(persistent=None, **self._access_args)
         self.state_dir = self.state_dir or _default_state_dir(self.repository.path)
         self.name = name or getattr(self.repository, "repository", None) or str(self.repository.path)
+        self._flags: dict[str, tuple] = {}
         self.mode = self.repository.mode
         self.relay = self._make_relay(relay, address, directory, relay_args)
         self.cipher: Cipher = encryption if isinstance(encryption, Cipher) else Plain()
@@ -325,6 +326,7 @@ class Manager:
         report = report or CycleReport(self.name)
         view = list_relay(self.relay)
         self._read_cards(view)
+        self._load_flags()
         if self.repository.may_pull():
             self.download(view, report)
         if self.repository.may_push():
@@ -405,9 +407,14 @@ class Manager:
         return self._names.get(cid) or cid[:8]
 
     # -- scope: filters and access rules ---------------------------------------------------------
+    def _load_flags(self) -> None:
+        """The per-file r/w flags (usually a handful), read once per cycle: escalectl
+        changes take effect at the next cycle without a table lookup per file."""
+        self._flags = {p: (r, w) for p, r, w in self.repository.attributes.items()}
+
     def _scope_push(self, path: str, kind: str) -> bool:
         ok = self.filter.accepts_dir(path) if kind == DIR else self.filter.accepts_file(path)
-        return ok and self.repository.isReadable(path)
+        return ok and self.repository.may_push() and self._flags.get(path, (None, None))[0] is not False
 
     def _scope_pull(self, e: Entry) -> bool:
         parent = e.path.rpartition("/")[0]
@@ -415,7 +422,7 @@ class Manager:
             return False
         is_dir = e.kind == DIR or (e.kind == GONE and e.prev == DIR_VERSION)
         kind_ok = self.filter.accepts_dir(e.path) if is_dir else self.filter.accepts_file(e.path)
-        return kind_ok and self.repository.isWritable(e.path)
+        return kind_ok and self.repository.may_pull() and self._flags.get(e.path, (None, None))[1] is not False
 
     # =========================================================================================
     # Pull
@@ -627,6 +634,9 @@ class Manager:
             return
         try:
             local = self._local(e.path)
+            if local is not None and local.kind not in (FILE, DIR):
+                log.info("%s: %s: left alone: a symbolic link or special file is there", self.name, e.path)
+                return
             plan = reconcile(e, self._base.get(e.path), local, me=self.me, mode=self.mode, name_of=self.name_of,
                              seen=seen)
             if plan.needs_content:
