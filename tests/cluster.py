@@ -42,7 +42,7 @@ class Client:
             f"cache dir = {self.state}\n\n"
             f"[repo]\n"
             f"local path = {self.folder}\n"
-            f"relay address = file://{cluster.relay}\n"
+            f"relay address = {cluster.relay_address}\n{cluster.relay_conf}"
             f"client name = {name}\n"
             f"mode = {mode}\n"
             f"refresh = {refresh}\n{extra}")
@@ -78,9 +78,20 @@ class Client:
 
 
 class Cluster:
-    def __init__(self, base: Path):
+    """Clients sharing one relay: a folder by default, or any backend's address.
+
+    ``relay_conf`` holds extra config lines for every client (credentials…);
+    ``relay_kwargs`` are the backend constructor's keywords, for inspecting the relay.
+    """
+
+    def __init__(self, base: Path, relay_address: str | None = None, relay_conf: str = "",
+                 relay_kwargs: dict | None = None, kind: str = "file"):
         self.base = base
+        self.kind = kind
         self.relay = base / "relay"
+        self.relay_address = relay_address or f"file://{self.relay}"
+        self.relay_conf = relay_conf
+        self.relay_kwargs = relay_kwargs or {}
         self.clients: dict[str, Client] = {}
         self.env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
@@ -95,7 +106,22 @@ class Cluster:
             for n in names or list(self.clients):
                 self.clients[n].once()
 
+    def backend(self):
+        """A backend instance on the cluster's relay, to look at it from outside."""
+        from escale.relay import backend_for, parse_address
+
+        proto = parse_address(self.relay_address)[0]
+        relay = backend_for(proto)(self.relay_address, **self.relay_kwargs)
+        relay.open()
+        return relay
+
     def relay_objects(self) -> dict[str, int]:
+        if not self.relay_address.startswith("file://"):
+            relay = self.backend()
+            try:
+                return {info.name: info.size for info in relay.list()}
+            finally:
+                relay.close()
         out = {}
         for dirpath, _dirs, files in os.walk(self.relay):
             for f in files:
@@ -104,6 +130,8 @@ class Cluster:
         return out
 
     def relay_bytes(self) -> int:
+        if not self.relay_address.startswith("file://"):
+            return sum(self.relay_objects().values())
         total = 0
         for dirpath, _dirs, files in os.walk(self.relay):
             for f in files:

@@ -6,8 +6,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import Cluster  # noqa: E402
+from relays import RELAY_KINDS  # noqa: E402
 
 
 @pytest.fixture
 def cluster(tmp_path):
+    """Clients on a file:// relay (tests that look inside the relay folder use this)."""
     return Cluster(tmp_path)
+
+
+@pytest.fixture(params=RELAY_KINDS)
+def relay_cluster(request, tmp_path):
+    """The same clients on every relay kind: the multi-client scenarios use this."""
+    kind = request.param
+    if kind == "file":
+        return Cluster(tmp_path)
+    factory = request.getfixturevalue("relay_" + kind.replace("-", "_"))
+    address, conf, kwargs = factory.new()
+    return Cluster(tmp_path, address, conf, kwargs, kind=kind)

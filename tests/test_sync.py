@@ -39,8 +39,8 @@ def write_big(path, size):
         f.write(b"end")  # not a multiple of the block
 
 
-def test_three_shared_clients_all_kinds_of_changes(cluster):
-    a, b, c = cluster.add("a"), cluster.add("b"), cluster.add("c")
+def test_three_shared_clients_all_kinds_of_changes(relay_cluster):
+    a, b, c = relay_cluster.add("a"), relay_cluster.add("b"), relay_cluster.add("c")
     a.write("top.txt", "top")
     a.write("nested/deeper/still/file.md", "# deep")
     a.write(".hidden/.dotfile", "dot")
@@ -51,8 +51,8 @@ def test_three_shared_clients_all_kinds_of_changes(cluster):
     a.path("empty/inner").mkdir(parents=True)
     write_big(a.path("big/huge.bin"), BIG)
     b.write("from-b.txt", "b was here")
-    converge(cluster)
-    t = assert_same(cluster)
+    converge(relay_cluster)
+    t = assert_same(relay_cluster)
     assert t["exec.sh"][2] == 0o755 and t["empty/inner"][0] == "dir" and t["zero"][1] == \
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert t["big/huge.bin"][0] == "file" and (c.path("big/huge.bin").stat().st_size == BIG + 3)
@@ -66,8 +66,8 @@ def test_three_shared_clients_all_kinds_of_changes(cluster):
     os.rename(a.path("big/huge.bin"), a.path("big/renamed.bin"))
     (a.path("empty/inner")).rmdir()
     os.chmod(b.path("exec.sh"), 0o700)
-    converge(cluster)
-    t = assert_same(cluster)
+    converge(relay_cluster)
+    t = assert_same(relay_cluster)
     assert "from-b.txt" not in t and "nested/moved/still/file.md" in t and "nested/deeper" not in t
     assert "big/renamed.bin" in t and "big/huge.bin" not in t and "empty/inner" not in t
     assert a.path("top.txt").read_text() == "top edited on b"
@@ -76,48 +76,48 @@ def test_three_shared_clients_all_kinds_of_changes(cluster):
     trash = [p for p in (b.folder / ".escale" / "trash").rglob("from-b.txt")]
     assert trash and trash[0].read_text() == "b was here"
     # transit only: once everyone acked, no update data remains on the relay
-    assert update_objects(cluster) == []
-    assert cluster.relay_bytes() < 1_000_000
-    for cl in cluster.clients.values():
+    assert update_objects(relay_cluster) == []
+    assert relay_cluster.relay_bytes() < 1_000_000
+    for cl in relay_cluster.clients.values():
         assert temp_files(cl.folder) == []
 
 
-def test_upload_and_download_modes(cluster):
-    up = cluster.add("up", "upload")
-    d1, d2 = cluster.add("d1", "download"), cluster.add("d2", "download")
+def test_upload_and_download_modes(relay_cluster):
+    up = relay_cluster.add("up", "upload")
+    d1, d2 = relay_cluster.add("d1", "download"), relay_cluster.add("d2", "download")
     up.write("doc/a.txt", "v1")
     up.write("doc/b.txt", "b")
-    cluster.round(rounds=2)
+    relay_cluster.round(rounds=2)
     assert d1.tree() == up.tree() == d2.tree()
     # a download client's local edits and new files are never pushed
     d1.write("doc/a.txt", "edited on d1")
     d1.write("local-only.txt", "mine")
     # an upload client never writes locally
     up.write("doc/b.txt", "b2")
-    cluster.round(rounds=2)
+    relay_cluster.round(rounds=2)
     assert not up.path("local-only.txt").exists() and not d2.path("local-only.txt").exists()
     assert up.path("doc/a.txt").read_text() == "v1" and d2.path("doc/a.txt").read_text() == "v1"
     assert d1.path("doc/b.txt").read_text() == "b2" == d2.path("doc/b.txt").read_text()
     # when the uploader changes a file the download client edited, the upload wins there
     # and the local edit is kept in the trash
     up.write("doc/a.txt", "v2")
-    cluster.round(rounds=2)
+    relay_cluster.round(rounds=2)
     assert d1.path("doc/a.txt").read_text() == "v2"
     assert [p.read_text() for p in (d1.folder / ".escale/trash").rglob("a.txt")] == ["edited on d1"]
-    assert update_objects(cluster) == []
+    assert update_objects(relay_cluster) == []
 
 
-def test_concurrent_edit_gives_one_winner_and_one_conflict_copy_everywhere(cluster):
-    a, b, c = cluster.add("a"), cluster.add("b"), cluster.add("c")
+def test_concurrent_edit_gives_one_winner_and_one_conflict_copy_everywhere(relay_cluster):
+    a, b, c = relay_cluster.add("a"), relay_cluster.add("b"), relay_cluster.add("c")
     a.write("shared.txt", "original")
-    converge(cluster, rounds=2)
+    converge(relay_cluster, rounds=2)
     now = time.time()
     a.write("shared.txt", "edit by a", mtime=now - 60)
     b.write("shared.txt", "edit by b", mtime=now)  # newer: wins
     a.once()  # a publishes; b has not seen it yet
     b.once()  # b pulls a's edit first: conflict with its local edit
-    converge(cluster)
-    t = assert_same(cluster)
+    converge(relay_cluster)
+    t = assert_same(relay_cluster)
     copies = [p for p in t if "conflict" in p]
     assert len(copies) == 1, copies
     assert copies[0].startswith("shared.conflict-a-") and copies[0].endswith(".txt")
@@ -125,55 +125,55 @@ def test_concurrent_edit_gives_one_winner_and_one_conflict_copy_everywhere(clust
     assert a.path(copies[0]).read_text() == "edit by a"
 
 
-def test_concurrent_published_edits_resolve_the_same_everywhere(cluster):
-    a, b, c = cluster.add("a"), cluster.add("b"), cluster.add("c")
+def test_concurrent_published_edits_resolve_the_same_everywhere(relay_cluster):
+    a, b, c = relay_cluster.add("a"), relay_cluster.add("b"), relay_cluster.add("c")
     a.write("x.txt", "0")
-    converge(cluster, rounds=2)
+    converge(relay_cluster, rounds=2)
     now = time.time()
     a.write("x.txt", "a-version", mtime=now)       # newer: wins
     b.write("x.txt", "b-version", mtime=now - 30)
     # a publishes; b pulls a's update with its own edit still local, then both sync
     a.once("-r", "repo")
     assert "1 conflicts" in b.once().out
-    converge(cluster)
-    t = assert_same(cluster)
+    converge(relay_cluster)
+    t = assert_same(relay_cluster)
     copies = sorted(p for p in t if "conflict" in p)
     assert len(copies) == 1 and copies[0].startswith("x.conflict-b-")
     assert c.path("x.txt").read_text() == "a-version" and c.path(copies[0]).read_text() == "b-version"
 
 
-def test_late_joiner_receives_everything(cluster):
-    a, b = cluster.add("a"), cluster.add("b")
+def test_late_joiner_receives_everything(relay_cluster):
+    a, b = relay_cluster.add("a"), relay_cluster.add("b")
     for i in range(1000):
         a.write(f"many/{i // 100:02d}/file-{i:04d}.txt", f"content {i}\n" * (i % 7))
-    cluster.round(rounds=2)
+    relay_cluster.round(rounds=2)
     assert b.tree() == a.tree()
-    assert update_objects(cluster) == []  # all collected: only snapshots can help now
-    late = cluster.add("late")
+    assert update_objects(relay_cluster) == []  # all collected: only snapshots can help now
+    late = relay_cluster.add("late")
     for _ in range(3):
         late.once()
         a.once()
         b.once()
     assert late.tree() == a.tree()
     assert len([k for k, v in late.tree().items() if v[0] == "file"]) == 1000
-    cluster.round(rounds=2)
-    assert update_objects(cluster) == []
+    relay_cluster.round(rounds=2)
+    assert update_objects(relay_cluster) == []
 
 
-def test_deletion_loses_to_a_concurrent_edit(cluster):
-    a, b = cluster.add("a"), cluster.add("b")
+def test_deletion_loses_to_a_concurrent_edit(relay_cluster):
+    a, b = relay_cluster.add("a"), relay_cluster.add("b")
     a.write("keep.txt", "v1")
-    converge(cluster, rounds=2)
+    converge(relay_cluster, rounds=2)
     a.path("keep.txt").unlink()
     b.write("keep.txt", "v2 edited")
     a.once()
     b.once()
-    converge(cluster)
-    assert_same(cluster)
+    converge(relay_cluster)
+    assert_same(relay_cluster)
     assert a.path("keep.txt").read_text() == "v2 edited"
 
 
-def test_changed_during_download_is_not_overwritten(cluster, monkeypatch):
+def test_changed_during_download_is_not_overwritten(cluster):
     """The rename into place is refused when the target changed since the scan."""
     from escale.folder import Folder, LocalChanged
     from escale.index import Entry, FILE
@@ -194,16 +194,16 @@ def test_changed_during_download_is_not_overwritten(cluster, monkeypatch):
     assert temp_files(root) == []
 
 
-def test_rename_moves_the_file_instead_of_copying(cluster):
-    a, b = cluster.add("a"), cluster.add("b")
+def test_rename_moves_the_file_instead_of_copying(relay_cluster):
+    a, b = relay_cluster.add("a"), relay_cluster.add("b")
     a.write("dir/original.bin", os.urandom(6 << 20))  # a blob-sized file
-    cluster.round(rounds=2)
+    relay_cluster.round(rounds=2)
     inode = b.path("dir/original.bin").stat().st_ino
     os.rename(a.path("dir/original.bin"), a.path("other/renamed.bin")) if a.path("other").mkdir() is None else None
-    before = cluster.relay_bytes()
+    before = relay_cluster.relay_bytes()
     r = a.once()
     assert "1 sent" in r.out
-    assert cluster.relay_bytes() - before < 100_000  # the rename carried no content
+    assert relay_cluster.relay_bytes() - before < 100_000  # the rename carried no content
     b.once()
     assert b.path("other/renamed.bin").stat().st_ino == inode  # moved, not copied
     assert not b.path("dir/original.bin").exists()

@@ -1,0 +1,11 @@
+"""Relay kinds the multi-client scenarios run against.
+
+Every kind but ``file`` needs a real server, started once per test session by a
+fixture named ``relay_<kind with - as _>`` (see the ``servers_*.py`` modules) that
+returns an object with ``new() -> (address, config lines, backend keywords)`` giving
+a fresh, empty relay location for one test.
+"""
+from __future__ import annotations
+
+#: kinds parametrising the ``relay_cluster`` fixture; server modules append theirs
+RELAY_KINDS: list[str] = ["file"]
