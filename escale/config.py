@@ -87,6 +87,8 @@ class RepositoryConfig:
     maxpagesize: int = DEFAULT_MAXPAGESIZE
     encryption: str = "off"
     passphrase: str | None = field(default=None, repr=False)
+    padding: bool = False
+    strict_permissions: bool = False
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     trash_retention_days: float = DEFAULT_TRASH_RETENTION_DAYS
@@ -182,6 +184,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _o("maxpagesize", "maxpagesize", "maxarchivesize"),
     _o("encryption", "encryption"),
     _o("passphrase", "passphrase", "key"),
+    _o("padding", "padding"),
+    _o("strict_permissions", "strict permissions"),
     _o("user", "user", "auth user", "host user", "relay user", "remote user"),
     _o("password", "password", "secret", "secret file", "credential"),
     _o("trash_retention", "trash retention", "trash days"),
@@ -421,12 +425,19 @@ def _parse_index(text: str) -> str | None:
 _ENCRYPTION_OFF = {"off", "no", "false", "0", "plain", "none"}
 
 
+_ENCRYPTION_NAMES = {"aes256gcm": "aes256gcm", "aes-256-gcm": "aes256gcm", "aes": "aes256gcm",
+                     "chacha20poly1305": "chacha20poly1305", "chacha20-poly1305": "chacha20poly1305",
+                     "chacha": "chacha20poly1305", "on": "aes256gcm", "yes": "aes256gcm", "true": "aes256gcm",
+                     "1": "aes256gcm"}
+
+
 def _parse_encryption(text: str) -> str:
     t = text.strip().lower()
     if t in _ENCRYPTION_OFF:
         return "off"
-    raise ValueError(f"encryption '{text.strip()}' is not available yet; "
-                     "only 'encryption = off' is accepted in this version")
+    if t in _ENCRYPTION_NAMES:
+        return _ENCRYPTION_NAMES[t]
+    raise ValueError(f"unknown encryption '{text.strip()}' (choose aes256gcm, chacha20poly1305, on or off)")
 
 
 def _parse_trash(text: str) -> float:
@@ -761,6 +772,11 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
     if pw_v is not None:
         user, password = _resolve_password(pw_v, user, path, name)
     passphrase_v = sec.raw("passphrase")
+    # with a passphrase and no 'encryption' option, encrypt (the safe reading of the config)
+    encryption = sec.get("encryption", _parse_encryption, "aes256gcm" if passphrase_v is not None else "off")
+    if encryption != "off" and passphrase_v is None:
+        raise ConfigError(f"encryption = {encryption} needs a 'passphrase' (a file holding it, or the text)",
+                          path=path, section=name, option="passphrase")
 
     for spec in OPTIONS:
         if spec.scope == RELAY and (rv := sec.raw(spec.field)) is not None:
@@ -789,8 +805,10 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
         checksum_cache=sec.get("checksum_cache", _parse_checksum_cache, True),
         index=sec.get("index", _parse_index, None),
         maxpagesize=sec.get("maxpagesize", _parse_positive_size, DEFAULT_MAXPAGESIZE),
-        encryption=sec.get("encryption", _parse_encryption, "off"),
+        encryption=encryption,
         passphrase=passphrase_v.value if passphrase_v is not None else None,
+        padding=sec.get("padding", parse_bool, False),
+        strict_permissions=sec.get("strict_permissions", parse_bool, False),
         user=user or None,
         password=password,
         trash_retention_days=sec.get("trash_retention", _parse_trash, DEFAULT_TRASH_RETENTION_DAYS),

@@ -285,11 +285,25 @@ def test_encryption_off_accepted(value: str) -> None:
     assert one(section(extra=f"encryption = {value}\n")).encryption == "off"
 
 
-@pytest.mark.parametrize("value", ["on", "yes", "fernet", "aes256gcm", "blowfish"])
-def test_encryption_other_than_off_refused(value: str) -> None:
-    msg = error(section(extra=f"encryption = {value}\n"))
-    assert (f"encryption '{value}' is not available yet; "
-            "only 'encryption = off' is accepted in this version") in msg
+@pytest.mark.parametrize("value, expected", [("on", "aes256gcm"), ("yes", "aes256gcm"),
+                                             ("AES256GCM", "aes256gcm"), ("chacha20poly1305", "chacha20poly1305"),
+                                             ("chacha20-poly1305", "chacha20poly1305"), ("off", "off")])
+def test_encryption_values(value: str, expected: str) -> None:
+    assert one(section(extra=f"encryption = {value}\npassphrase = secret words\n")).encryption == expected
+
+
+@pytest.mark.parametrize("value", ["fernet", "blowfish", "rot13"])
+def test_unknown_encryption_refused(value: str) -> None:
+    assert f"unknown encryption '{value}'" in error(section(extra=f"encryption = {value}\npassphrase = x\n"))
+
+
+def test_encryption_defaults_follow_the_passphrase() -> None:
+    assert one(section()).encryption == "off"
+    assert one(section(extra="passphrase = correct horse\n")).encryption == "aes256gcm"
+    msg = error(section(extra="encryption = on\n"))
+    assert "option 'passphrase'" in msg and "needs a 'passphrase'" in msg
+    r = one(section(extra="passphrase = x\npadding = on\nstrict permissions = yes\n"))
+    assert r.padding and r.strict_permissions
 
 
 def test_bad_numbers_refused() -> None:
