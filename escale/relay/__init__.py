@@ -1,6 +1,7 @@
 """Relay backends and the address parser that picks one.
 
-``file:///abs/path`` (or a bare absolute path) selects :class:`LocalMount`.
+``file:///abs/path`` (or a bare absolute path) selects :class:`LocalMount`;
+``s3://bucket/prefix`` selects :class:`S3`.
 """
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from urllib.parse import urlsplit
 
 from .base import ObjectInfo, Relay, Usage, check_name
 from .localmount import LocalMount
+from .s3 import S3  # boto3 itself is imported when an s3 relay is first used
 
 #: scheme -> backend class; network backends register here as they land
 BACKENDS: dict[str, type[Relay]] = {s: cls for cls in (LocalMount,) for s in cls.schemes}
+BACKENDS.update({s: S3 for s in S3.schemes})
 
 
 def parse_address(addr: str, multi_path_protocols=()) -> tuple[str, str, str | None, str]:
@@ -42,5 +45,5 @@ def backend_for(protocol: str) -> type[Relay] | None:
     return BACKENDS.get(protocol.lower())
 
 
-__all__ = ["BACKENDS", "LocalMount", "ObjectInfo", "Relay", "Usage", "backend_for", "check_name",
+__all__ = ["BACKENDS", "LocalMount", "ObjectInfo", "Relay", "S3", "Usage", "backend_for", "check_name",
            "parse_address"]

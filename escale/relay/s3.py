@@ -1,0 +1,656 @@
+"""An S3-compatible object store used as the relay (``s3://bucket/prefix``).
+
+Works with AWS S3 and S3-compatible servers (SeaweedFS, MinIO, Ceph, Garage,
+Backblaze, Wasabi, moto…) through boto3. Every relay object is the S3 object
+``prefix/name`` in ``bucket``.
+
+Options (``RepositoryConfig.options`` keywords, or Python keywords):
+
+``endpoint``       URL of a non-AWS server, e.g. ``http://127.0.0.1:8333``; path-style
+                   addressing is then used (``http://host/bucket/key``), which every
+                   S3-compatible server understands.
+``region``         region name (default: the AWS chain's, or ``us-east-1`` with an endpoint).
+``profile``        a profile of ``~/.aws/config`` / ``~/.aws/credentials``.
+``user``/``password``  the access key id and secret key (config spelling: ``access key``,
+                   ``secret key``); when absent, boto3's standard chain is used
+                   (environment, shared files, instance role). Secrets are never logged.
+``create_bucket``  create the bucket when it does not exist (default: no, an error).
+``part_size``      size of multipart upload parts (default 16 MiB, 5 MiB … 5 GiB).
+``verify_ssl``     no, yes or a CA bundle file; ``max_retries``: retries of a failed request.
+
+How the relay interface maps onto S3:
+
+- **list**: paginated ListObjectsV2 under the prefix; names are relative to it.
+- **get**: a streamed GetObject read in blocks; a connection lost mid-body is resumed
+  with a ranged GET pinned to the object's ETag (``If-Match``), so a retry never splices
+  two versions.
+- **put**: an object up to one part is a single PutObject; a larger one is a multipart
+  upload read from the stream one part at a time (at most a few parts in memory, see
+  :func:`_concurrency`), aborted if anything fails. A put is atomic: a reader sees the
+  old object or the complete new one.
+- **create_only** uses ``If-None-Match: *`` (PutObject or CompleteMultipartUpload). Some
+  S3-compatible servers ignore that header silently (rclone serve s3, older MinIO/Ceph…),
+  so the first create-only put of a relay probes it: it writes a probe key twice with
+  the header and expects the second write to fail with 412 (or 409). Where the header is
+  not honoured, create-only falls back to *HEAD (present: ObjectExists), PUT, wait
+  ``SETTLE`` seconds, HEAD again and compare the ETag with the one our PUT returned*
+  (someone else's: ObjectExists). Of two clients racing, the one whose object was
+  replaced learns it. The window left: both succeed, and the second one's object
+  stands, only if the second client's HEAD came before the first one's PUT while its PUT
+  came after the first one's read-back — its HEAD-to-PUT gap would have to exceed the
+  first one's PUT-to-read-back gap (one second or more). escale uses create-only only for
+  the repository header, written once by the first client to connect.
+- **delete**: DeleteObject; a missing object is fine.
+- **abort_incomplete(prefix)**: lists the multipart uploads under the prefix and aborts
+  them (the uploads a killed pusher left behind; they are invisible to listings but
+  cost storage).
+- **usage**: S3 does not report space; unknown.
+
+Listings carry a modification time with one-second resolution, while escale caches
+small objects by ``(size, mtime)``: so that a same-size rewrite within one second is
+still seen, the reported ``mtime`` is the LastModified second plus a fraction derived
+from the ETag (below one second, identical in ``list`` and ``stat``).
+
+Retries: botocore's ``standard`` retry mode (exponential back-off with jitter on
+throttling — 503 SlowDown — and on 500/502/503/504 and connection errors),
+``max_attempts`` = ``max retries`` + 1 (default 10 attempts), connect timeout 10 s,
+read timeout 60 s.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+import time
+import uuid
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO, Iterator
+
+from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExists, QuotaExceeded, RelayError,
+                      RelayObjectMissing)
+from .base import ObjectInfo, Relay, Usage, check_name
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+DEFAULT_PART_SIZE = 16 * MiB
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * (1 << 30)
+MAX_PARTS = 10_000
+#: memory budget of the parts a multipart upload keeps in flight
+INFLIGHT_BUDGET = 64 * MiB
+MAX_CONCURRENCY = 4
+READ_BLOCK = MiB
+DEFAULT_ATTEMPTS = 10
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 60
+#: resumptions of one download after its connection broke mid-body
+MAX_RESUMES = 8
+#: names of probe objects (create-if-absent support), hidden from listings
+PROBE_MARK = ".escale-probe-"
+#: seconds between the PUT and the read-back of a create-only put without server support
+SETTLE = 1.0
+
+AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
+              "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidSecurity", "AllAccessDisabled",
+              "AccountProblem", "InvalidClientTokenId", "UnrecognizedClientException", "403", "401"}
+QUOTA_CODES = {"QuotaExceeded", "XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "StorageFull",
+               "InsufficientStorage", "storage_cap_exceeded", "EntityTooLarge", "TooManyBuckets",
+               "XAmzQuotaExceeded", "UserQuotaExceeded", "BucketQuotaExceeded"}
+MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+PRECONDITION_CODES = {"PreconditionFailed", "412"}
+CONFLICT_CODES = {"ConditionalRequestConflict", "OperationAborted", "409"}
+
+# botocore's DEBUG log shows request headers; keep it quiet unless asked for explicitly
+for _name in ("botocore", "boto3", "s3transfer"):
+    _lg = logging.getLogger(_name)
+    if _lg.level == logging.NOTSET:
+        _lg.setLevel(logging.WARNING)
+
+
+def _as_bool(value, option: str) -> bool:
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    from ..config import parse_bool
+
+    try:
+        return parse_bool(str(value))
+    except ValueError as exc:
+        raise ConfigError(str(exc), option=option) from None
+
+
+def _as_part_size(value) -> int:
+    if value in (None, ""):
+        return DEFAULT_PART_SIZE
+    if isinstance(value, int):
+        n = value
+    else:
+        from ..config import parse_size
+
+        try:
+            n = parse_size(str(value).strip())
+        except ValueError as exc:
+            raise ConfigError(str(exc), option="part size") from None
+    if not MIN_PART_SIZE <= n <= MAX_PART_SIZE:
+        raise ConfigError(f"part size {n} is outside 5 MiB … 5 GiB (S3's limits)", option="part size")
+    return n
+
+
+def _concurrency(part_size: int) -> int:
+    """Parts uploaded at once: up to 4, within a 64 MiB budget (at least one)."""
+    return max(1, min(MAX_CONCURRENCY, INFLIGHT_BUDGET // part_size))
+
+
+def _read_full(stream: BinaryIO, n: int) -> bytes:
+    """Exactly ``n`` bytes, or fewer only at the end of the stream."""
+    data = stream.read(n)
+    if data is None:
+        data = b""
+    if len(data) >= n or not data:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < n:
+        more = stream.read(n - got)
+        if not more:
+            break
+        chunks.append(more)
+        got += len(more)
+    return b"".join(chunks)
+
+
+def _etag(value: str | None) -> str | None:
+    if value is None:
+        return None
+    v = value.strip()
+    if v.startswith("W/"):
+        v = v[2:]
+    return v.strip('"')
+
+
+def _mtime(last_modified, etag: str | None) -> float:
+    """LastModified's whole second plus an ETag-derived fraction (see the module doc)."""
+    seconds = int(last_modified.timestamp()) if last_modified is not None else 0
+    if not etag:
+        return float(seconds)
+    return seconds + (zlib.crc32(etag.encode()) % 1_000_000) / 1_000_000
+
+
+def _code(exc) -> tuple[str, int | None, str]:
+    """(error code, HTTP status, message) of a botocore ClientError."""
+    resp = getattr(exc, "response", None) or {}
+    err = resp.get("Error") or {}
+    status = (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return str(err.get("Code") or status or ""), status, str(err.get("Message") or "")
+
+
+def _multipart_etag(parts: list[dict]) -> str:
+    """The ETag S3 gives a completed multipart object (md5 of the part md5s, '-N')."""
+    digests = b"".join(bytes.fromhex(_etag(p["ETag"]) or "") for p in parts)
+    return f"{hashlib.md5(digests).hexdigest()}-{len(parts)}"
+
+
+class S3(Relay):
+    schemes = ("s3",)
+
+    def __init__(self, address: str, user: str | None = None, password: str | None = None, *,
+                 endpoint: str | None = None, region: str | None = None, profile: str | None = None,
+                 create_bucket=False, part_size=None, verify_ssl=None, max_retries=None,
+                 access_key: str | None = None, secret_key: str | None = None, **_ignored):
+        super().__init__(address)
+        rest = address[len("s3://"):] if address.lower().startswith("s3://") else address
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise ConfigError(f"relay address '{address}' has no bucket; write s3://bucket/prefix",
+                              option="relay address")
+        self.bucket = bucket
+        prefix = prefix.strip("/")
+        self.prefix = prefix + "/" if prefix else ""
+        self.endpoint = (endpoint or "").strip() or None
+        self.region = (region or "").strip() or None
+        self.profile = (profile or "").strip() or None
+        self.access_key = access_key or user or None
+        self.secret_key = secret_key or password or None
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ConfigError("give both 'access key' and 'secret key', or neither to use the AWS "
+                              "credential chain", option="access key" if self.access_key is None else "secret key")
+        self.create_bucket = _as_bool(create_bucket, "create bucket")
+        self.part_size = _as_part_size(part_size)
+        if verify_ssl in (None, "") or isinstance(verify_ssl, bool):
+            self.verify = verify_ssl if isinstance(verify_ssl, bool) else None
+        else:
+            try:
+                self.verify = _as_bool(verify_ssl, "verify ssl")
+            except ConfigError:
+                self.verify = str(verify_ssl)  # a CA bundle
+        try:
+            self.attempts = int(max_retries) + 1 if max_retries not in (None, "") else DEFAULT_ATTEMPTS
+        except ValueError:
+            raise ConfigError(f"max retries '{max_retries}' is not a number", option="max retries") from None
+        if self.attempts < 1:
+            raise ConfigError("max retries must be 0 or more", option="max retries")
+        self._client = None
+        self._conditional: bool | None = None  # does the server honour If-None-Match: *?
+        self._lock = threading.Lock()
+
+    # -- connection ------------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        return self.endpoint or "AWS S3"
+
+    def _make_client(self):
+        try:
+            import boto3
+            from botocore.config import Config
+            from botocore.exceptions import BotoCoreError, ProfileNotFound
+        except ImportError as exc:  # boto3 is a dependency; this only happens in a broken install
+            raise ConfigError(f"the s3 relay needs boto3 ({exc}); pip install boto3",
+                              option="relay address") from None
+        try:
+            session = boto3.session.Session(profile_name=self.profile, aws_access_key_id=self.access_key,
+                                            aws_secret_access_key=self.secret_key)
+        except ProfileNotFound:
+            raise ConfigError(f"AWS profile '{self.profile}' not found (~/.aws/config, ~/.aws/credentials)",
+                              option="profile") from None
+        except BotoCoreError as exc:
+            raise ConfigError(f"cannot set up AWS credentials: {exc}", option="profile") from None
+        region = self.region or session.region_name or ("us-east-1" if self.endpoint else None)
+        cfg = Config(
+            region_name=region,
+            signature_version="s3v4",
+            s3={"addressing_style": "path" if self.endpoint else "auto"},
+            retries={"mode": "standard", "max_attempts": self.attempts},
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+            max_pool_connections=MAX_CONCURRENCY + 4,
+            tcp_keepalive=True,
+            # CRC trailers are not understood by every S3-compatible server; escale checks
+            # every file's digest end to end anyway
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        kwargs = {"config": cfg}
+        if self.endpoint:
+            kwargs["endpoint_url"] = self.endpoint
+        if self.verify is not None:
+            kwargs["verify"] = self.verify
+        try:
+            return session.client("s3", **kwargs)
+        except (BotoCoreError, ValueError) as exc:
+            raise ConfigError(f"cannot use S3 endpoint '{self.endpoint}': {exc}", option="endpoint") from None
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make_client()
+        return self._client
+
+    def open(self) -> None:
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+            return
+        except Exception as exc:  # noqa: BLE001 - mapped below
+            err = self._error(exc, f"bucket '{self.bucket}'")
+            if not (self.create_bucket and self._is_missing_bucket(exc)):
+                raise err from None
+        self._create_bucket()
+
+    def _is_missing_bucket(self, exc) -> bool:
+        return _code(exc)[0] == "NoSuchBucket"
+
+    def _create_bucket(self) -> None:
+        kwargs = {"Bucket": self.bucket}
+        region = self.client.meta.region_name
+        if region and region != "us-east-1" and not self.endpoint:
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self.client.create_bucket(**kwargs)
+            log.info("created bucket '%s' on %s", self.bucket, self.where)
+        except Exception as exc:  # noqa: BLE001
+            code = _code(exc)[0]
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise self._error(exc, f"bucket '{self.bucket}'", creating=True) from None
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing must not hide the real error
+                log.debug("error while closing the S3 client", exc_info=True)
+
+    # -- errors ----------------------------------------------------------------------------
+    def _error(self, exc: BaseException, what: str, *, creating: bool = False) -> EscaleError:
+        """The escale error for a boto3/botocore failure about ``what``."""
+        from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError, NoCredentialsError,
+                                         PartialCredentialsError)
+
+        if isinstance(exc, EscaleError):
+            return exc
+        if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            return AuthenticationError(f"authentication failed for {self.address}: no usable credentials; "
+                                       "set 'access key' and 'secret key', or configure the AWS credential chain")
+        if isinstance(exc, ClientError):
+            code, status, message = _code(exc)
+            detail = f"{code}{': ' + message if message and message != code else ''}"
+            if code in QUOTA_CODES or status == 507:
+                return QuotaExceeded(f"{what} on {self.address}: the storage refused it for lack of room ({detail})")
+            if code == "NoSuchBucket":
+                if creating:
+                    return RelayError(f"cannot create bucket '{self.bucket}' on {self.where}: {detail}")
+                return RelayError(f"bucket '{self.bucket}' does not exist on {self.where}; create it, or set "
+                                  "'create bucket = yes' to let escale create it")
+            if code in AUTH_CODES or status in (401, 403):
+                return AuthenticationError(f"authentication failed for {self.address} ({self.where}): {detail}; "
+                                           "check 'access key' and 'secret key' (or the AWS profile)")
+            return RelayError(f"{what} on {self.address}: S3 error {detail}")
+        if isinstance(exc, BotoConnectionError):
+            return RelayError(f"cannot reach {self.where} for {self.address}: {exc}")
+        return RelayError(f"{what} on {self.address}: {type(exc).__name__}: {exc}")
+
+    def _key(self, name: str) -> str:
+        return self.prefix + check_name(name)
+
+    # -- reading ---------------------------------------------------------------------------
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix)
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    name = obj["Key"][len(self.prefix):]
+                    if not name or name.endswith("/") or name.startswith(PROBE_MARK):
+                        continue
+                    try:
+                        check_name(name)
+                    except EscaleError:
+                        log.debug("ignoring S3 key %r: not a relay object name", obj["Key"])
+                        continue
+                    etag = _etag(obj.get("ETag"))
+                    yield ObjectInfo(name, int(obj.get("Size", 0)), _mtime(obj.get("LastModified"), etag), etag)
+        except EscaleError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, f"listing '{self.prefix + prefix}'") from None
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        key = self._key(name)
+        try:
+            r = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            if _code(exc)[0] in MISSING_CODES:
+                return None
+            raise self._error(exc, f"relay object {name}") from None
+        etag = _etag(r.get("ETag"))
+        return ObjectInfo(name, int(r.get("ContentLength", 0)), _mtime(r.get("LastModified"), etag), etag)
+
+    def get(self, name: str) -> BinaryIO:
+        key = self._key(name)
+        try:
+            r = self.client.get_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:  # noqa: BLE001
+            if _code(exc)[0] in MISSING_CODES:
+                raise RelayObjectMissing(f"relay object {name} is missing") from None
+            raise self._error(exc, f"relay object {name}") from None
+        return _Download(self, name, key, r)
+
+    # -- writing ---------------------------------------------------------------------------
+    def put(self, name: str, stream: BinaryIO, *, create_only: bool = False) -> int:
+        key = self._key(name)
+        head = [_read_full(stream, self.part_size)]  # in a list so that no frame keeps it alive
+        conditional = self._supports_conditional() if create_only else False
+        if create_only and not conditional and self.stat(name) is not None:
+            raise ObjectExists(f"relay object {name} already exists")
+        if len(head[0]) < self.part_size:
+            data = head.pop()
+            size, etag = len(data), self._put_small(name, key, data, create_only and conditional)
+        else:
+            size, etag = self._put_multipart(name, key, head, stream, create_only and conditional)
+        if create_only and not conditional:
+            # no server-side check: read back after a while; the name is whoever's wrote last
+            time.sleep(SETTLE)
+            after = self.stat(name)
+            if after is None or (etag is not None and after.etag != etag):
+                raise ObjectExists(f"relay object {name} was created by another client at the same time")
+        return size
+
+    def _put_small(self, name: str, key: str, data: bytes, if_absent: bool) -> str | None:
+        kwargs = {"Bucket": self.bucket, "Key": key, "Body": data}
+        if if_absent:
+            kwargs["IfNoneMatch"] = "*"
+        for attempt in range(3):
+            try:
+                return _etag(self.client.put_object(**kwargs).get("ETag"))
+            except Exception as exc:  # noqa: BLE001
+                code = _code(exc)[0]
+                if if_absent and code in PRECONDITION_CODES:
+                    raise ObjectExists(f"relay object {name} already exists") from None
+                if if_absent and code in CONFLICT_CODES and attempt < 2:
+                    time.sleep(0.2 * (attempt + 1))  # a concurrent conditional write is in flight
+                    continue
+                if if_absent and code in CONFLICT_CODES:
+                    raise ObjectExists(f"relay object {name} is being created by another client") from None
+                raise self._error(exc, f"relay object {name}") from None
+        raise AssertionError("unreachable")
+
+    def _put_multipart(self, name: str, key: str, head: list[bytes], stream: BinaryIO,
+                       if_absent: bool) -> tuple[int, str]:
+        what = f"relay object {name}"
+        try:
+            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, what) from None
+        parts: list[dict] = []
+        total = 0
+
+        def send(number: int, data: bytes) -> dict:
+            r = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                        Body=data)
+            return {"PartNumber": number, "ETag": r["ETag"]}
+
+        try:
+            width = _concurrency(self.part_size)
+            with ThreadPoolExecutor(width, thread_name_prefix="s3-part") as pool:
+                pending: deque = deque()
+                number, data = 1, head.pop()
+                while data:
+                    if number > MAX_PARTS:
+                        raise RelayError(f"{what} is larger than {MAX_PARTS} parts of {self.part_size} bytes; "
+                                         "raise 'part size'")
+                    pending.append(pool.submit(send, number, data))
+                    total += len(data)
+                    number += 1
+                    data = b""
+                    while len(pending) >= width:
+                        parts.append(pending.popleft().result())
+                    data = _read_full(stream, self.part_size)
+                while pending:
+                    parts.append(pending.popleft().result())
+            expected = _multipart_etag(parts)
+            kwargs = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "MultipartUpload": {"Parts": parts}}
+            if if_absent:
+                kwargs["IfNoneMatch"] = "*"
+            try:
+                etag = _etag(self.client.complete_multipart_upload(**kwargs).get("ETag")) or expected
+            except Exception as exc:  # noqa: BLE001
+                code = _code(exc)[0]
+                if if_absent and code in PRECONDITION_CODES | CONFLICT_CODES:
+                    raise ObjectExists(f"{what} already exists") from None
+                if code == "NoSuchUpload":
+                    # a retry of a completion whose answer was lost: did the first one land?
+                    info = self.stat(name)
+                    if info is not None and info.etag == expected:
+                        return total, expected
+                raise
+            return total, etag
+        except BaseException as exc:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception:  # noqa: BLE001 - abort_incomplete() cleans it up later
+                log.warning("could not abort the multipart upload of %s; it is removed at the next start", what)
+            if isinstance(exc, Exception):
+                raise self._error(exc, what) from None
+            raise
+
+    def _supports_conditional(self) -> bool:
+        """Whether the server honours ``If-None-Match: *`` (probed once per relay)."""
+        with self._lock:
+            if self._conditional is None:
+                self._conditional = self._probe_conditional()
+            return self._conditional
+
+    def _probe_conditional(self) -> bool:
+        key = f"{self.prefix}{PROBE_MARK}{uuid.uuid4().hex}"
+        try:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=b"1", IfNoneMatch="*")
+            except Exception as exc:  # noqa: BLE001
+                code, status, _ = _code(exc)
+                if code in ("NotImplemented", "501", "InvalidArgument", "400") or status in (400, 501):
+                    supported = False
+                else:
+                    raise self._error(exc, "probe of conditional writes") from None
+            else:
+                try:
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=b"2", IfNoneMatch="*")
+                    supported = False  # the header was silently ignored
+                except Exception as exc:  # noqa: BLE001
+                    code = _code(exc)[0]
+                    if code in PRECONDITION_CODES | CONFLICT_CODES:
+                        supported = True
+                    else:
+                        raise self._error(exc, "probe of conditional writes") from None
+        finally:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            except Exception:  # noqa: BLE001 - hidden from listings anyway
+                log.debug("could not delete probe object %s", key)
+        if supported:
+            log.debug("%s honours If-None-Match: create-if-absent is atomic", self.where)
+        else:
+            log.warning("%s ignores conditional writes (If-None-Match): creating the repository header "
+                        "falls back to check-then-write, which two clients starting at the same moment "
+                        "could race", self.where)
+        return supported
+
+    def delete(self, name: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
+        except Exception as exc:  # noqa: BLE001
+            if _code(exc)[0] in MISSING_CODES:
+                return
+            raise self._error(exc, f"relay object {name}") from None
+
+    def abort_incomplete(self, prefix: str) -> int:
+        removed = 0
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix)
+            for page in pages:
+                for up in page.get("Uploads", ()):
+                    if not up["Key"].startswith(self.prefix + prefix):
+                        continue
+                    try:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"],
+                                                           UploadId=up["UploadId"])
+                        removed += 1
+                    except Exception as exc:  # noqa: BLE001
+                        if _code(exc)[0] != "NoSuchUpload":
+                            raise
+        except Exception as exc:  # noqa: BLE001
+            code = _code(exc)[0]
+            if code in ("NotImplemented", "501"):
+                log.debug("%s cannot list multipart uploads", self.where)
+                return removed
+            raise self._error(exc, f"interrupted uploads under '{self.prefix + prefix}'") from None
+        return removed
+
+    def usage(self) -> Usage:
+        return Usage()
+
+
+class _Download(io.RawIOBase):
+    """A GetObject body read in blocks; resumes with a ranged GET if the connection breaks."""
+
+    def __init__(self, relay: S3, name: str, key: str, response: dict):
+        super().__init__()
+        self.relay, self.name, self.key = relay, name, key
+        self.body = response["Body"]
+        self.length = int(response.get("ContentLength", 0))
+        self.etag = response.get("ETag")
+        self.pos = 0
+        self.resumes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _resume(self, cause: BaseException) -> None:
+        self.resumes += 1
+        if self.resumes > MAX_RESUMES:
+            raise RelayError(f"reading relay object {self.name} from {self.relay.address} failed "
+                             f"{MAX_RESUMES} times: {cause}") from None
+        log.debug("resuming %s at byte %d after %r", self.name, self.pos, cause)
+        try:
+            self.body.close()
+        except Exception:  # noqa: BLE001
+            pass
+        time.sleep(min(5.0, 0.2 * 2 ** (self.resumes - 1)))
+        kwargs = {"Bucket": self.relay.bucket, "Key": self.key, "Range": f"bytes={self.pos}-"}
+        if self.etag:
+            kwargs["IfMatch"] = self.etag
+        try:
+            r = self.relay.client.get_object(**kwargs)
+        except Exception as exc:  # noqa: BLE001
+            code = _code(exc)[0]
+            if code in MISSING_CODES:
+                raise RelayObjectMissing(f"relay object {self.name} vanished while being read") from None
+            if code in PRECONDITION_CODES:
+                raise RelayError(f"relay object {self.name} changed while being read") from None
+            raise self.relay._error(exc, f"relay object {self.name}") from None
+        self.body = r["Body"]
+
+    def read(self, size: int = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read of a closed relay object")
+        if size is None or size < 0:
+            chunks = []
+            while block := self.read(READ_BLOCK):
+                chunks.append(block)
+            return b"".join(chunks)
+        if size == 0 or self.pos >= self.length:
+            return b""
+        size = min(size, self.length - self.pos)
+        while True:
+            try:
+                data = self.body.read(size)
+                if not data:
+                    raise EOFError(f"the connection ended at byte {self.pos} of {self.length}")
+            except EscaleError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - connection reset, timeout, short body
+                self._resume(exc)
+                continue
+            self.pos += len(data)
+            return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.body.close()
+            except Exception:  # noqa: BLE001
+                pass
+        super().close()
