@@ -186,8 +186,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _o("passphrase", "passphrase", "key"),
     _o("padding", "padding"),
     _o("strict_permissions", "strict permissions"),
-    _o("user", "user", "auth user", "host user", "relay user", "remote user"),
-    _o("password", "password", "secret", "secret file", "credential"),
+    _o("user", "user", "auth user", "host user", "relay user", "remote user",
+       "access key", "access key id", "aws access key id"),
+    _o("password", "password", "secret", "secret file", "credential",
+       "secret key", "secret access key", "aws secret access key"),
     _o("trash_retention", "trash retention", "trash days"),
     _o("timestamp", "modification time", "timestamp", "mtime"),
     _o("verbosity", "verbosity", "verbosity level"),
@@ -199,6 +201,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _o("max_retries", "max retries", scope=RELAY),
     _o("rclone_binary", "rclone binary", scope=RELAY),
     _o("drive_binary", "drive binary", scope=RELAY),
+    # s3 relays (checked here, passed to the backend as keywords)
+    _o("endpoint", "endpoint", "endpoint url", "s3 endpoint", scope=RELAY),
+    _o("region", "region", "region name", "aws region", scope=RELAY),
+    _o("profile", "profile", "aws profile", scope=RELAY),
+    _o("create_bucket", "create bucket", scope=RELAY),
+    _o("part_size", "part size", "multipart part size", scope=RELAY),
     # escale 0.7 options that no longer mean anything: warned about, ignored
     _o("lock_timeout", "lock timeout", scope=OBSOLETE),
     _o("min_split_size", "min split size", "split size", "split", scope=OBSOLETE),
@@ -481,6 +489,58 @@ def _parse_port(text: str) -> int:
     return n
 
 
+# s3 relay options: each checked, then kept in RepositoryConfig.options as normalised text
+S3_MIN_PART_SIZE = 5 * 2**20
+S3_MAX_PART_SIZE = 5 * 2**30
+_S3_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{2,254}")
+
+
+def _parse_endpoint(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    t = text.strip()
+    try:
+        parts = urlsplit(t)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL, e.g. http://127.0.0.1:8333")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("an endpoint is scheme://host[:port][/path], without query or credentials")
+    return t.rstrip("/")
+
+
+def _parse_token(what: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        t = text.strip()
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", t):
+            raise ValueError(f"a {what} is a single word of letters, digits, '.', '_' or '-'")
+        return t
+    return parse
+
+
+def _parse_bool_text(text: str) -> str:
+    return "yes" if parse_bool(text) else "no"
+
+
+def _parse_part_size(text: str) -> str:
+    n = parse_size(text)
+    if not S3_MIN_PART_SIZE <= n <= S3_MAX_PART_SIZE:
+        raise ValueError("a part size is between 5MiB and 5GiB (S3's limits)")
+    return f"{n}B"
+
+
+#: relay option field -> (parser giving the text passed to the backend, protocols it applies to)
+_RELAY_CHECKS: dict[str, tuple[Callable[[str], str], tuple[str, ...]]] = {
+    "endpoint": (_parse_endpoint, ("s3",)),
+    "region": (_parse_token("region"), ("s3",)),
+    "profile": (_parse_token("profile name"), ("s3",)),
+    "create_bucket": (_parse_bool_text, ("s3",)),
+    "part_size": (_parse_part_size, ("s3",)),
+}
+
+
 # --------------------------------------------------------------------------- reading the file
 
 _GLOBAL_HEADER = "\x00escale-global\x00"
@@ -720,6 +780,31 @@ def _resolve_password(v: _Value, user: str | None, path: Path | None,
     return None, first
 
 
+def _check_s3(sec: _Section, user: str | None, password: str | None) -> None:
+    """An s3 address names a bucket, has no port, and credentials come in pairs."""
+    addr_v = sec.required("relay_address")
+    rest = addr_v.value.strip().split("://", 1)[-1]
+    netloc = rest.split("/", 1)[0]
+    bucket, _, port = netloc.partition(":")
+    if not bucket:
+        raise sec.error(addr_v, f"relay address '{addr_v.value.strip()}' has no bucket; "
+                                "write s3://bucket or s3://bucket/prefix")
+    if not _S3_BUCKET_RE.fullmatch(bucket):
+        raise sec.error(addr_v, f"'{bucket}' is not a bucket name (3 to 255 lowercase letters, digits, "
+                                "'.', '-' or '_')")
+    if port:
+        raise sec.error(addr_v, "an s3 address is s3://bucket/prefix, without a port; put the server's "
+                                "host and port in 'endpoint', e.g. endpoint = http://host:8333")
+    port_v = sec.raw("port")
+    if port_v is not None:
+        raise sec.error(port_v, "an s3 relay has no port; put it in 'endpoint', e.g. http://host:8333")
+    if (user is None) != (password is None):
+        missing = "secret key" if password is None else "access key"
+        raise ConfigError(f"'{missing}' is missing: give both 'access key' and 'secret key', or neither "
+                          "to use the AWS credential chain (environment, ~/.aws, instance role)",
+                          path=sec.path, section=sec.name, option=missing)
+
+
 def _default_client_name(section: str) -> str:
     host = socket.gethostname()
     return section if not host or host == "localhost" else host
@@ -778,8 +863,19 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
         raise ConfigError(f"encryption = {encryption} needs a 'passphrase' (a file holding it, or the text)",
                           path=path, section=name, option="passphrase")
 
+    if protocol == "s3":
+        _check_s3(sec, user, password)
     for spec in OPTIONS:
         if spec.scope == RELAY and (rv := sec.raw(spec.field)) is not None:
+            check = _RELAY_CHECKS.get(spec.field)
+            if check is not None:
+                value = sec.get(spec.field, check[0], "")
+                if protocol not in check[1]:
+                    log.warning("[%s] option '%s' only applies to %s relays; ignored", name, rv.option,
+                                "/".join(check[1]))
+                    continue
+                options[spec.field] = value
+                continue
             options[spec.field] = rv.value.strip()
             if protocol == "file":
                 log.info("[%s] option '%s' is kept for network relays; it has no effect on a file relay",

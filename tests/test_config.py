@@ -150,9 +150,9 @@ def test_absolute_directory_outside_address_refused() -> None:
 
 
 def test_unknown_protocol_refused() -> None:
-    msg = error(section(relay="webdav://example.org/x"))
+    msg = error(section(relay="gopher://example.org/x"))
     assert "option 'relay address'" in msg
-    assert "no relay backend for 'webdav' yet (available: file)" in msg
+    assert "no relay backend for 'gopher' yet (available: file" in msg
     assert "has no protocol" in error(section(relay="example.org"))
 
 
@@ -336,6 +336,110 @@ def test_same_client_on_same_relay_refused(monkeypatch: pytest.MonkeyPatch) -> N
     assert "[b]" in msg and "client name" in msg
     ok = parse_config_text(text + "client = other\n", "/tmp/escale-t/escale.conf")
     assert [r.client_name for r in ok.repositories.values()] == ["box", "other"]
+
+
+# --------------------------------------------------------------------------- s3 relays
+
+
+S3 = "s3://escale-relay/some/prefix"
+
+
+def test_s3_options_reach_the_backend_keywords() -> None:
+    r = one(section(relay=S3, extra="""\
+endpoint = http://127.0.0.1:8333/
+region = eu-west-3
+aws profile = work
+access key = AKIDEXAMPLE
+secret key = s3cr3t
+create bucket = yes
+part size = 8MiB
+relay directory = docs
+"""))
+    assert r.relay_url == "s3://escale-relay/some/prefix/docs" and r.relay_protocol == "s3"
+    assert (r.user, r.password) == ("AKIDEXAMPLE", "s3cr3t")
+    assert r.options == {"endpoint": "http://127.0.0.1:8333", "region": "eu-west-3", "profile": "work",
+                         "create_bucket": "yes", "part_size": f"{8 * 2**20}B"}
+    assert "s3cr3t" not in repr(r)
+    # what Manager.from_config does with them
+    from escale.relay.s3 import S3 as Backend
+
+    relay = Backend(r.relay_url, user=r.user, password=r.password, **r.options)
+    assert (relay.bucket, relay.prefix) == ("escale-relay", "some/prefix/docs/")
+    assert relay.part_size == 8 * 2**20 and relay.create_bucket is True
+    assert relay.endpoint == "http://127.0.0.1:8333" and relay.region == "eu-west-3"
+
+
+@pytest.mark.parametrize("access,secret", [
+    ("access key", "secret key"), ("access key id", "secret access key"),
+    ("aws access key id", "aws secret access key"), ("user", "password")])
+def test_s3_credential_aliases(access: str, secret: str) -> None:
+    r = one(section(relay=S3, extra=f"{access} = AK\n{secret} = SK\n"))
+    assert (r.user, r.password) == ("AK", "SK")
+
+
+def test_s3_credentials_from_a_file(tmp_path: Path) -> None:
+    cred = tmp_path / "s3-secret"
+    cred.write_text("AKIDFILE:secretfromfile\n")
+    cred.chmod(0o600)
+    r = one(section(relay=S3, extra=f"secret key = {cred}\n"))
+    assert (r.user, r.password) == ("AKIDFILE", "secretfromfile")
+
+
+def test_s3_defaults_use_the_aws_chain() -> None:
+    r = one(section(relay="s3://escale-relay"))
+    assert r.relay_url == "s3://escale-relay" and r.user is None and r.password is None and r.options == {}
+
+
+@pytest.mark.parametrize("extra,option,words", [
+    ("access key = AK\n", "secret key", "give both 'access key' and 'secret key'"),
+    ("secret key = SK\n", "access key", "give both"),
+    ("part size = 1MiB\n", "part size", "between 5MiB and 5GiB"),
+    ("part size = 6GiB\n", "part size", "between 5MiB and 5GiB"),
+    ("part size = lots\n", "part size", "not a size"),
+    ("create bucket = maybe\n", "create bucket", "yes/no"),
+    ("endpoint = 127.0.0.1:8333\n", "endpoint", "http:// or https://"),
+    ("endpoint = ftp://host\n", "endpoint", "http:// or https://"),
+    ("endpoint = http://host:99999\n", "endpoint", "not a URL"),
+    ("endpoint = http://u:p@host\n", "endpoint", "without query or credentials"),
+    ("region = eu west\n", "region", "single word"),
+    ("profile = a/b\n", "profile", "single word"),
+    ("port = 9000\n", "port", "put it in 'endpoint'"),
+    ("access key = AK\nuser = AK2\nsecret key = SK\n", "user", "given twice"),
+])
+def test_s3_bad_options_refused(extra: str, option: str, words: str) -> None:
+    msg = error(section(relay=S3, extra=extra))
+    assert f"option '{option}'" in msg and words in msg
+
+
+@pytest.mark.parametrize("relay,words", [
+    ("s3:///prefix", "has no bucket"),
+    ("s3://", "has no bucket"),
+    ("s3://Upper-Case/x", "not a bucket name"),
+    ("s3://ab", "not a bucket name"),
+    ("s3://escale-relay:9000/x", "without a port"),
+])
+def test_s3_address_needs_a_bucket(relay: str, words: str) -> None:
+    msg = error(section(relay=relay))
+    assert "option 'relay address'" in msg and words in msg
+
+
+def test_s3_secret_key_hidden_in_errors() -> None:
+    msg = error(section(relay=S3, extra="secret key = hunter2\nsecret access key = hunter3\naccess key = a\n"))
+    assert "given twice" in msg and "hunter" not in msg
+
+
+def test_s3_options_ignored_with_a_warning_elsewhere(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="escale.config"):
+        r = one(section(extra="endpoint = http://127.0.0.1:8333\npart size = 32MiB\n"))
+    assert r.options == {}
+    assert "option 'endpoint' only applies to s3 relays; ignored" in caplog.text
+    # still checked: a bad value is an error wherever it is
+    assert "option 'part size'" in error(section(extra="part size = 1KiB\n"))
+
+
+def test_s3_options_inherited_from_the_global_part() -> None:
+    text = "endpoint = http://127.0.0.1:8333\ncreate bucket = on\n" + section(relay=S3)
+    assert one(text).options == {"endpoint": "http://127.0.0.1:8333", "create_bucket": "yes"}
 
 
 # --------------------------------------------------------------------------- credentials
