@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster import Cluster  # noqa: E402
 from relays import RELAY_KINDS  # noqa: E402
+from servers_webdav import dav_server, relay_webdav_apache, relay_webdav_wsgidav  # noqa: E402,F401
 
 
 @pytest.fixture

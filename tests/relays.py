@@ -9,3 +9,6 @@ from __future__ import annotations
 
 #: kinds parametrising the ``relay_cluster`` fixture; server modules append theirs
 RELAY_KINDS: list[str] = ["file"]
+
+# WebDAV: wsgidav and Apache httpd mod_dav (tests/servers_webdav.py)
+RELAY_KINDS += ["webdav-wsgidav", "webdav-apache"]

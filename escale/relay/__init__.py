@@ -1,6 +1,7 @@
 """Relay backends and the address parser that picks one.
 
 ``file:///abs/path`` (or a bare absolute path) selects :class:`LocalMount`;
+``http(s)://host[:port]/path`` and ``webdav(s)://…`` (= https) select :class:`WebDAV`;
 ``s3://bucket/prefix`` selects :class:`S3`.
 """
 from __future__ import annotations
@@ -10,10 +11,11 @@ from urllib.parse import urlsplit
 
 from .base import ObjectInfo, Relay, Usage, check_name
 from .localmount import LocalMount
+from .webdav import WebDAV
 from .s3 import S3  # boto3 itself is imported when an s3 relay is first used
 
 #: scheme -> backend class; network backends register here as they land
-BACKENDS: dict[str, type[Relay]] = {s: cls for cls in (LocalMount,) for s in cls.schemes}
+BACKENDS: dict[str, type[Relay]] = {s: cls for cls in (LocalMount, WebDAV) for s in cls.schemes}
 BACKENDS.update({s: S3 for s in S3.schemes})
 
 
@@ -45,5 +47,5 @@ def backend_for(protocol: str) -> type[Relay] | None:
     return BACKENDS.get(protocol.lower())
 
 
-__all__ = ["BACKENDS", "LocalMount", "ObjectInfo", "Relay", "S3", "Usage", "backend_for", "check_name",
+__all__ = ["BACKENDS", "LocalMount", "WebDAV", "ObjectInfo", "Relay", "S3", "Usage", "backend_for", "check_name",
            "parse_address"]
