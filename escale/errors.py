@@ -31,6 +31,10 @@ class ConfigError(EscaleError):
         super().__init__(f"{' '.join(where)}: {message}" if where else message)
 
 
+class WrongPassphrase(ConfigError):
+    """The passphrase or key does not open this repository (exit code 3)."""
+
+
 class RelayError(EscaleError):
     """The relay cannot be reached or fails (exit code 2)."""
 

@@ -143,9 +143,13 @@ class Folder:
         return expect.same_stat(st)
 
     def fetch(self, target: str, entry: Entry, source: BinaryIO | None, expect: LocalFile | None,
-              copy_from: str | None = None) -> None:
+              copy_from: str | None = None, whole: bool = False) -> None:
         """Write entry's content at target from ``source`` (exactly entry.size bytes read) or
-        a local file ``copy_from``; verify, then rename into place if target is still ``expect``."""
+        a local file ``copy_from``; verify, then rename into place if target is still ``expect``.
+
+        ``whole``: the source is the file's own object, which must end right there (reading
+        its end also authenticates an encrypted object's final chunk).
+        """
         dest = safe_join(self.root, target)
         self.make_parents(target)
         tmp = dest.parent / f"{TMP_MARK}{uuid.uuid4().hex}"
@@ -164,6 +168,8 @@ class Folder:
                         out.write(data)
                         size += len(data)
                         left -= len(data)
+                    if whole and src.read(1):
+                        raise ContentMismatch(f"content of {target} is longer than announced")
                 finally:
                     if copy_from is not None:
                         src.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
 import tempfile
@@ -22,9 +23,11 @@ from typing import BinaryIO, Callable
 
 from .access import AccessController, safe_join
 from .checksum import ChecksumCache, FileChangedError
-from .encryption import Cipher, Plain
-from .errors import (ConfigError, EscaleError, IntegrityError, ObjectExists, RelayError,
-                     RelayObjectMissing, Terminated, UnsafePath)
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from .encryption import Cipher, Plain, StreamCipher, key_check, load_secret, master_key, new_kdf
+from .errors import (ConfigError, EscaleError, IntegrityError, ObjectExists, QuotaExceeded, RelayError,
+                     RelayObjectMissing, Terminated, UnsafePath, WrongPassphrase)
 from .filters import Filter
 from .folder import ContentMismatch, Folder, LocalChanged
 from .index import DIR, DIR_VERSION, FILE, GONE, Entry, LocalFile
@@ -111,7 +114,8 @@ class Manager:
                  tq_controller=None, count=None, checksum=True, checksum_cache=None, includedirectory=None,
                  excludedirectory=None, waitonerror=(), verbosity=1, *, mode=None, quota=None,
                  maxpagesize=None, state_dir=None, trash_retention_days=30.0, name=None, push_only=False,
-                 pull_only=False, **relay_args):
+                 pull_only=False, passphrase=None, padding=False, strict_permissions=False, config_path=None,
+                 **relay_args):
         self.state_dir = Path(state_dir) if state_dir else None
         if isinstance(repository, AccessController):
             self.repository, self._access_args = repository, None
@@ -127,7 +131,19 @@ class Manager:
         self._flags: dict[str, tuple] = {}
         self.mode = self.repository.mode
         self.relay = self._make_relay(relay, address, directory, relay_args)
-        self.cipher: Cipher = encryption if isinstance(encryption, Cipher) else Plain()
+        # encryption: a Cipher object (0.7 style), or a name with a passphrase; the key is
+        # derived at connect time, with the KDF parameters from the repository header
+        if isinstance(encryption, Cipher):
+            self.cipher, self._enc_name = encryption, encryption.name
+        else:
+            self.cipher = Plain()
+            self._enc_name = encryption or ("aes256gcm" if passphrase else "off")
+        if self._enc_name != "off" and not isinstance(encryption, Cipher) and not passphrase:
+            raise ConfigError(f"encryption = {self._enc_name} needs a passphrase", section=name,
+                              option="passphrase")
+        self._passphrase, self._padding, self._strict = passphrase, padding, strict_permissions
+        self._config_path = config_path
+        self._secret = None
         self.clientname = clientname or _default_client_name(self.name)
         self.algorithm = "sha256" if checksum in (True, None) else str(checksum)
         self.filter = Filter(include or [], exclude or [], list(filetype or []), includedirectory or [],
@@ -144,6 +160,7 @@ class Manager:
         self.cache: ChecksumCache | None = None
         self.folder: Folder | None = None
         self.store = ObjectStore(self.relay, self.cipher)
+        self._problems: list[str] = []  # integrity errors met outside a cycle's report
         self._lock = InstanceLock(self.state_dir, self.name)
         self._names: dict[str, str] = {}
         self._cards: dict[str, dict] = {}
@@ -155,14 +172,13 @@ class Manager:
     @classmethod
     def from_config(cls, cfg) -> "Manager":
         """Build from a :class:`escale.config.RepositoryConfig`."""
-        from .encryption import make_cipher
-
         backend = backend_for(cfg.relay_protocol)
         if backend is None:
             raise ConfigError(f"no relay backend for '{cfg.relay_protocol}'", path=cfg.config_path,
                               section=cfg.name, option="relay address")
         return cls(backend, repository=str(cfg.local_path), address=cfg.relay_url, name=cfg.name,
-                   mode=cfg.mode, encryption=make_cipher(cfg.encryption, cfg.passphrase),
+                   mode=cfg.mode, encryption=cfg.encryption, passphrase=cfg.passphrase, padding=cfg.padding,
+                   strict_permissions=cfg.strict_permissions, config_path=cfg.config_path,
                    refresh=cfg.refresh, clientname=cfg.client_name, filetype=cfg.filetype,
                    include=cfg.include, exclude=cfg.exclude, count=cfg.puller_count, checksum=cfg.checksum,
                    checksum_cache=cfg.checksum_cache, includedirectory=cfg.include_directory,
@@ -192,7 +208,7 @@ class Manager:
             if self._access_args is not None:  # the per-file r/w table lives with the state
                 self.repository.close()
                 self.repository = AccessController(persistent=self.state_dir / "access.db", **self._access_args)
-            self.me = self.state.client_id()
+            self._identity()
             opt = self._checksum_cache_opt
             cache_path = None
             if opt in (True, None):
@@ -204,11 +220,22 @@ class Manager:
             root.mkdir(parents=True, exist_ok=True)
             self.folder = Folder(root, self.algorithm, self.cache.digest_file)
             self.folder.remove_temporaries()
-            if isinstance(self.cipher, Plain):
+            if self._enc_name == "off":
                 log.warning("%s: encryption is off: the relay sees file names and contents", self.name)
         except BaseException:
             self.close()
             raise
+
+    def _identity(self) -> None:
+        """Our client id and signing key (pinned like anyone's), and the secret to open
+        an encrypted repository with."""
+        self.me = self.state.client_id()
+        signer = self.state.signing_key()
+        self.state.pin(self.me, signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        self.store = ObjectStore(self.relay, self.cipher, signer, self.state.pinned)
+        if self._enc_name != "off" and not isinstance(self.cipher, StreamCipher) and self._secret is None:
+            self._secret = load_secret(self._passphrase, repository=self.name, strict=self._strict,
+                                       config_path=self._config_path)
 
     def connect(self) -> None:
         """Reach the relay: repository header, our member card, unfinished publications."""
@@ -285,30 +312,41 @@ class Manager:
             if opened:
                 self.close()
 
+    @contextlib.contextmanager
+    def _inspecting(self):
+        """Read-only access for escalectl, safe while a daemon runs on the same state:
+        our identity and pins, the relay, the key (from an existing header only)."""
+        own_state = self.state is None
+        if own_state:
+            self.state = State(self.state_dir)
+            self._identity()
+        try:
+            self.relay.open()
+            if self.relay.stat(HEADER_NAME) is None:
+                raise RelayError(f"no escale repository on {self.relay.address} yet")
+            self._ensure_header()
+            yield list_relay(self.relay)
+        finally:
+            self.relay.close()
+            if own_state:
+                self.state.close()
+                self.state = None
+
     def forget(self, client_name: str) -> list[str]:
         """Remove the member card of a client that will not come back, so pushers stop
         waiting for its acknowledgements. If it does come back it re-registers and
         catches up from snapshots. Returns the ids removed."""
-        self.relay.open()
-        view = list_relay(self.relay)
-        removed = []
-        for cid, info in view.members.items():
-            card = self.store.get_json(info.name)
-            if isinstance(card, dict) and card.get("name") == client_name:
-                self.relay.delete(info.name)
+        with self._inspecting() as view:
+            self._read_cards(view, repair=False)
+            removed = [cid for cid, card in self._cards.items() if card["name"] == client_name and cid != self.me]
+            for cid in removed:
+                self.relay.delete(member_name(cid))
                 self.relay.delete(ack_name(cid))
-                removed.append(cid)
-        return removed
+            return removed
 
     def status(self) -> "RepositoryStatus":
         """What the relay and our state say, without syncing (safe while a daemon runs)."""
-        own_state = self.state is None
-        if own_state:
-            self.state = State(self.state_dir)
-            self.me = self.state.client_id()
-        try:
-            self.relay.open()
-            view = list_relay(self.relay)
+        with self._inspecting() as view:
             self._read_cards(view, repair=False)
             members = [MemberStatus(self._cards.get(cid, {}).get("name", "?"),
                                     self._cards.get(cid, {}).get("mode", "?"),
@@ -316,15 +354,98 @@ class Manager:
                        for cid in sorted(view.members)]
             return RepositoryStatus(self.name, self.relay.address, view.used, self.tq.quota, members,
                                     len(self.state.wants()))
+
+    def _identity(self) -> None:
+        """Our client id and signing key (pinned like anyone's), and the secret to open
+        an encrypted repository with."""
+        self.me = self.state.client_id()
+        signer = self.state.signing_key()
+        self.state.pin(self.me, signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        self.store = ObjectStore(self.relay, self.cipher, signer, self.state.pinned)
+        if self._enc_name != "off" and not isinstance(self.cipher, StreamCipher) and self._secret is None:
+            self._secret = load_secret(self._passphrase, repository=self.name, strict=self._strict,
+                                       config_path=self._config_path)
+
+    def connect(self) -> None:
+        """Reach the relay: repository header, our member card, unfinished publications."""
+        self.relay.open()
+        self._ensure_header()
+        self._ensure_card()
+        self._recover_outbox()
+        self.relay.delete(reservation_name(self.me))
+        # interrupted uploads of our own objects (we are their only writer)
+        removed = sum(self.relay.abort_incomplete(prefix) for prefix in (
+            f"u/{self.me}/", f"b/{self.me}/", ack_name(self.me), snapshot_name(self.me), member_name(self.me),
+            request_name(self.me), reservation_name(self.me)))
+        if removed:
+            log.info("%s: removed %d interrupted upload(s) from the relay", self.name, removed)
+
+    def close(self) -> None:
+        owned = self._access_args is not None
+        for closer in (getattr(self.cache, "close", None), getattr(self.state, "close", None),
+                       self.relay.close, self.repository.close if owned else None):
+            if closer:
+                try:
+                    closer()
+                except Exception:  # closing must not hide the real error
+                    log.debug("error while closing", exc_info=True)
+        self.cache = self.state = None
+        self._lock.release()
+
+    def __enter__(self) -> "Manager":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(self, once: bool = False) -> CycleReport:
+        """Cycle until stopped (``self.stop``), or once; returns the last cycle's report."""
+        opened = self.state is None
+        if opened:
+            self.open()
+        connected = False
+        watcher = None
+        if not once:
+            from .watch import FolderWatcher
+
+            watcher = FolderWatcher(self.folder.root, self.wake)
+            watcher.start()
+        try:
+            while True:
+                report = CycleReport(self.name)
+                try:
+                    if not connected:
+                        self.connect()
+                        connected = True
+                    self.cycle(report)
+                except RelayError as exc:
+                    report.relay_error = str(exc)
+                    log.error("%s: relay failed: %s%s", self.name, exc, "" if once else "; retrying next cycle")
+                    connected = False
+                except (ConfigError, Terminated):
+                    raise
+                except Exception as exc:  # a bug or a surprise: keep the daemon alive, retry
+                    log.exception("%s: unexpected error%s", self.name, "" if once else "; retrying next cycle")
+                    report.error(f"unexpected error: {exc!r}")
+                    connected = False  # reconnecting also finishes or rolls back a publication
+                if once or self.stop.is_set():
+                    return report
+                log.info("%s", report.summary())
+                self.wake.clear()  # events from our own writes during the cycle
+                if not self.tq.wait(report.did_work, self.stop, self.wake):
+                    return report
         finally:
-            if own_state:
-                self.state.close()
-                self.state = None
+            if watcher is not None:
+                watcher.stop()
+            if opened:
+                self.close()
 
     # -- the cycle -------------------------------------------------------------------------
     def cycle(self, report: CycleReport | None = None) -> CycleReport:
         report = report or CycleReport(self.name)
         view = list_relay(self.relay)
+        self._problems = []
         self._read_cards(view)
         self._load_flags()
         if self.repository.may_pull():
@@ -334,6 +455,8 @@ class Manager:
                 view = list_relay(self.relay)
             self.upload(view, report)
         self.folder.purge_trash(self.trash_retention_days)
+        for problem in self._problems:
+            report.errors.append(problem)
         return report
 
     def _check_stop(self) -> None:
@@ -342,31 +465,58 @@ class Manager:
 
     # -- repository header and member cards --------------------------------------------------
     def _ensure_header(self) -> None:
-        header = {"format": FORMAT_VERSION, "hash": self.algorithm, "encryption": self.cipher.name}
+        """Create or read the repository header; with encryption, derive the key and check
+        it against the header's key-check value before anything else is read or written."""
+        encrypted = self._enc_name != "off"
+        master = None
         if self.relay.stat(HEADER_NAME) is None:
+            header = {"format": FORMAT_VERSION, "hash": self.algorithm, "encryption": self._enc_name}
+            if encrypted and self._secret is not None:
+                header["kdf"] = new_kdf(self._secret)
+                master = master_key(self._secret, header["kdf"])
+                header["check"] = key_check(master)
             try:
-                self.store.put_json(HEADER_NAME, header, create_only=True)
+                self.store.put_header(header)
                 log.info("%s: created repository on %s", self.name, self.relay.address)
+                self._use_key(master)
                 return
             except ObjectExists:
                 pass  # another client created it first: use theirs
-        found = self.store.get_json(HEADER_NAME)
+        found = self.store.get_header()
         if not isinstance(found, dict) or found.get("format") != FORMAT_VERSION:
             raise IntegrityError(HEADER_NAME, f"unsupported repository format {found!r:.80}")
-        if found.get("encryption") != self.cipher.name:
-            raise ConfigError(f"the repository on {self.relay.address} uses encryption "
-                              f"'{found.get('encryption')}', this section says '{self.cipher.name}'",
-                              section=self.name, option="encryption")
+        theirs = found.get("encryption")
+        if (theirs != "off") != encrypted:
+            raise ConfigError(f"the repository on {self.relay.address} uses encryption '{theirs}', this "
+                              f"section says '{self._enc_name}'", path=self._config_path, section=self.name,
+                              option="encryption")
+        if encrypted and self._secret is not None:
+            try:
+                master = master_key(self._secret, found.get("kdf") or {})
+            except (ValueError, KeyError, TypeError) as exc:
+                raise WrongPassphrase(f"cannot open repository {self.name}: {exc}", path=self._config_path,
+                                      section=self.name, option="passphrase") from None
+            if not hmac.compare_digest(key_check(master), str(found.get("check", ""))):
+                raise WrongPassphrase(f"wrong passphrase for repository {self.name}", path=self._config_path,
+                                      section=self.name, option="passphrase")
+        self._use_key(master)
         algo = found.get("hash")
         if algo != self.algorithm:
             log.warning("%s: the repository uses checksum '%s'; using it instead of '%s'",
                         self.name, algo, self.algorithm)
             self.algorithm = algo
-            self.cache.algorithm = algo
-            self.folder.algorithm = algo
+            if self.cache is not None:
+                self.cache.algorithm = algo
+                self.folder.algorithm = algo
+
+    def _use_key(self, master: bytes | None) -> None:
+        if master is not None:
+            self.cipher = StreamCipher(master, self._enc_name, self._padding)
+            self.store.cipher = self.cipher
 
     def _card(self) -> dict:
-        return {"v": FORMAT_VERSION, "name": self.clientname, "mode": self.mode,
+        key = self.state.pinned(self.me)
+        return {"v": FORMAT_VERSION, "name": self.clientname, "mode": self.mode, "key": key.hex(),
                 "pulls": self.repository.may_pull(), "pushes": self.repository.may_push()}
 
     def _ensure_card(self) -> None:
@@ -379,26 +529,42 @@ class Manager:
         self.state.set("card", repr(card))
 
     def _read_cards(self, view: RelayView, repair: bool = True) -> None:
+        """Member cards, each signed with the key it carries; a client's key is pinned the
+        first time its card is seen, and a card with another key is refused."""
         self._cards = {}
         for cid, info in view.members.items():
-            card = self._read_small(info.name, info)
-            if isinstance(card, dict) and isinstance(card.get("name"), str):
-                self._cards[cid] = card
-                self._names[cid] = card["name"]
+            card = self._read_small(info.name, info, self_signed="key")
+            if not (isinstance(card, dict) and isinstance(card.get("name"), str)):
+                continue
+            key = bytes.fromhex(card["key"])
+            pinned = self.state.pinned(cid)
+            if pinned is None:
+                self.state.pin(cid, key)
+            elif pinned != key:
+                self._problem(IntegrityError(info.name, f"member card of '{card['name']}' now carries another "
+                                                        "signing key: refused (someone posing as that client?)"))
+                self.state.set_seen(info.name, -1, -1, None)  # read it again next time
+                continue
+            self._cards[cid] = card
+            self._names[cid] = card["name"]
         if repair and self.me not in view.members:  # e.g. removed by hand: put it back
             self._ensure_card()
 
-    def _read_small(self, name: str, info) -> object:
-        """A small JSON object, re-read only when the listing says it changed."""
+    def _problem(self, exc: Exception) -> None:
+        log.error("%s: %s", self.name, exc)
+        self._problems.append(str(exc))
+
+    def _read_small(self, name: str, info, self_signed: str | None = None) -> object:
+        """A small signed object, re-read only when the listing says it changed."""
         cached = self.state.seen(name, info.size, info.mtime)
         if cached is not None:
             return cached
         try:
-            value = self.store.get_json(name)
+            value = self.store.get_json(name, self_signed=self_signed)
         except RelayObjectMissing:
             return None
         except IntegrityError as exc:
-            log.error("%s: %s", self.name, exc)
+            self._problem(exc)
             return None
         self.state.set_seen(name, info.size, info.mtime, value)
         return value
@@ -441,6 +607,15 @@ class Manager:
         self._wants = self.state.wants()
         self._by_hash: dict[str, list[str]] | None = None
         self._moves: dict[str, str | None] = {}
+        self._spools: dict[tuple[str, int], BinaryIO] = {}
+        try:
+            return self._download(view, report)
+        finally:
+            for spool in self._spools.values():
+                spool.close()
+            self._spools = {}
+
+    def _download(self, view: RelayView, report: CycleReport) -> CycleReport:
         applied_before = self.state.applied()
         self._pos = {p: s for p, (s, _d) in applied_before.items()}
         queues: dict[str, list[int]] = {}
@@ -537,7 +712,9 @@ class Manager:
             return value
         info = value
         header, _digest, stream = self.store.open_framed(info.name, SNAPSHOT_MAGIC)
-        stream.close()
+        with stream:
+            if stream.read(1):  # also authenticates the final chunk
+                raise IntegrityError(info.name, "data after the snapshot")
         snap = Snapshot.parse(info.name, header, pusher)
         self.state.set_seen(info.name, info.size, info.mtime, {"seq": snap.seq})
         if snap.seq <= self._pos.get(pusher, 0):
@@ -579,12 +756,22 @@ class Manager:
     def _apply_update(self, pusher: str, seq: int, report: CycleReport, causal: bool = True) -> bool:
         """Apply one update; False (nothing done) if ``causal`` and its dependencies are not met."""
         name = update_name(pusher, seq)
-        header, digest, stream = self.store.open_framed(name, UPDATE_MAGIC)
+        spool = self._spools.get((pusher, seq))
+        if spool is None:  # verify the whole object before anything from it is used
+            spool = tempfile.TemporaryFile(dir=self.state_dir, prefix="update-")
+            try:
+                self.store.spool(name, spool)
+            except BaseException:
+                spool.close()
+                raise
+            self._spools[(pusher, seq)] = spool
+        spool.seek(0)
+        header, digest, stream = self.store.open_framed(name, UPDATE_MAGIC, spool=spool)
         with stream:
             h = UpdateHeader.parse(name, header, pusher, seq)
             if not self._ready(h.deps):
                 if causal:
-                    return False
+                    return False  # kept spooled for when its dependencies are in
                 log.warning("%s: applying %s before updates it depends on (they are not available)",
                             self.name, name)
             pos = self.state.applied().get(pusher)
@@ -614,6 +801,7 @@ class Manager:
                         raise IntegrityError(name, "truncated: content shorter than announced")
                 self.state.set_applied(pusher, seq, digest.hex())
                 self._pos[pusher] = seq
+        self._spools.pop((pusher, seq)).close()
         self.folder.end_batch()
         return True
 
@@ -657,6 +845,9 @@ class Manager:
                 self.state.unwant(e.path)
         except (LocalChanged, ContentMismatch, OSError) as exc:
             report.error(f"{e.path}: {exc}; will retry")
+            self._want(e, pusher)
+        except IntegrityError as exc:  # its own object (a blob) is damaged: ask for it again
+            report.error(f"{exc}; {e.path} not written, asked again")
             self._want(e, pusher)
 
     def _want(self, e: Entry, supplier: str) -> None:
@@ -705,9 +896,10 @@ class Manager:
                 elif copy_from is not None:
                     self.folder.fetch(step.target, e, None, target_expect, copy_from=copy_from)
                 else:
-                    stream = source.open() if isinstance(source, _LazyBlob) else source
+                    whole = isinstance(source, _LazyBlob)
+                    stream = source.open() if whole else source
                     with self._bar(stream, e.size, f"recv {e.path}") as shown:
-                        self.folder.fetch(step.target, e, shown, target_expect)
+                        self.folder.fetch(step.target, e, shown, target_expect, whole=whole)
                 self._cache_written(step.target, e)
                 report.received += 1
             elif isinstance(step, MakeDir):
@@ -862,6 +1054,20 @@ class Manager:
 
     def _publish(self, items: list[Item], report: CycleReport) -> bool:
         """Write one update (blobs first, then the update object); False if no room."""
+        try:
+            return self._publish_batch(items, report)
+        except QuotaExceeded as exc:  # the storage itself is full (e.g. WebDAV 507)
+            log.info("%s: %s; waiting for room", self.name, exc)
+            seq = self.state.own_seq + 1
+            for info in list(self.relay.list(f"b/{self.me}/{seq}/")):
+                self.relay.delete(info.name)
+            self.relay.abort_incomplete(f"b/{self.me}/{seq}/")
+            self.relay.abort_incomplete(update_name(self.me, seq))
+            with self.state.transaction():
+                self.state.clear_outbox(seq)
+            return False
+
+    def _publish_batch(self, items: list[Item], report: CycleReport) -> bool:
         seq = self.state.own_seq + 1
         estimate = sum(self.cipher.size_on_relay(i.entry.size) for i in items if i.data != NONE)
         estimate += self.cipher.size_on_relay(self._frame_size(len(items)))
@@ -903,8 +1109,9 @@ class Manager:
                 header = UpdateHeader(self.me, seq, self.state.own_digest, time.time(), self._pullers(),
                                       self.count, kept, deps)
                 head = ObjectStore.encode_header(UPDATE_MAGIC, header.to_dict())
+                body_size = spool.seek(0, os.SEEK_END)
                 spool.seek(0)
-                written = self.store.put_framed(update_name(self.me, seq), head, [spool])
+                written = self.store.put_framed(update_name(self.me, seq), head, [spool], body_size)
             digest = hashlib.sha256(head).hexdigest()
             size = written + sum(self.cipher.size_on_relay(i.entry.size) for i in kept if i.data == BLOB)
             with self.state.transaction():
@@ -943,7 +1150,7 @@ class Manager:
     def _put_blob(self, name: str, path: Path, e: Entry) -> bool:
         with open(path, "rb") as f, self._bar(f, e.size, f"send {e.path}") as shown:
             reader = HashingReader(shown, self.algorithm)
-            self.relay.put(name, self.cipher.encrypt(name, reader))
+            self.relay.put(name, self.cipher.encrypt(name, reader, e.size))
         if reader.count != e.size or reader.hexdigest() != e.hash:
             self.relay.delete(name)
             log.info("%s: %s changed while being sent; will send it next cycle", self.name, e.path)
@@ -1059,7 +1266,7 @@ class Manager:
         deps = {p: s for p, (s, _d) in self.state.applied().items()}
         snap = Snapshot(self.me, seq, self.state.own_digest, deps, list(self.state.base().values()))
         head = ObjectStore.encode_header(SNAPSHOT_MAGIC, snap.to_dict())
-        self.store.put_framed(snapshot_name(self.me), head, [])
+        self.store.put_framed(snapshot_name(self.me), head, [], 0)
         with self.state.transaction():
             self.state.set("snapshot_seq", str(seq))
 

@@ -24,13 +24,16 @@ import logging
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .encryption import Cipher
 from .errors import IntegrityError, RelayError
 from .index import Entry
 from .relay.base import ObjectInfo, Relay
-from .stream import ChainStream, read_exactly
+from .stream import ChainStream, copy_exactly, read_exactly
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,10 @@ SNAPSHOT_MAGIC = b"ESCS\x01"
 #: a header larger than this is refused as malformed (bounded memory on hostile input)
 MAX_HEADER = 512 << 20
 MAX_SMALL_OBJECT = 64 << 20
+#: an update or snapshot larger than this is refused (maxpagesize caps what we write)
+MAX_OBJECT = 64 << 30
+SMALL_MAGIC = b"ESCJ\x01"
+SIGNATURE = 64
 _CID = r"[0-9a-f]{16}"
 _CID_RE = re.compile(rf"^{_CID}$")
 _NAME_RE = re.compile(rf"^(?:(?P<kind>[mjasqr])/(?P<cid>{_CID})"
@@ -120,45 +127,127 @@ class RelayView:
 
 
 
-class ObjectStore:
-    """Reads and writes protocol objects through the cipher; validates what it reads."""
+def signer_of(name: str) -> str | None:
+    """The client id in an object's name: the only client allowed to write it."""
+    m = _NAME_RE.match(name)
+    if not m:
+        return None
+    return m["cid"] or m["ucid"] or m["bcid"]
 
-    def __init__(self, relay: Relay, cipher: Cipher):
+
+def _signed_message(name: str, body: bytes) -> bytes:
+    return b"escale/v1/signature\x00" + name.encode() + b"\x00" + body
+
+
+class ObjectStore:
+    """Reads and writes protocol objects through the cipher; signs what it writes and
+    verifies what it reads.
+
+    Every object but the repository header is signed (Ed25519) by the client named in
+    it; ``keys(cid)`` gives the public key pinned for a client (from its member card).
+    """
+
+    def __init__(self, relay: Relay, cipher: Cipher, signer: Ed25519PrivateKey | None = None,
+                 keys: Callable[[str], bytes | None] = lambda cid: None):
         self.relay = relay
         self.cipher = cipher
+        self.signer = signer
+        self.keys = keys
 
-    # -- small JSON objects (cards, acks, requests, reservations, header) --------------
-    def put_json(self, name: str, value: Any, *, create_only: bool = False) -> int:
+    def _put(self, name: str, plaintext: bytes, create_only: bool = False) -> int:
+        return self.relay.put(name, self.cipher.encrypt(name, io.BytesIO(plaintext), len(plaintext)),
+                              create_only=create_only)
+
+    def _sign(self, name: str, body: bytes) -> bytes:
+        if self.signer is None:
+            raise RuntimeError("no signing key")
+        return self.signer.sign(_signed_message(name, body))
+
+    def _verify(self, name: str, body: bytes, signature: bytes, key: bytes | None = None) -> None:
+        cid = signer_of(name)
+        key = key if key is not None else (self.keys(cid) if cid else None)
+        if key is None:
+            raise IntegrityError(name, "signed by a client with no member card here (unknown writer)")
+        try:
+            Ed25519PublicKey.from_public_bytes(key).verify(signature, _signed_message(name, body))
+        except (InvalidSignature, ValueError):
+            raise IntegrityError(name, f"bad signature: not written by client {cid} "
+                                       "(forged, or another client posing as it)") from None
+
+    # -- the repository header: plain JSON, readable before any key exists --------------
+    def put_header(self, value: Any) -> int:
         data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-        return self.relay.put(name, self.cipher.encrypt(name, io.BytesIO(data)), create_only=create_only)
+        return self.relay.put(HEADER_NAME, io.BytesIO(data), create_only=True)
 
-    def get_json(self, name: str) -> Any:
+    def get_header(self) -> Any:
+        with self.relay.get(HEADER_NAME) as raw:
+            data = read_exactly(raw, MAX_SMALL_OBJECT + 1)
+        return _load_json(HEADER_NAME, data)
+
+    # -- small JSON objects (cards, acks, requests, reservations): signed envelope -----
+    def put_json(self, name: str, value: Any, *, create_only: bool = False) -> int:
+        body = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+        plaintext = SMALL_MAGIC + struct.pack(">I", len(body)) + body + self._sign(name, body)
+        return self._put(name, plaintext, create_only)
+
+    def get_json(self, name: str, *, self_signed: str | None = None) -> Any:
+        """Read, decrypt and verify. ``self_signed``: the field of the object holding the
+        key that signed it (a member card carries its own public key)."""
         with self.relay.get(name) as raw:
             stream = self.cipher.decrypt(name, raw)
             data = read_exactly(stream, MAX_SMALL_OBJECT + 1)
         if len(data) > MAX_SMALL_OBJECT:
             raise IntegrityError(name, "object too large")
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise IntegrityError(name, f"not a valid object ({exc})") from exc
+        head = len(SMALL_MAGIC) + 4
+        if len(data) < head + SIGNATURE or data[:len(SMALL_MAGIC)] != SMALL_MAGIC:
+            raise IntegrityError(name, "not an escale object of this kind/version")
+        (length,) = struct.unpack(">I", data[len(SMALL_MAGIC):head])
+        if len(data) != head + length + SIGNATURE:
+            raise IntegrityError(name, "truncated or padded envelope")
+        body, signature = data[head:head + length], data[head + length:]
+        value = _load_json(name, body)
+        key = None
+        if self_signed is not None:
+            try:
+                key = bytes.fromhex(value[self_signed])
+            except (TypeError, KeyError, ValueError):
+                raise IntegrityError(name, "member card without a valid public key") from None
+        self._verify(name, body, signature, key)
+        return value
 
     def json_size(self, value: Any) -> int:
-        return self.cipher.size_on_relay(len(json.dumps(value, sort_keys=True, separators=(",", ":"))))
+        body = len(json.dumps(value, sort_keys=True, separators=(",", ":")))
+        return self.cipher.size_on_relay(len(SMALL_MAGIC) + 4 + body + SIGNATURE)
 
-    # -- updates and snapshots: a header followed by a body ------------------------------
+    # -- updates and snapshots: a signed header followed by a body ----------------------
     @staticmethod
     def encode_header(magic: bytes, header: dict) -> bytes:
         body = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
         return magic + struct.pack(">I", len(body)) + body
 
-    def put_framed(self, name: str, head: bytes, body: Iterable[bytes | BinaryIO]) -> int:
-        return self.relay.put(name, self.cipher.encrypt(name, ChainStream([head, *body])))
+    def put_framed(self, name: str, head: bytes, body: Iterable[bytes | BinaryIO], body_size: int) -> int:
+        signature = self._sign(name, head)
+        size = len(head) + SIGNATURE + body_size
+        return self.relay.put(name, self.cipher.encrypt(name, ChainStream([head, signature, *body]), size))
 
-    def open_framed(self, name: str, magic: bytes) -> tuple[dict, bytes, BinaryIO]:
-        """(header, header digest, stream positioned at the body). Caller closes the stream."""
-        raw = self.relay.get(name)
-        stream = self.cipher.decrypt(name, raw)
+    def framed_size(self, head_size: int, body_size: int) -> int:
+        return self.cipher.size_on_relay(head_size + SIGNATURE + body_size)
+
+    def spool(self, name: str, spool: BinaryIO) -> None:
+        """Decrypt a whole object into ``spool`` (a temporary file): a modified or truncated
+        byte anywhere is caught before anything from the object is used."""
+        with self.cipher.decrypt(name, self.relay.get(name)) as stream:
+            copy_exactly(stream, spool, MAX_OBJECT)
+            if stream.read(1):
+                raise IntegrityError(name, "object too large")
+        spool.seek(0)
+
+    def open_framed(self, name: str, magic: bytes, spool: BinaryIO | None = None) -> tuple[dict, bytes, BinaryIO]:
+        """(header, header digest, stream positioned at the body). Caller closes the stream.
+
+        With ``spool`` (a temporary file already filled by :meth:`spool`), read from it.
+        """
+        stream = _Unclosing(spool) if spool is not None else self.cipher.decrypt(name, self.relay.get(name))
         try:
             lead = read_exactly(stream, len(magic) + 4)
             if len(lead) < len(magic) + 4 or lead[:len(magic)] != magic:
@@ -167,18 +256,39 @@ class ObjectStore:
             if length > MAX_HEADER:
                 raise IntegrityError(name, "header too large")
             body = read_exactly(stream, length)
-            if len(body) != length:
+            signature = read_exactly(stream, SIGNATURE)
+            if len(body) != length or len(signature) != SIGNATURE:
                 raise IntegrityError(name, "truncated header")
-            try:
-                header = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise IntegrityError(name, f"unreadable header ({exc})") from exc
+            self._verify(name, lead + body, signature)
+            header = _load_json(name, body)
             if not isinstance(header, dict):
                 raise IntegrityError(name, "header is not an object")
             return header, hashlib.sha256(lead + body).digest(), stream
         except BaseException:
             stream.close()
             raise
+
+
+class _Unclosing(io.RawIOBase):
+    """Read a spool file without closing it (its owner deletes it)."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.f.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def _load_json(name: str, data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(name, f"not a valid object ({exc})") from exc
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
 from .errors import AlreadyRunning
 from .index import Entry
 
@@ -33,6 +36,8 @@ CREATE TABLE IF NOT EXISTS published (seq INTEGER PRIMARY KEY, digest TEXT NOT N
 CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, started REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS wants (path TEXT PRIMARY KEY, entry TEXT NOT NULL, supplier TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS seen (name TEXT PRIMARY KEY, size INTEGER, mtime REAL, value TEXT);
+CREATE TABLE IF NOT EXISTS pins (client TEXT PRIMARY KEY, key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
@@ -93,6 +98,32 @@ class State:
             cid = secrets.token_hex(8)
             self.set("client_id", cid)
         return cid
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        """This client's Ed25519 key: it signs everything we write to the relay."""
+        raw = self.get("signing_key")
+        if raw is None:
+            key = Ed25519PrivateKey.generate()
+            raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()).hex()
+            self.set("signing_key", raw)
+        return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(raw))
+
+    # -- pinned public keys of other clients (trust on first sight) -------------------------
+    def pinned(self, client: str) -> bytes | None:
+        row = self.db.execute("SELECT key FROM pins WHERE client = ?", (client,)).fetchone()
+        return bytes.fromhex(row[0]) if row else None
+
+    def pin(self, client: str, key: bytes) -> None:
+        self.db.execute("INSERT OR IGNORE INTO pins VALUES (?, ?)", (client, key.hex()))
+
+    # -- high-water marks that must never go down (rollback detection) ---------------------
+    def mark(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM marks WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else 0
+
+    def raise_mark(self, name: str, value: int) -> None:
+        self.db.execute("INSERT INTO marks VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+                        "value = max(value, excluded.value)", (name, value))
 
     @property
     def own_seq(self) -> int:

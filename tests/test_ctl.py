@@ -62,7 +62,7 @@ def test_forget_lets_updates_be_collected_without_a_dead_puller(cluster):
     from cluster import update_objects
     assert update_objects(cluster), "the update must wait for 'dead'"
     code, out, _ = ctl(a, "forget", "dead")
-    assert code == 0 and "forgot 1 member(s) named dead" in out
+    assert code == 0 and "forgot 1 member(s) named dead" in out, (code, out, _)
     a.once()
     assert update_objects(cluster) == []
     # if it comes back, it re-registers and catches up from the snapshot

@@ -283,9 +283,16 @@ def _forge(cluster: Cluster, cid: str, seq: int, prev: str, files: list[tuple[st
     from escale.protocol import INLINE, NONE, UPDATE_MAGIC, Item, ObjectStore, UpdateHeader, update_name
     from escale.relay import LocalMount
 
+    from escale.state import State
+
     relay = LocalMount(f"file://{cluster.relay}")
     relay.open()
-    store = ObjectStore(relay, Plain())
+    # the forger holds A's signing key: a compromised or malicious member, the worst case
+    # for the path checks (without the key the signature check refuses the object first)
+    owner = next(c for c in cluster.clients.values() if meta(c)["client_id"] == cid)
+    state = State(state_db(owner).parent)
+    store = ObjectStore(relay, Plain(), state.signing_key())
+    state.close()
     now = time.time_ns()
     items = [Item(Entry(path, FILE, hashlib.sha256(data).hexdigest(), len(data), now, 0o644, None, cid), INLINE)
              for path, data in files]
@@ -294,7 +301,8 @@ def _forge(cluster: Cluster, cid: str, seq: int, prev: str, files: list[tuple[st
     header = UpdateHeader(cid, seq, prev, time.time(), [], None, items)
     head = ObjectStore.encode_header(UPDATE_MAGIC, header.to_dict())
     name = update_name(cid, seq)
-    store.put_framed(name, head, [io.BytesIO(b"".join(d for _, d in files))])
+    body = b"".join(d for _, d in files)
+    store.put_framed(name, head, [io.BytesIO(body)], len(body))
     return name
 
 
