@@ -53,6 +53,7 @@ class DAVServer:
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.log = self.base / "server.log"
+        self.probe_cert = None  # a client certificate, for a server that requires one
 
     @property
     def url(self) -> str:
@@ -83,8 +84,13 @@ class DAVServer:
     def _answers(self) -> bool:
         import requests
 
+        import warnings
+
         try:
-            r = requests.request("PROPFIND", self.url + "/", headers={"Depth": "0"}, timeout=1, verify=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = requests.request("PROPFIND", self.url + "/", headers={"Depth": "0"}, timeout=1, verify=False,
+                                     cert=self.probe_cert)
         except requests.RequestException:
             return False
         return r.status_code in (401, 207, 200)
@@ -170,7 +176,8 @@ class WsgiDAV(DAVServer):
 class Apache(DAVServer):
     kind = "apache"
 
-    def __init__(self, base: Path, **kw):
+    def __init__(self, base: Path, client_ca: Path | None = None, **kw):
+        self.client_ca = client_ca
         # the workers run as www-data: every folder from / down to the data must be
         # traversable by them, which pytest's private (0700) temporary folders are not
         self.private_base = Path(base)
@@ -219,6 +226,8 @@ class Apache(DAVServer):
         if self.tls:
             conf += ["SSLEngine on", f"SSLCertificateFile {self.tls[0]}", f"SSLCertificateKeyFile {self.tls[1]}",
                      f"SSLSessionCache shmcb:{self.base}/run/ssl_scache(512000)"]
+            if self.client_ca:
+                conf += ["SSLVerifyClient require", "SSLVerifyDepth 2", f"SSLCACertificateFile {self.client_ca}"]
         (self.base / "httpd.conf").write_text("\n".join(conf) + "\n")
         return [apache, "-f", str(self.base / "httpd.conf"), "-DFOREGROUND"]
 
@@ -321,3 +330,242 @@ def relay_webdav_apache(tmp_path_factory):
 def dav_server(request) -> DAVServer:
     """Each of the session's WebDAV servers in turn."""
     return request.getfixturevalue(f"relay_webdav_{request.param}")
+
+
+# ---------------------------------------------------------------------------------------
+# A faulty HTTP proxy in front of a server: fails a share of the requests, on purpose
+# ---------------------------------------------------------------------------------------
+class FaultProxy:
+    """A threaded HTTP/1.1 proxy on 127.0.0.1 that forwards to ``upstream`` and fails a
+    share ``rate`` of the requests with one of ``faults``:
+
+    - ``500``: answers 500 without forwarding;
+    - ``503``: answers 503 with ``Retry-After: 1`` without forwarding;
+    - ``507``: answers 507 Insufficient Storage without forwarding;
+    - ``reset``: resets the connection without forwarding;
+    - ``lost``: forwards (the server does the work), then resets instead of answering;
+    - ``stall``: holds the request for ``stall`` seconds (beyond the client's timeout), then
+      closes without forwarding;
+    - ``cut``: forwards, then sends the headers and half of the body and resets.
+
+    ``script(method, path, n)`` may pick the fault of request ``n`` instead (None = forward).
+    Request and response bodies are held in memory: meant for small objects.
+    """
+
+    def __init__(self, upstream: str, rate: float = 0.1, faults=("500", "reset", "lost", "stall", "cut"),
+                 stall: float = 3.0, seed: int = 1, script=None):
+        import random
+        import threading
+        from urllib.parse import urlsplit
+
+        u = urlsplit(upstream)
+        self.upstream_host, self.upstream_port = u.hostname, u.port
+        self.rate, self.faults, self.stall, self.script = rate, tuple(faults), stall, script
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.counts: dict[str, int] = {}
+        self.methods: list[str] = []
+        self.server = None
+        self.thread = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def _pick(self, method: str, path: str) -> str | None:
+        with self.lock:
+            n = self.requests
+            self.requests += 1
+            self.methods.append(method)
+            if self.script is not None:
+                fault = self.script(method, path, n)
+            elif self.rng.random() < self.rate:
+                fault = self.rng.choice(self.faults)
+            else:
+                fault = None
+            if fault:
+                self.counts[fault] = self.counts.get(fault, 0) + 1
+            return fault
+
+    def start(self) -> "FaultProxy":
+        import http.client
+        import socket as socketmod
+        import struct
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        proxy = self
+        hop = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "proxy-connection",
+               "te", "trailer", "upgrade"}
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _reset(self):
+                try:
+                    self.connection.setsockopt(socketmod.SOL_SOCKET, socketmod.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+                self.close_connection = True
+                try:
+                    self.connection.close()
+                except OSError:
+                    pass
+
+            def _body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    out = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(out)
+                        out.append(self.rfile.read(size))
+                        self.rfile.readline()
+                n = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(n) if n else b""
+
+            def _simple(self, status: int, extra: dict | None = None):
+                self.send_response(status)
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def handle_one_request(self):
+                try:
+                    super().handle_one_request()
+                except (ConnectionError, OSError):
+                    self.close_connection = True
+
+            def __getattr__(self, name):
+                if name.startswith("do_"):
+                    return self._proxy
+                raise AttributeError(name)
+
+            def _proxy(self):
+                body = self._body()
+                fault = proxy._pick(self.command, self.path)
+                if fault == "500":
+                    return self._simple(500)
+                if fault == "503":
+                    return self._simple(503, {"Retry-After": "1"})
+                if fault == "507":
+                    return self._simple(507)
+                if fault == "reset":
+                    return self._reset()
+                if fault == "stall":
+                    time.sleep(proxy.stall)
+                    return self._reset()
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
+                headers["Content-Length"] = str(len(body))
+                dest = self.headers.get("Destination")
+                if dest:  # MOVE/COPY name the proxy; the server wants its own address
+                    from urllib.parse import urlsplit
+
+                    d = urlsplit(dest)
+                    headers["Destination"] = f"http://{proxy.upstream_host}:{proxy.upstream_port}{d.path}"
+                conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                finally:
+                    conn.close()
+                if fault == "lost":
+                    return self._reset()
+                self.send_response(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in hop:
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if fault == "cut" and len(data) > 1:
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    return self._reset()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def make_ca(folder: Path, client: bool = False) -> dict[str, Path]:
+    """A self-signed CA and a server certificate for 127.0.0.1 (and a client certificate),
+    as PEM files in ``folder``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def key():
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def write_key(k, path):
+        path.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+        os.chmod(path, 0o644)  # Apache's parent reads it as root; tests only
+
+    ca_key = key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "escale test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    out = {"ca": folder / "ca.pem"}
+    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    def leaf(cn: str, usage, san=None):
+        k = key()
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(ca_name).public_key(k.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                            critical=False))
+        if san is not None:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return k, b.sign(ca_key, hashes.SHA256())
+
+    k, cert = leaf("127.0.0.1", ExtendedKeyUsageOID.SERVER_AUTH,
+                   [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
+    out["cert"], out["key"] = folder / "server.pem", folder / "server.key"
+    out["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_key(k, out["key"])
+    if client:
+        k, cert = leaf("escale client", ExtendedKeyUsageOID.CLIENT_AUTH)
+        out["client_cert"], out["client_key"] = folder / "client.pem", folder / "client.key"
+        out["client_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_key(k, out["client_key"])
+    return out

@@ -161,16 +161,22 @@ class _Body:
         except (AttributeError, OSError, ValueError):
             self.seekable = False
         if not self.seekable:
-            head = _read_upto(stream, REPLAY_BUFFER + 1)
+            head = self._read_upto(REPLAY_BUFFER + 1)
             if len(head) <= REPLAY_BUFFER:
                 self.data, self.length = head, len(head)
             else:
                 self.prefix = head
         if self.seekable and self.length is not None and self.length <= BLOCK:
-            self.data = _read_upto(stream, self.length + 1)
+            self.data = self._read_upto(self.length + 1)
             if len(self.data) != self.length:
                 raise _BodyError(f"source stream gave {len(self.data)} bytes, expected {self.length}")
             self.seekable = False
+
+    def _read_upto(self, n: int) -> bytes:
+        try:
+            return _read_upto(self.stream, n)
+        except OSError as exc:
+            raise _BodyError(f"cannot read the data to send: {exc}") from exc
 
     @property
     def replayable(self) -> bool:
@@ -370,6 +376,9 @@ class WebDAV(Relay):
         self.user = user
         self._auth = (user or "", password or "") if (user or password) else None
         self.verify = self._parse_verify(verify_ssl)
+        if self.verify is False and self.http_scheme == "https":
+            log.warning("%s: TLS certificate verification is off ('verify ssl = no')", self.address)
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         if keyfile and not certfile:
             raise ConfigError("'keyfile' needs 'certfile' (the client certificate)", option="keyfile")
         certfile = os.path.expanduser(certfile) if certfile else None
