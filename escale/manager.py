@@ -161,6 +161,7 @@ class Manager:
         self.folder: Folder | None = None
         self.store = ObjectStore(self.relay, self.cipher)
         self._problems: list[str] = []  # integrity errors met outside a cycle's report
+        self._pos: dict[str, int] = {}  # pull positions during a cycle
         self._lock = InstanceLock(self.state_dir, self.name)
         self._names: dict[str, str] = {}
         self._cards: dict[str, dict] = {}
@@ -622,7 +623,12 @@ class Manager:
         resync: dict[str, object] = {}  # pusher -> snapshot info, or its loaded Snapshot
         for pusher in sorted(view.pushers() - {self.me}):
             have = self._pos.get(pusher, 0)
-            queues[pusher] = sorted(s for s in view.updates.get(pusher, {}) if s > have)
+            try:
+                seqs = self._check_history(pusher, view, have)
+            except IntegrityError as exc:
+                report.error(str(exc))
+                continue
+            queues[pusher] = [s for s in seqs if s > have]
             snap = view.snapshots.get(pusher)
             behind = bool(queues[pusher]) and queues[pusher][0] != have + 1
             if behind or (not queues[pusher] and snap is not None and self._snapshot_newer(snap, have)):
@@ -672,6 +678,39 @@ class Manager:
         self._publish_wants(view)
         return report
 
+    def _check_history(self, pusher: str, view: RelayView, have: int) -> list[int]:
+        """The pusher's update seqs on the relay, after checking the relay did not replay a
+        collected update or roll back to an earlier state (both raise, naming the object).
+
+        Two marks only ever go up: the *floor* (below it, every update of the pusher was
+        seen collected) and what we applied. Everything applied must stay covered by an
+        update or the snapshot, which a pusher writes before collecting."""
+        seqs = sorted(view.updates.get(pusher, {}))
+        floor = self.state.mark(f"floor:{pusher}")
+        replayed = [s for s in seqs if s < floor]
+        if replayed:
+            raise IntegrityError(update_name(pusher, replayed[0]), "reappeared after it was collected: "
+                                 "an old update replayed by the relay; ignored")
+        if have and (not seqs or seqs[-1] < have):
+            info = view.snapshots.get(pusher)
+            covered = self._snapshot_seq(info) if info is not None else 0
+            if covered < have:
+                latest = max(seqs[-1] if seqs else 0, covered)
+                raise IntegrityError(snapshot_name(pusher) if info else update_name(pusher, have),
+                                     f"the relay holds nothing of client {self.name_of(pusher)} as recent as "
+                                     f"update {have}, already applied here (latest: {latest}): rolled back "
+                                     "to an earlier state")
+        self.state.raise_mark(f"floor:{pusher}", seqs[0] if seqs else have + 1)
+        return seqs
+
+    def _snapshot_seq(self, info) -> int:
+        known = self.state.seen(info.name, info.size, info.mtime)
+        if isinstance(known, dict):
+            return known.get("seq", 0)
+        cid = info.name.split("/")[1]
+        snap = self._load_snapshot(cid, {cid: info}, keep_old=True)
+        return snap.seq if snap else 0
+
     def _fail(self, pusher: str, queues: dict, resync: dict, exc: IntegrityError, report: CycleReport) -> None:
         """Stop following one pusher this cycle; everything else goes on."""
         report.error(str(exc))
@@ -705,7 +744,7 @@ class Manager:
         known = self.state.seen(info.name, info.size, info.mtime)
         return not isinstance(known, dict) or known.get("seq", 0) > have
 
-    def _load_snapshot(self, pusher: str, resync: dict) -> Snapshot | None:
+    def _load_snapshot(self, pusher: str, resync: dict, keep_old: bool = False) -> Snapshot | None:
         """Read (once per cycle) a pusher's snapshot; None if it holds nothing new."""
         value = resync[pusher]
         if isinstance(value, Snapshot) or value is None:
@@ -717,7 +756,7 @@ class Manager:
                 raise IntegrityError(info.name, "data after the snapshot")
         snap = Snapshot.parse(info.name, header, pusher)
         self.state.set_seen(info.name, info.size, info.mtime, {"seq": snap.seq})
-        if snap.seq <= self._pos.get(pusher, 0):
+        if snap.seq <= self._pos.get(pusher, 0) and not keep_old:
             snap = None
         resync[pusher] = snap
         return snap
@@ -1230,13 +1269,35 @@ class Manager:
     # -- collection of acknowledged updates ---------------------------------------------------
     def _collect(self, view: RelayView) -> int:
         """Delete our updates every required puller acknowledged (snapshot first)."""
+        written = int(self.state.get("snapshot_seq", "0"))
+        if written:
+            info = view.snapshots.get(self.me)
+            if info is None or self._snapshot_seq(info) < written:
+                self._problem(IntegrityError(snapshot_name(self.me), "missing or older than the one written "
+                                             "(removed or rolled back by the relay); writing it again"))
+                self._write_snapshot()
         published = self.state.published()
         if not published:
             return 0
         acks: dict[str, int] = {}
         for cid in view.acks:
             if cid != self.me:
-                acks[cid] = self._acked_seq(view, cid)
+                acked, mark = self._acked_seq(view, cid), self.state.mark(f"ack:{cid}")
+                if acked < mark:
+                    self._problem(IntegrityError(ack_name(cid), f"went back from seq {mark} to {acked}: an old "
+                                                                "acknowledgement replayed by the relay"))
+                acks[cid] = max(acked, mark)
+                self.state.raise_mark(f"ack:{cid}", acked)
+        mine = view.updates.get(self.me, {})
+        vanished = [p for p in published if p.seq not in mine]
+        if vanished:
+            self._problem(IntegrityError(update_name(self.me, vanished[0].seq), "removed from the relay by "
+                                         "someone else before every puller had it; writing a fresh snapshot"))
+            self._write_snapshot()
+            with self.state.transaction():
+                for p in vanished:
+                    self.state.drop_published(p.seq)
+            published = [p for p in published if p.seq in mine]
         members = set(view.members)
         done = []
         for p in published:
