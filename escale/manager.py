@@ -686,11 +686,6 @@ class Manager:
         seen collected) and what we applied. Everything applied must stay covered by an
         update or the snapshot, which a pusher writes before collecting."""
         seqs = sorted(view.updates.get(pusher, {}))
-        floor = self.state.mark(f"floor:{pusher}")
-        replayed = [s for s in seqs if s < floor]
-        if replayed:
-            raise IntegrityError(update_name(pusher, replayed[0]), "reappeared after it was collected: "
-                                 "an old update replayed by the relay; ignored")
         if have and (not seqs or seqs[-1] < have):
             info = view.snapshots.get(pusher)
             covered = self._snapshot_seq(info) if info is not None else 0
@@ -700,6 +695,11 @@ class Manager:
                                      f"the relay holds nothing of client {self.name_of(pusher)} as recent as "
                                      f"update {have}, already applied here (latest: {latest}): rolled back "
                                      "to an earlier state")
+        floor = self.state.mark(f"floor:{pusher}")
+        replayed = [s for s in seqs if s < floor]
+        if replayed:
+            raise IntegrityError(update_name(pusher, replayed[0]), "reappeared after it was collected: "
+                                 "an old update replayed by the relay; ignored")
         self.state.raise_mark(f"floor:{pusher}", seqs[0] if seqs else have + 1)
         return seqs
 
