@@ -22,6 +22,11 @@ def relay_cluster(request, tmp_path):
     kind = request.param
     if kind == "file":
         return Cluster(tmp_path)
+    if kind == "encrypted":
+        secret = tmp_path / "passphrase"
+        secret.write_text("a passphrase for the scenarios\n")
+        secret.chmod(0o600)
+        return Cluster(tmp_path, relay_conf=f"passphrase = {secret}\npadding = on\n", kind=kind)
     factory = request.getfixturevalue("relay_" + kind.replace("-", "_"))
     address, conf, kwargs = factory.new()
     return Cluster(tmp_path, address, conf, kwargs, kind=kind)

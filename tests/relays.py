@@ -8,7 +8,7 @@ a fresh, empty relay location for one test.
 from __future__ import annotations
 
 #: kinds parametrising the ``relay_cluster`` fixture; server modules append theirs
-RELAY_KINDS: list[str] = ["file"]
+RELAY_KINDS: list[str] = ["file", "encrypted"]  # encrypted: file:// with aes256gcm and padding
 
 # WebDAV: wsgidav and Apache httpd mod_dav (tests/servers_webdav.py)
 RELAY_KINDS += ["webdav-wsgidav", "webdav-apache"]
