@@ -131,8 +131,8 @@ class StreamCipher(Cipher):
         salt, prefix = os.urandom(16), os.urandom(7)
         header = HEADER.pack(MAGIC, VERSION, alg_id, self.chunk_log2, FLAG_PADDED if self.padding else 0,
                              salt, prefix)
-        return _Encryptor(cls(self._key(salt, obj_name)), header, prefix, plaintext, size,
-                          self._plain_total(size), 1 << self.chunk_log2)
+        return _Encryptor(cls(self._key(salt, obj_name)), header + obj_name.encode(), header, prefix, plaintext,
+                          size, self._plain_total(size), 1 << self.chunk_log2)
 
     def decrypt(self, obj_name: str, ciphertext: BinaryIO) -> BinaryIO:
         return _Decryptor(self, obj_name, ciphertext)
@@ -143,8 +143,9 @@ def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
 
 
 class _Encryptor(io.RawIOBase):
-    def __init__(self, aead, header: bytes, prefix: bytes, src: BinaryIO, size: int, total: int, chunk: int):
-        self.aead, self.header, self.prefix, self.src = aead, header, prefix, src
+    def __init__(self, aead, aad: bytes, header: bytes, prefix: bytes, src: BinaryIO, size: int, total: int,
+                 chunk: int):
+        self.aead, self.aad, self.prefix, self.src = aead, aad, prefix, src
         self.size, self.total, self.chunk = size, total, chunk
         self.out = bytearray(header)
         self.done = 0       # plaintext bytes (length prefix, data, padding) sealed so far
@@ -167,7 +168,7 @@ class _Encryptor(io.RawIOBase):
             self.src_left -= len(got)
         data += bytes(n - len(data))  # padding (or a short source)
         last = self.done + n == self.total
-        self.out += self.aead.encrypt(_nonce(self.prefix, self.counter, last), bytes(data), self.header)
+        self.out += self.aead.encrypt(_nonce(self.prefix, self.counter, last), bytes(data), self.aad)
         self.counter += 1
         self.done += n
         self.sealed = last
@@ -197,7 +198,7 @@ class _Decryptor(io.RawIOBase):
         if version != VERSION or alg_id not in _BY_ID or not 12 <= log2 <= 24 or flags & ~FLAG_PADDED:
             raise IntegrityError(name, f"unsupported encrypted format (version {version}, algorithm {alg_id})")
         self.aead = _BY_ID[alg_id][1](cipher._key(salt, name))
-        self.header, self.prefix, self.chunk = head, prefix, 1 << log2
+        self.aad, self.prefix, self.chunk = head + name.encode(), prefix, 1 << log2
         self.ahead = b""
         self.out = bytearray()
         self.counter = 0
@@ -214,7 +215,7 @@ class _Decryptor(io.RawIOBase):
         last = len(data) <= want
         ct, self.ahead = (data, b"") if last else (data[:want], data[want:])
         try:
-            pt = self.aead.decrypt(_nonce(self.prefix, self.counter, last), ct, self.header)
+            pt = self.aead.decrypt(_nonce(self.prefix, self.counter, last), ct, self.aad)
         except InvalidTag:
             if self.counter == 0:
                 raise IntegrityError(self.name, "authentication failed: forged, modified, made with another key, "
