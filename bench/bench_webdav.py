@@ -6,8 +6,8 @@ machine B — on the same data, against one Apache httpd (mod_dav) started for t
 
     python bench/bench_webdav.py [--small N] [--big MB] [--tmp DIR]
 
-escale runs with its default options (``encryption = off``: the only setting this
-version accepts). rclone runs ``copy`` through a **crypt** remote on a ``webdav`` remote,
+escale runs twice: with ``encryption = off`` and with ``encryption = aes256gcm`` (a
+passphrase; keys by scrypt). rclone runs ``copy`` through a **crypt** remote on a ``webdav`` remote,
 configured only through environment variables, with ``--webdav-pacer-min-sleep 0`` (its
 default pacer caps WebDAV at about 31 files/s whatever the server; see
 /work/shared/servers.md section 6). Each step runs as its own process; wall time is
@@ -68,7 +68,7 @@ def same_tree(a: Path, b: Path) -> bool:
     return r.returncode == 0
 
 
-def escale_case(work: Path, make, server) -> dict:
+def escale_case(work: Path, make, server, encryption: str = "off") -> dict:
     a, b = work / "A", work / "B"
     a.mkdir()
     size = make(a)
@@ -79,7 +79,8 @@ def escale_case(work: Path, make, server) -> dict:
         conf = work / f"{name}.conf"
         conf.write_text(f"cache dir = {work}/state-{name}\n[bench]\nlocal path = {folder}\n"
                         f"relay address = {address}\nuser = {USER}\npassword = {PASSWORD}\n"
-                        f"client name = {name}\n")
+                        f"client name = {name}\nencryption = {encryption}\n"
+                        + (f"passphrase = bench passphrase\n" if encryption != "off" else ""))
         confs[name] = conf
     esc = [sys.executable, "-m", "escale", "-q", "--once", "-c"]
     run(esc + [str(confs["B"])], env)  # B registers first, as a running peer would be
@@ -128,7 +129,9 @@ def main() -> None:
         server = make_server("apache", Path(srv_dir) / "apache").start()
         try:
             for label, make in cases:
-                for tool, fn in (("escale", escale_case), ("rclone copy (crypt)", rclone_case)):
+                for tool, fn in (("escale (encryption off)", escale_case),
+                                 ("escale (aes256gcm)", lambda w, m, srv: escale_case(w, m, srv, "aes256gcm")),
+                                 ("rclone copy (crypt)", rclone_case)):
                     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
                         r = fn(Path(tmp), make, server)
                     rows.append((label, tool, r))
