@@ -76,8 +76,12 @@ def hash_bytes(data: bytes | bytearray | memoryview, algorithm: str = "sha256") 
     return h.hexdigest()
 
 
+#: SQLite integers are signed 64-bit; a file dated after 2262 has a larger mtime_ns
+_MAX_INT = 2 ** 63 - 1
+
+
 def _signature(st: os.stat_result) -> tuple[int, int, int]:
-    return st.st_size, st.st_mtime_ns, st.st_ino
+    return st.st_size, min(st.st_mtime_ns, _MAX_INT), st.st_ino
 
 
 class ChecksumCache:

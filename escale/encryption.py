@@ -20,6 +20,7 @@ import base64
 import hashlib
 import hmac
 import io
+import json
 import logging
 import os
 import struct
@@ -320,16 +321,20 @@ def master_key(secret: Secret, kdf: dict) -> bytes:
     if secret.passphrase is None:
         raise ValueError("the repository uses a passphrase, but a raw key file was given")
     n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-    if not (2 ** 14 <= n <= 2 ** 22 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+    # bounded so that a tampered header cannot make us allocate gigabytes (n=2^18: 256 MiB)
+    if not (2 ** 15 <= n <= 2 ** 18 and n & (n - 1) == 0 and r == SCRYPT_R and 1 <= p <= 4):
         raise ValueError("scrypt parameters out of range")
     salt = base64.b64decode(kdf["salt"])
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(secret.passphrase)
 
 
-def key_check(master: bytes) -> str:
-    """A value stored in the repository header that tells a wrong key at once."""
+def key_check(master: bytes, settings: dict) -> str:
+    """A value stored in the repository header that tells a wrong key at once — and, as
+    it is a MAC over the header's settings (format, checksum, cipher), an altered header."""
     check_key = hkdf(master, b"escale/v1/key-check")
-    return base64.b64encode(hmac.new(check_key, b"escale key check", hashlib.sha256).digest()[:16]).decode()
+    fields = {k: settings.get(k) for k in ("format", "hash", "encryption")}
+    message = b"escale key check\x00" + json.dumps(fields, sort_keys=True).encode()
+    return base64.b64encode(hmac.new(check_key, message, hashlib.sha256).digest()[:16]).decode()
 
 
 def make_cipher(name: str, master: bytes | None = None, padding: bool = False) -> Cipher:

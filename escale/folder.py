@@ -23,7 +23,7 @@ from typing import BinaryIO, Callable
 
 from .access import safe_join
 from .errors import EscaleError
-from .index import DIR, FILE, Entry, LocalFile
+from .index import DIR, FILE, MAX_INT, Entry, LocalFile
 from .stream import BLOCK
 
 log = logging.getLogger(__name__)
@@ -80,13 +80,13 @@ class Folder:
                         continue
                     if stat.S_ISDIR(st.st_mode):
                         if accept_dir(relpath):
-                            found[relpath] = LocalFile(relpath, DIR, 0, st.st_mtime_ns, st.st_ino,
+                            found[relpath] = LocalFile(relpath, DIR, 0, min(st.st_mtime_ns, MAX_INT), st.st_ino,
                                                        stat.S_IMODE(st.st_mode) & 0o777)
                         if descend(relpath):
                             stack.append((relpath, d.path))
                     elif stat.S_ISREG(st.st_mode):
                         if accept_file(relpath):
-                            found[relpath] = LocalFile(relpath, FILE, st.st_size, st.st_mtime_ns, st.st_ino,
+                            found[relpath] = LocalFile(relpath, FILE, st.st_size, min(st.st_mtime_ns, MAX_INT), st.st_ino,
                                                        stat.S_IMODE(st.st_mode) & 0o777)
                     else:
                         log.debug("skipping %s: not a regular file or folder (symlinks are not synced)", relpath)
@@ -106,9 +106,9 @@ class Folder:
         except FileNotFoundError:
             return None
         if stat.S_ISDIR(st.st_mode):
-            return LocalFile(relpath, DIR, 0, st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode) & 0o777)
+            return LocalFile(relpath, DIR, 0, min(st.st_mtime_ns, MAX_INT), st.st_ino, stat.S_IMODE(st.st_mode) & 0o777)
         if stat.S_ISREG(st.st_mode):
-            return self.fill_hash(LocalFile(relpath, FILE, st.st_size, st.st_mtime_ns, st.st_ino,
+            return self.fill_hash(LocalFile(relpath, FILE, st.st_size, min(st.st_mtime_ns, MAX_INT), st.st_ino,
                                             stat.S_IMODE(st.st_mode) & 0o777))
         return LocalFile(relpath, "other")
 
@@ -181,6 +181,8 @@ class Folder:
             os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
             if not self._unchanged(target, expect):
                 raise LocalChanged(f"{target} changed here during the download; kept the local version")
+            if expect is not None and expect.kind == FILE:
+                self._keep_in_trash(target, dest)
             os.replace(tmp, dest)
         finally:
             try:
@@ -255,6 +257,15 @@ class Folder:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dest)
         log.info("moved %s to %s", relpath, dest.relative_to(self.root))
+
+    def _keep_in_trash(self, relpath: str, path: Path) -> None:
+        """A copy of a file about to be replaced (a hard link: no data is copied)."""
+        dest = self._trash_path(relpath)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:  # no hard links here (another filesystem type): copy
+            shutil.copy2(path, dest)
 
     # -- trash -----------------------------------------------------------------------------
     def _trash_path(self, relpath: str) -> Path:

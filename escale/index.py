@@ -14,6 +14,8 @@ from typing import Any
 FILE, DIR, GONE = "file", "dir", "gone"
 KINDS = (FILE, DIR, GONE)
 DIR_VERSION = "/"
+#: the largest number an entry may hold (SQLite's and the kernel's 64-bit signed limit)
+MAX_INT = 2 ** 63 - 1
 _HEX = re.compile(r"^[0-9a-f]{16,128}$")
 
 
@@ -58,7 +60,7 @@ class Entry:
             raise ValueError(f"entry lacks a field: {exc}") from exc
         if not isinstance(e.path, str) or e.kind not in KINDS:
             raise ValueError(f"bad entry kind or path: {e.kind!r}")
-        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+        if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_INT
                    for x in (e.size, e.mtime_ns, e.mode, e.seq)):
             raise ValueError(f"bad number in entry for {e.path!r}")
         if e.kind == FILE and not (isinstance(e.hash, str) and _HEX.match(e.hash)):
@@ -97,4 +99,4 @@ class LocalFile:
         return version_of(self.kind, self.hash)
 
     def same_stat(self, st) -> bool:
-        return (st.st_size, st.st_mtime_ns, st.st_ino) == (self.size, self.mtime_ns, self.inode)
+        return (st.st_size, min(st.st_mtime_ns, MAX_INT), st.st_ino) == (self.size, self.mtime_ns, self.inode)

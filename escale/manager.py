@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import os
 import tempfile
@@ -30,12 +31,12 @@ from .errors import (ConfigError, EscaleError, IntegrityError, ObjectExists, Quo
                      RelayObjectMissing, Terminated, UnsafePath, WrongPassphrase)
 from .filters import Filter
 from .folder import ContentMismatch, Folder, LocalChanged
-from .index import DIR, DIR_VERSION, FILE, GONE, Entry, LocalFile
+from .index import DIR, DIR_VERSION, FILE, GONE, MAX_INT, Entry, LocalFile
 from .pacing import TimeQuotaController
 from .plan import (Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode, local_changes, reconcile,
                    saw, stamp)
 from .protocol import (BLOB, FORMAT_VERSION, HEADER_NAME, INLINE, NONE, SNAPSHOT_MAGIC, UPDATE_MAGIC, Item,
-                       ObjectStore, RelayView, Snapshot, UpdateHeader, ack_name, blob_name, list_relay, member_name,
+                       ObjectStore, RelayView, Snapshot, UpdateHeader, signer_of, ack_name, blob_name, list_relay, member_name,
                        request_name, reservation_name, snapshot_name, update_name)
 from .relay import Relay, backend_for, parse_address
 from .state import InstanceLock, Published, State
@@ -297,6 +298,9 @@ class Manager:
                     connected = False
                 except (ConfigError, Terminated):
                     raise
+                except IntegrityError as exc:  # e.g. an altered repository header
+                    report.error(str(exc))
+                    connected = False
                 except Exception as exc:  # a bug or a surprise: keep the daemon alive, retry
                     log.exception("%s: unexpected error%s", self.name, "" if once else "; retrying next cycle")
                     report.error(f"unexpected error: {exc!r}")
@@ -340,9 +344,11 @@ class Manager:
         with self._inspecting() as view:
             self._read_cards(view, repair=False)
             removed = [cid for cid, card in self._cards.items() if card["name"] == client_name and cid != self.me]
-            for cid in removed:
+            for cid in removed:  # its card, acks, requests, and the updates nobody will collect
+                names = [i.name for i in self.relay.list() if signer_of(i.name) == cid and i.name != member_name(cid)]
+                for name in sorted(names, key=lambda n: not n.startswith("u/")):
+                    self.relay.delete(name)
                 self.relay.delete(member_name(cid))
-                self.relay.delete(ack_name(cid))
             return removed
 
     def status(self) -> "RepositoryStatus":
@@ -389,10 +395,11 @@ class Manager:
             if encrypted and self._secret is not None:
                 header["kdf"] = new_kdf(self._secret)
                 master = master_key(self._secret, header["kdf"])
-                header["check"] = key_check(master)
+                header["check"] = key_check(master, header)
             try:
                 self.store.put_header(header)
                 log.info("%s: created repository on %s", self.name, self.relay.address)
+                self._pin_header(header)
                 self._use_key(master)
                 return
             except ObjectExists:
@@ -400,6 +407,9 @@ class Manager:
         found = self.store.get_header()
         if not isinstance(found, dict) or found.get("format") != FORMAT_VERSION:
             raise IntegrityError(HEADER_NAME, f"unsupported repository format {found!r:.80}")
+        if not isinstance(found.get("hash"), str) or found["hash"] not in hashlib.algorithms_available \
+                or found["hash"].startswith("shake"):
+            raise IntegrityError(HEADER_NAME, f"unusable checksum algorithm {found.get('hash')!r:.40}")
         theirs = found.get("encryption")
         if (theirs != "off") != encrypted:
             raise ConfigError(f"the repository on {self.relay.address} uses encryption '{theirs}', this "
@@ -411,9 +421,11 @@ class Manager:
             except (ValueError, KeyError, TypeError) as exc:
                 raise WrongPassphrase(f"cannot open repository {self.name}: {exc}", path=self._config_path,
                                       section=self.name, option="passphrase") from None
-            if not hmac.compare_digest(key_check(master), str(found.get("check", ""))):
-                raise WrongPassphrase(f"wrong passphrase for repository {self.name}", path=self._config_path,
-                                      section=self.name, option="passphrase")
+            if not hmac.compare_digest(key_check(master, found), str(found.get("check", ""))):
+                raise WrongPassphrase(f"wrong passphrase for repository {self.name} (or its header on the "
+                                      "relay was altered)", path=self._config_path, section=self.name,
+                                      option="passphrase")
+        self._pin_header(found)
         self._use_key(master)
         algo = found.get("hash")
         if algo != self.algorithm:
@@ -423,6 +435,18 @@ class Manager:
             if self.cache is not None:
                 self.cache.algorithm = algo
                 self.folder.algorithm = algo
+
+    def _pin_header(self, header: dict) -> None:
+        """Remember the header as first seen; a later change is an attack (or a relay
+        swapped under us) and is refused before anything else happens."""
+        canonical = json.dumps(header, sort_keys=True)
+        pinned = self.state.get("repository_header")
+        if pinned is None:
+            self.state.set("repository_header", canonical)
+        elif pinned != canonical:
+            raise IntegrityError(HEADER_NAME, "differs from the header this client first saw (relay altered "
+                                              "or replaced); refusing to sync. If the repository was re-created "
+                                              f"on purpose, remove this client's state folder {self.state_dir}")
 
     def _use_key(self, master: bytes | None) -> None:
         if master is not None:
@@ -601,6 +625,10 @@ class Manager:
         update or the snapshot, which a pusher writes before collecting."""
         seqs = sorted(view.updates.get(pusher, {}))
         if have and (not seqs or seqs[-1] < have):
+            # the pusher may be between writing its snapshot and collecting: look again
+            seqs = sorted(int(i.name.rsplit("/", 1)[1]) for i in self.relay.list(f"u/{pusher}/"))
+            view.snapshots[pusher] = self.relay.stat(snapshot_name(pusher)) or view.snapshots.get(pusher)
+        if have and (not seqs or seqs[-1] < have):
             info = view.snapshots.get(pusher)
             covered = self._snapshot_seq(info) if info is not None else 0
             if covered < have:
@@ -614,7 +642,9 @@ class Manager:
         if replayed:
             raise IntegrityError(update_name(pusher, replayed[0]), "reappeared after it was collected: "
                                  "an old update replayed by the relay; ignored")
-        self.state.raise_mark(f"floor:{pusher}", seqs[0] if seqs else have + 1)
+        # below the floor every update was seen collected; a listing that misses an update
+        # in flight must not push the floor past what we have not applied yet
+        self.state.raise_mark(f"floor:{pusher}", min(seqs[0], have + 1) if seqs else have + 1)
         return seqs
 
     def _snapshot_seq(self, info) -> int:
@@ -664,7 +694,10 @@ class Manager:
         if isinstance(value, Snapshot) or value is None:
             return value
         info = value
-        header, _digest, stream = self.store.open_framed(info.name, SNAPSHOT_MAGIC)
+        try:
+            header, _digest, stream = self.store.open_framed(info.name, SNAPSHOT_MAGIC)
+        except RelayObjectMissing:
+            raise IntegrityError(info.name, "disappeared while being read") from None
         with stream:
             if stream.read(1):  # also authenticates the final chunk
                 raise IntegrityError(info.name, "data after the snapshot")
@@ -690,6 +723,11 @@ class Manager:
         self._moves = {}
         with self.state.transaction():
             for path, cands in by_path.items():
+                # a version whose author's update we applied (or a later one) is no news
+                cands = [(s, e) for s, e in cands
+                         if not (e.author == self.me or (e.seq and self._pos.get(e.author, 0) >= e.seq))]
+                if not cands:
+                    continue
                 live = [(s, e) for s, e in cands if not any(
                     e2.version != e.version and saw(s2.client, s2.deps, e) for s2, e2 in cands)] or cands
                 snap, e = max(live, key=lambda c: stamp(c[1].mtime_ns, c[1].author, c[1].version))
@@ -714,6 +752,10 @@ class Manager:
             spool = tempfile.TemporaryFile(dir=self.state_dir, prefix="update-")
             try:
                 self.store.spool(name, spool)
+            except RelayObjectMissing:
+                spool.close()
+                raise IntegrityError(name, "disappeared while being read (collected meanwhile, or deleted "
+                                           "by the relay)") from None
             except BaseException:
                 spool.close()
                 raise
@@ -773,11 +815,14 @@ class Manager:
         if supply and (wanted is None or wanted[0].hash != e.hash):
             return  # content someone else asked for
         if not self._scope_pull(e):
+            if self.repository.may_pull() and self._flags.get(e.path, (None, None))[1] is False:
+                self.state.hold(e)  # w-: not applied, and our deps must not claim we saw it
             return
         try:
             local = self._local(e.path)
             if local is not None and local.kind not in (FILE, DIR):
                 log.info("%s: %s: left alone: a symbolic link or special file is there", self.name, e.path)
+                self.state.hold(e)
                 return
             plan = reconcile(e, self._base.get(e.path), local, me=self.me, mode=self.mode, name_of=self.name_of,
                              seen=seen)
@@ -800,6 +845,9 @@ class Manager:
             report.error(f"{e.path}: {exc}; will retry")
             self._want(e, pusher)
         except IntegrityError as exc:  # its own object (a blob) is damaged: ask for it again
+            report.error(f"{exc}; {e.path} not written, asked again")
+            self._want(e, pusher)
+        except RelayObjectMissing as exc:  # its blob is gone: ask for the content again
             report.error(f"{exc}; {e.path} not written, asked again")
             self._want(e, pusher)
 
@@ -863,6 +911,7 @@ class Manager:
                 if self.folder.remove_dir(step.path):
                     report.deleted += 1
             elif isinstance(step, Remember):
+                self.state.release(step.entry.path)
                 self._base[step.entry.path] = step.entry
                 if self._by_hash is not None and step.entry.kind == FILE:
                     self._by_hash.setdefault(step.entry.hash, []).append(step.entry.path)
@@ -872,7 +921,7 @@ class Manager:
 
     def _cache_written(self, relpath: str, e: Entry) -> None:
         st = os.stat(self.folder.root / relpath, follow_symlinks=False)
-        self.cache.store(relpath, st.st_size, st.st_mtime_ns, st.st_ino, e.hash)
+        self.cache.store(relpath, st.st_size, min(st.st_mtime_ns, MAX_INT), st.st_ino, e.hash)
 
     def _publish_wants(self, view: RelayView) -> None:
         wants = sorted((p, e.hash, s) for p, (e, s) in self._wants.items())
@@ -895,15 +944,18 @@ class Manager:
         view = view or list_relay(self.relay)
         self._collect(view)
         scan = self.folder.scan(self.filter.accepts_file, self.filter.accepts_dir, self.filter.may_descend)
+        unsettled: set[str] = set()  # there but unreadable or changing: neither sent nor deleted
         for lf in list(scan.values()):
             try:
                 self.folder.fill_hash(lf)
             except (FileChangedError, OSError) as exc:
-                log.info("%s: %s is changing; will send it once it settles (%s)", self.name, lf.path, exc)
-                del scan[lf.path]
+                log.info("%s: %s is changing or unreadable; will send it once it settles (%s)",
+                         self.name, lf.path, exc)
+                unsettled.add(lf.path)
         self.cache.prune(scan.keys())
         base = self.state.base()
-        changes = local_changes(scan, base, me=self.me, in_scope=self._scope_push)
+        changes = local_changes(scan, base, me=self.me,
+                                in_scope=lambda p, k: p not in unsettled and self._scope_push(p, k))
         supplies = self._supplies(view, scan, base)
         items = [self._item(e) for e in changes] + supplies
         if not items:
@@ -922,7 +974,8 @@ class Manager:
 
     def _supplies(self, view: RelayView, scan: dict[str, LocalFile], base: dict[str, Entry]) -> list[Item]:
         """Contents other clients asked us for (late joiners, renames they could not apply)."""
-        items, seen = [], set()
+        items: list[Item] = []
+        seen: dict[str, Item] = {}
         for cid, info in view.requests.items():
             if cid == self.me:
                 continue
@@ -935,18 +988,20 @@ class Manager:
                     continue
                 path, digest = w.get("path"), w.get("hash")
                 lf = scan.get(path) if isinstance(path, str) else None
-                if lf is None or lf.kind != FILE or lf.hash != digest or path in seen:
+                if lf is None or lf.kind != FILE or lf.hash != digest:
                     continue
-                key = f"supplied:{cid}:{path}:{digest}"
-                sent = self.state.get(key)
+                sent = self.state.get(f"supplied:{cid}:{path}:{digest}")
                 if sent is not None and acked < int(sent):
                     continue  # already on its way
                 b = base.get(path)
                 e = b if b is not None and b.kind == FILE and b.hash == digest else \
                     Entry(path, FILE, digest, lf.size, lf.mtime_ns, lf.mode, None, self.me)
-                items.append(self._item(e, supply=True))
-                seen.add(path)
-                self.state.set(key, str(self.state.own_seq + 1))
+                if path in seen:
+                    seen[path].requesters.append(cid)
+                    continue
+                seen[path] = self._item(e, supply=True)
+                seen[path].requesters.append(cid)
+                items.append(seen[path])
         return items
 
     def _acked_seq(self, view: RelayView, cid: str) -> int:
@@ -1001,6 +1056,18 @@ class Manager:
         if self.me not in view.reservations:
             used += self.store.json_size({"bytes": 10**12, "time": time.time()})
         return self.tq.quota - used - self._headroom(new_entries)
+
+    def _deps(self) -> dict[str, int]:
+        """Our pull positions as we publish them: capped below every version we hold back
+        (wanted but not yet written, or skipped by a w- flag or a symlink), so that no
+        change of ours claims to have seen — and so silently supersedes — a version we
+        never applied."""
+        deps = {p: s for p, (s, _d) in self.state.applied().items()}
+        held = [(e.author, e.seq) for e, _s in self.state.wants().values()] + self.state.held()
+        for author, seq in held:
+            if author in deps and seq:
+                deps[author] = min(deps[author], seq - 1)
+        return deps
 
     def _pullers(self) -> list[str]:
         return sorted(c for c, card in self._cards.items() if c != self.me and card.get("pulls"))
@@ -1058,7 +1125,7 @@ class Manager:
                         self.state.clear_outbox(seq)
                     return True
                 kept = [i if i.supply else Item(replace(i.entry, seq=seq), i.data, i.blob, i.supply) for i in kept]
-                deps = {p: s for p, (s, _d) in self.state.applied().items()}
+                deps = self._deps()
                 header = UpdateHeader(self.me, seq, self.state.own_digest, time.time(), self._pullers(),
                                       self.count, kept, deps)
                 head = ObjectStore.encode_header(UPDATE_MAGIC, header.to_dict())
@@ -1071,6 +1138,8 @@ class Manager:
                 for item in kept:
                     if not item.supply:
                         self.state.remember(item.entry)
+                    for cid in item.requesters:  # answered: not again until that client acks it
+                        self.state.set(f"supplied:{cid}:{item.entry.path}:{item.entry.hash}", str(seq))
                 self.state.add_published(Published(seq, digest, header.pullers, self.count, size))
                 self.state.clear_outbox(seq)
             report.sent += sum(1 for i in kept if i.entry.kind == FILE and not i.supply)
@@ -1227,10 +1296,10 @@ class Manager:
             return 0
         if max(p.seq for p in done) > int(self.state.get("snapshot_seq", "0")):
             self._write_snapshot()
-        for p in done:
+        for p in done:  # the update first: a reader never finds an update without its blobs
+            self.relay.delete(update_name(self.me, p.seq))
             for info in view.blobs.get((self.me, p.seq), []):
                 self.relay.delete(info.name)
-            self.relay.delete(update_name(self.me, p.seq))
             with self.state.transaction():
                 self.state.drop_published(p.seq)
         log.info("%s: collected %d acknowledged update(s)", self.name, len(done))
@@ -1238,12 +1307,15 @@ class Manager:
 
     def _write_snapshot(self) -> None:
         seq = self.state.own_seq
-        deps = {p: s for p, (s, _d) in self.state.applied().items()}
+        deps = self._deps()
         snap = Snapshot(self.me, seq, self.state.own_digest, deps, list(self.state.base().values()))
         head = ObjectStore.encode_header(SNAPSHOT_MAGIC, snap.to_dict())
         self.store.put_framed(snapshot_name(self.me), head, [], 0)
+        info = self.relay.stat(snapshot_name(self.me))
         with self.state.transaction():
             self.state.set("snapshot_seq", str(seq))
+            if info is not None:  # so we never download our own snapshot to learn its seq
+                self.state.set_seen(info.name, info.size, info.mtime, {"seq": seq})
 
 
 class _Body:

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS wants (path TEXT PRIMARY KEY, entry TEXT NOT NULL, su
 CREATE TABLE IF NOT EXISTS seen (name TEXT PRIMARY KEY, size INTEGER, mtime REAL, value TEXT);
 CREATE TABLE IF NOT EXISTS pins (client TEXT PRIMARY KEY, key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS held (path TEXT PRIMARY KEY, author TEXT NOT NULL, seq INTEGER NOT NULL);
 """
 
 
@@ -187,6 +188,16 @@ class State:
 
     def unwant(self, path: str) -> None:
         self.db.execute("DELETE FROM wants WHERE path = ?", (path,))
+
+    # -- versions seen but deliberately not applied (a w- flag, a symlink in the way) -------
+    def hold(self, entry: Entry) -> None:
+        self.db.execute("REPLACE INTO held VALUES (?, ?, ?)", (entry.path, entry.author, entry.seq))
+
+    def release(self, path: str) -> None:
+        self.db.execute("DELETE FROM held WHERE path = ?", (path,))
+
+    def held(self) -> list[tuple[str, int]]:
+        return list(self.db.execute("SELECT author, seq FROM held"))
 
     # -- cache of small relay objects, keyed by what the listing says of them -------------
     def seen(self, name: str, size: int, mtime: float):

@@ -141,13 +141,18 @@ def test_kdf_and_key_check():
     assert kdf["name"] == "scrypt" and kdf["n"] >= 2 ** 17
     m1, m2 = master_key(s, kdf), master_key(s, kdf)
     assert m1 == m2 and len(m1) == 32
-    assert key_check(m1) != key_check(master_key(Secret(passphrase=b"wrong"), kdf))
+    settings = {"format": 1, "hash": "sha256", "encryption": "aes256gcm"}
+    assert key_check(m1, settings) == key_check(m2, dict(settings, kdf=kdf))
+    assert key_check(m1, settings) != key_check(master_key(Secret(passphrase=b"wrong"), kdf), settings)
+    assert key_check(m1, settings) != key_check(m1, dict(settings, hash="md5"))  # an altered header
     raw = Secret(raw_key=os.urandom(32))
     assert new_kdf(raw) == {"name": "raw"} and master_key(raw, {"name": "raw"}) == raw.raw_key
     with pytest.raises(ValueError):
         master_key(s, {"name": "raw"})
     with pytest.raises(ValueError):
         master_key(s, dict(kdf, n=3))
+    with pytest.raises(ValueError):  # a tampered header asking for gigabytes
+        master_key(s, dict(kdf, n=2 ** 22))
 
 
 def test_load_secret(tmp_path):
