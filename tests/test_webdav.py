@@ -135,6 +135,19 @@ def test_objects_with_the_escale_layout(dav_server):
     relay.close()
 
 
+def test_a_folder_name_with_spaces_and_accents(dav_server):
+    address, _conf, kwargs = dav_server.new()
+    relay = WebDAV(address + "/dossier partagé/été 2026", **kwargs)
+    relay.open()  # makes the missing collections
+    relay.put(f"u/{CID}/1", io.BytesIO(b"one"))
+    relay.put("escale.json", io.BytesIO(b"{}"), create_only=True)
+    assert sorted(i.name for i in relay.list()) == ["escale.json", f"u/{CID}/1"]
+    assert relay.get(f"u/{CID}/1").read() == b"one" and relay.stat("escale.json").size == 2
+    relay.delete(f"u/{CID}/1")
+    assert [i.name for i in relay.list()] == ["escale.json"]
+    assert (dav_server.data / address.split("/", 3)[3] / "dossier partagé" / "été 2026" / "escale.json").is_file()
+
+
 def test_a_rewrite_changes_the_listed_version(dav_server):
     """Same size, same second: the listing must still tell a rewrite from the version
     before it (escale re-reads small objects only when (size, mtime) changes). wsgidav's

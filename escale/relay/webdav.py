@@ -70,6 +70,7 @@ import math
 import os
 import posixpath
 import random
+import re
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -320,6 +321,22 @@ class _Download(io.RawIOBase):
 
 
 def _describe(exc: BaseException) -> str:
+    """A short reason for a transport failure (requests and urllib3 nest them deeply)."""
+    if isinstance(exc, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
+        return "no answer in time (timeout)"
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
+        return "cannot connect: timeout"
+    seen, todo = set(), [exc]
+    while todo:  # the innermost OS-level error says it best
+        e = todo.pop()
+        if id(e) in seen or e is None:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.strerror and not isinstance(e, urllib3.exceptions.HTTPError):
+            prefix = "cannot connect: " if isinstance(e, ConnectionRefusedError) else ""
+            return prefix + e.strerror.lower()
+        todo.extend([getattr(e, "reason", None), e.__cause__, e.__context__,
+                     *(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))])
     text = str(exc) or type(exc).__name__
     return text if len(text) < 300 else text[:300] + "…"
 
@@ -878,7 +895,8 @@ class WebDAV(Relay):
 def _tls_reason(exc: Exception) -> str:
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text:
-        detail = text.split("CERTIFICATE_VERIFY_FAILED", 1)[1].strip("] )'\":")
-        return ("certificate verify failed" + (f" ({detail.split(')')[0].strip(' (')})" if detail else "")
+        m = re.search(r"certificate verify failed: ([^(]+?)\s*\(_ssl", text)
+        return ("certificate verify failed" + (f" ({m.group(1)})" if m else "")
                 + "; set 'verify ssl' to the CA bundle that signed the server's certificate")
-    return _describe(exc)
+    m = re.search(r"\[SSL: ([A-Z_]+)\]", text)
+    return f"TLS error {m.group(1)}" if m else _describe(exc)
