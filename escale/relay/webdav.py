@@ -33,6 +33,12 @@ How the relay contract is met
   temporary ``<folder>/.escale-put-<name>.<random>`` first and is then moved into place
   with MOVE (a rename on the server). The writer's :meth:`abort_incomplete` removes its
   temporaries after a crash; listings hide them and delete those older than 6 hours.
+- **Streaming.** A seekable source (a file, a BytesIO) is sent with its Content-Length in
+  1 MiB blocks; a non-seekable one is read ahead up to 8 MiB (then it is small, sent with
+  a length and replayable) or sent chunked, after which the temporary's stored size is
+  checked against what was sent before it takes the real name (some PHP-based servers
+  silently store nothing of a chunked body). Downloads are read from the response as it
+  arrives, in the caller's block size.
 - **Create-if-absent** (``create_only``) is probed once per relay (lazily, at the first
   such put): MOVE with ``Overwrite: F`` onto an existing name must fail with 412, and
   PUT with ``If-None-Match: *`` must fail with 412. The temporary + ``MOVE Overwrite: F``
@@ -754,6 +760,14 @@ class WebDAV(Relay):
         moved = False
         try:
             self._put_to(tmp, body)
+            if body.length is None:
+                # a chunked upload: some servers (PHP behind some front ends) silently store
+                # an empty or short file; check before it takes the real name
+                (e,) = self._propfind(tmp, "0", collection=False) or [None]
+                if e is None or e.size != body.count:
+                    raise RelayError(f"PUT {name} on {self.address}: the server kept "
+                                     f"{'nothing' if e is None else f'{e.size} bytes'} of {body.count} sent "
+                                     "(does it accept chunked uploads?)")
             if mode == "check" and self.stat(name) is not None:
                 raise ObjectExists(f"relay object {name} already exists")
             self._move(tmp, name, overwrite=not create_only)
@@ -773,12 +787,13 @@ class WebDAV(Relay):
                 return r
             if r.status_code == 412 and "If-None-Match" in h:
                 return r
-            if r.status_code == 409 and not again and body.replayable:
-                # the folder went away (pruned, or removed by hand): make it again
+            if r.status_code == 409:
+                # the folder went away (removed by hand?): make it again, now or next time
                 folder = name.rpartition("/")[0]
                 self._forget_collection(folder)
-                self._mkcol(folder)
-                continue
+                if not again and body.replayable:
+                    self._mkcol(folder)
+                    continue
             raise self._status_error("PUT", name, r)
         raise self._status_error("PUT", name, r)
 
