@@ -356,7 +356,8 @@ class FaultProxy:
     - ``lost``: forwards (the server does the work), then resets instead of answering;
     - ``stall``: holds the request for ``stall`` seconds (beyond the client's timeout), then
       closes without forwarding;
-    - ``cut``: forwards, then sends the headers and half of the body and resets.
+    - ``cut``: forwards, then sends the headers and half of the body and resets;
+    - ``empty``: forwards the request without its body (the server stores an empty file).
 
     ``script(method, path, n)`` may pick the fault of request ``n`` instead (None = forward).
     Request and response bodies are held in memory: meant for small objects.
@@ -472,6 +473,8 @@ class FaultProxy:
                 if fault == "stall":
                     time.sleep(proxy.stall)
                     return self._reset()
+                if fault == "empty":  # as a server that drops chunked bodies would
+                    body = b""
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
                 headers["Content-Length"] = str(len(body))
                 dest = self.headers.get("Destination")

@@ -319,6 +319,12 @@ def test_retries_honour_retry_after_and_resume_downloads(relay_webdav_apache):
         with pytest.raises(RelayError, match="could not be sent again"):
             relay.put(f"b/{CID}/2/0", Pattern(12 * MB))
         assert relay.stat(f"b/{CID}/2/0") is None
+        # a server that silently drops a chunked body is caught before the object takes its name
+        n = proxy.requests
+        plan.update({n + 1: "empty"})  # MKCOL passes, the PUT arrives empty
+        with pytest.raises(RelayError, match=f"kept 0 bytes of {12 * MB}"):
+            relay.put(f"b/{CID}/3/0", Pattern(12 * MB))
+        assert relay.stat(f"b/{CID}/3/0") is None and relay.raw_usage(f"b/{CID}/3/") == 0
         # 507 is "quota reached", not a crash; too many failures end in a RelayError
         n = proxy.requests
         plan.update({n: "507"})

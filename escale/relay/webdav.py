@@ -701,7 +701,7 @@ class WebDAV(Relay):
                     continue
                 base = rel.rpartition("/")[2]
                 if base.startswith((TMP_MARK, PROBE_MARK)):
-                    if base.startswith(TMP_MARK) and e.mtime and time.time() - e.mtime > STALE_TMP_SECONDS:
+                    if e.mtime and time.time() - e.mtime > STALE_TMP_SECONDS:  # a killed writer's
                         self._delete_quietly(rel)
                         continue
                     if not temporaries:
