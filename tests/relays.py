@@ -10,5 +10,8 @@ from __future__ import annotations
 #: kinds parametrising the ``relay_cluster`` fixture; server modules append theirs
 RELAY_KINDS: list[str] = ["file", "encrypted"]  # encrypted: file:// with aes256gcm and padding
 
+# S3 (tests/servers_s3.py)
+RELAY_KINDS += ["s3-seaweedfs", "s3-moto"]
+
 # WebDAV: wsgidav and Apache httpd mod_dav (tests/servers_webdav.py)
 RELAY_KINDS += ["webdav-wsgidav", "webdav-apache"]

@@ -80,8 +80,8 @@ DEFAULT_PART_SIZE = 16 * MiB
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * (1 << 30)
 MAX_PARTS = 10_000
-#: memory budget of the parts a multipart upload keeps in flight
-INFLIGHT_BUDGET = 64 * MiB
+#: memory budget of the parts a multipart upload keeps in flight (2 parts of the default size)
+INFLIGHT_BUDGET = 32 * MiB
 MAX_CONCURRENCY = 4
 READ_BLOCK = MiB
 DEFAULT_ATTEMPTS = 10
@@ -140,26 +140,33 @@ def _as_part_size(value) -> int:
 
 
 def _concurrency(part_size: int) -> int:
-    """Parts uploaded at once: up to 4, within a 64 MiB budget (at least one)."""
+    """Parts uploaded at once: up to 4, within a 32 MiB budget (at least one)."""
     return max(1, min(MAX_CONCURRENCY, INFLIGHT_BUDGET // part_size))
 
 
-def _read_full(stream: BinaryIO, n: int) -> bytes:
-    """Exactly ``n`` bytes, or fewer only at the end of the stream."""
-    data = stream.read(n)
-    if data is None:
-        data = b""
-    if len(data) >= n or not data:
-        return data
-    chunks = [data]
-    got = len(data)
-    while got < n:
-        more = stream.read(n - got)
-        if not more:
-            break
-        chunks.append(more)
-        got += len(more)
-    return b"".join(chunks)
+def _read_full(stream: BinaryIO, n: int) -> bytearray:
+    """Exactly ``n`` bytes, or fewer only at the end of the stream, read into one buffer.
+
+    Filling a single preallocated buffer (``readinto`` where the stream has it) keeps one
+    part in memory once, not once in pieces and again joined.
+    """
+    buf = bytearray(n)
+    got = 0
+    with memoryview(buf) as view:
+        readinto = getattr(stream, "readinto", None)
+        while got < n:
+            if readinto is not None:
+                k = readinto(view[got:])
+            else:
+                chunk = stream.read(n - got)
+                k = len(chunk) if chunk else 0
+                view[got:got + k] = chunk or b""
+            if not k:
+                break
+            got += k
+    if got < n:
+        del buf[got:]
+    return buf
 
 
 def _etag(value: str | None) -> str | None:
@@ -234,7 +241,8 @@ class S3(Relay):
             raise ConfigError("max retries must be 0 or more", option="max retries")
         self._client = None
         self._conditional: bool | None = None  # does the server honour If-None-Match: *?
-        self._lock = threading.Lock()
+        self._client_lock = threading.Lock()
+        self._probe_lock = threading.Lock()
 
     # -- connection ------------------------------------------------------------------------
     @property
@@ -285,7 +293,7 @@ class S3(Relay):
     @property
     def client(self):
         if self._client is None:
-            with self._lock:
+            with self._client_lock:
                 if self._client is None:
                     self._client = self._make_client()
         return self._client
@@ -499,7 +507,7 @@ class S3(Relay):
 
     def _supports_conditional(self) -> bool:
         """Whether the server honours ``If-None-Match: *`` (probed once per relay)."""
-        with self._lock:
+        with self._probe_lock:
             if self._conditional is None:
                 self._conditional = self._probe_conditional()
             return self._conditional
