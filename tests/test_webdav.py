@@ -392,6 +392,8 @@ def test_wrong_password_exits_2(relay_webdav_wsgidav, tmp_path):
     assert f"authentication failed for {address}" in r.err, r
     assert "not-the-password" not in r.out + r.err
     assert a.path("f.txt").read_text() == "kept"
+    with pytest.raises(AuthenticationError, match=f"authentication failed for {address}"):
+        WebDAV(address, user=USER, password="not-the-password").open()
 
 
 def test_server_down_then_back(tmp_path):
