@@ -49,6 +49,8 @@ BLOB_THRESHOLD = 4 << 20
 #: a reservation older than this is a crashed writer's leftover
 RESERVATION_TTL = 6 * 3600
 DEFAULT_MAXPAGESIZE = 200 * 10**6
+#: a small object is cached (not re-read while unchanged) once its mtime is this old
+SEEN_SETTLE_SECONDS = 2.0
 #: room kept under the quota for each member's small objects (card, acks, requests)
 SMALL_OBJECTS_ROOM = 16 << 10
 #: relay bytes one base entry takes in a snapshot (an upper estimate)
@@ -301,6 +303,9 @@ class Manager:
                 except IntegrityError as exc:  # e.g. an altered repository header
                     report.error(str(exc))
                     connected = False
+                except QuotaExceeded as exc:  # the storage is full (e.g. WebDAV 507) on any write
+                    log.warning("%s: the relay is full (%s); waiting for pullers to free room", self.name, exc)
+                    report.waiting_for_room = True
                 except Exception as exc:  # a bug or a surprise: keep the daemon alive, retry
                     log.exception("%s: unexpected error%s", self.name, "" if once else "; retrying next cycle")
                     report.error(f"unexpected error: {exc!r}")
@@ -505,7 +510,10 @@ class Manager:
         except IntegrityError as exc:
             self._problem(exc)
             return None
-        self.state.set_seen(name, info.size, info.mtime, value)
+        # servers with one-second mtimes could hide a rewrite in the same second: cache
+        # only what has been stable for a while
+        if time.time() - info.mtime > SEEN_SETTLE_SECONDS:
+            self.state.set_seen(name, info.size, info.mtime, value)
         return value
 
     def name_of(self, cid: str) -> str:
