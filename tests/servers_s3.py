@@ -94,7 +94,7 @@ class S3Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(5)  # test data only: no need to wait for a clean stop
+                self.proc.wait(1)  # test data only: no need to wait for a clean stop
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -245,7 +245,7 @@ def test_abort_incomplete_removes_only_uploads_under_the_prefix(s3_server) -> No
     for name in ("u/me/7", "b/me/7/0", "u/other/3"):
         key = relay.prefix + name
         up = raw.create_multipart_upload(Bucket=s3_server.bucket, Key=key)["UploadId"]
-        raw.upload_part(Bucket=s3_server.bucket, Key=key, UploadId=up, PartNumber=1, Body=b"p" * MIN_PART_SIZE)
+        raw.upload_part(Bucket=s3_server.bucket, Key=key, UploadId=up, PartNumber=1, Body=b"p" * 1024)
         started[name] = up
     assert relay.abort_incomplete("u/me/") == 1
     assert relay.abort_incomplete("b/me/") == 1
@@ -253,7 +253,7 @@ def test_abort_incomplete_removes_only_uploads_under_the_prefix(s3_server) -> No
     left = incomplete_uploads(s3_server, relay.prefix)
     assert [u["Key"] for u in left] == [relay.prefix + "u/other/3"]
     with pytest.raises(Exception):  # really aborted: the upload cannot be completed any more
-        raw.complete_multipart_upload(Bucket=s3_server.bucket, Key=relay.prefix + "u/me/7",
+        s3_server.client(attempts=1).complete_multipart_upload(Bucket=s3_server.bucket, Key=relay.prefix + "u/me/7",
                                       UploadId=started["u/me/7"], MultipartUpload={"Parts": [
                                           {"PartNumber": 1, "ETag": '"x"'}]})
     assert relay.abort_incomplete("") == 1
@@ -355,7 +355,7 @@ def test_download_resumes_where_the_connection_broke(relay_s3_seaweedfs) -> None
     try:
         reader = make_relay(server, address=relay.address, endpoint=proxy.endpoint)
         resumed = 0
-        for _ in range(20):
+        for _ in range(15):
             with reader.get("b/blob") as f:
                 assert f.read() == data
                 resumed += f.resumes
@@ -380,7 +380,7 @@ def test_three_clients_converge_through_faults(relay_s3_seaweedfs, tmp_path) -> 
                 rel = f"{client.name}/f{i}.bin"
                 client.write(rel, data)
                 expected[rel] = hashlib.sha256(data).hexdigest()
-        big = os.urandom(12 * MiB + 7)  # a multipart upload and download through the faults
+        big = os.urandom(7 * MiB + 7)  # a multipart upload and download through the faults
         a.write("big.bin", big)
         expected["big.bin"] = hashlib.sha256(big).hexdigest()
         failed = 0
@@ -403,7 +403,7 @@ def test_three_clients_converge_through_faults(relay_s3_seaweedfs, tmp_path) -> 
     cluster.relay_conf = server.conf(extra="part size = 5MiB\n")
     for cl in (a, b, c):
         cl.conf.write_text(cl.conf.read_text().replace(proxy.endpoint, server.endpoint))
-    cluster.round(rounds=2)
+    cluster.round()  # each client connects once more: it aborts its own interrupted uploads
     assert incomplete_uploads(server, address.split("/", 3)[3] + "/") == []
 
 

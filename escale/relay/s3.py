@@ -51,10 +51,21 @@ small objects by ``(size, mtime)``: so that a same-size rewrite within one secon
 still seen, the reported ``mtime`` is the LastModified second plus a fraction derived
 from the ETag (below one second, identical in ``list`` and ``stat``).
 
-Retries: botocore's ``standard`` retry mode (exponential back-off with jitter on
-throttling — 503 SlowDown — and on 500/502/503/504 and connection errors),
+Retries: botocore's ``standard`` retry mode (exponential back-off with jitter, up to 20 s,
+on throttling — 503 SlowDown — and on 500/502/503/504 and connection errors),
 ``max_attempts`` = ``max retries`` + 1 (default 10 attempts), connect timeout 10 s,
-read timeout 60 s.
+read timeout 60 s. (``adaptive`` mode adds a client-side token bucket that botocore calls
+experimental and that, after a burst of SlowDown, can hold a process to a fraction of a
+request per second; every request already backs off on its own in ``standard`` mode.)
+A retried request whose first attempt did land is harmless: puts and deletes are
+idempotent, a repeated CompleteMultipartUpload is recognised by the object's ETag, and
+an abandoned multipart upload is removed by ``abort_incomplete``.
+
+Errors: a missing bucket is a RelayError that offers ``create bucket = yes``; refused
+credentials (InvalidAccessKeyId, SignatureDoesNotMatch, AccessDenied, any 401/403) are an
+AuthenticationError "authentication failed for s3://bucket/prefix"; a full bucket or
+exceeded quota (QuotaExceeded, XMinioStorageFull, 507…) is QuotaExceeded; anything else is
+a RelayError naming the relay object. Messages never contain the secret key.
 """
 from __future__ import annotations
 
@@ -519,7 +530,9 @@ class S3(Relay):
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=b"1", IfNoneMatch="*")
             except Exception as exc:  # noqa: BLE001
                 code, status, _ = _code(exc)
-                if code in ("NotImplemented", "501", "InvalidArgument", "400") or status in (400, 501):
+                if code in PRECONDITION_CODES:
+                    supported = True  # a retry after our first write landed: the header was checked
+                elif code in ("NotImplemented", "501", "InvalidArgument", "400") or status in (400, 501):
                     supported = False
                 else:
                     raise self._error(exc, "probe of conditional writes") from None
@@ -607,7 +620,7 @@ class _Download(io.RawIOBase):
             self.body.close()
         except Exception:  # noqa: BLE001
             pass
-        time.sleep(min(5.0, 0.2 * 2 ** (self.resumes - 1)))
+        time.sleep(min(2.0, 0.1 * 2 ** (self.resumes - 1)))
         kwargs = {"Bucket": self.relay.bucket, "Key": self.key, "Range": f"bytes={self.pos}-"}
         if self.etag:
             kwargs["IfMatch"] = self.etag
