@@ -31,3 +31,16 @@ def relay_cluster(request, tmp_path):
     factory = request.getfixturevalue("relay_" + kind.replace("-", "_"))
     address, conf, kwargs = factory.new()
     return Cluster(tmp_path, address, conf, kwargs, kind=kind)
+
+
+#: scenarios heavy enough that, on network relays, they belong to the slow suite
+_HEAVY = ("test_three_shared_clients_all_kinds_of_changes",)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The 300 MB scenario runs by default on the local kinds; on every network relay it
+    is part of the slow suite (run by .ci/run, deselected by the README's test command)."""
+    for item in items:
+        kind = getattr(getattr(item, "callspec", None), "params", {}).get("relay_cluster")
+        if item.originalname in _HEAVY and kind not in (None, "file", "encrypted"):
+            item.add_marker(pytest.mark.slow)
