@@ -364,6 +364,7 @@ def test_download_resumes_where_the_connection_broke(relay_s3_seaweedfs) -> None
         proxy.stop()
 
 
+@pytest.mark.slow  # ~20 s: every fault costs a back-off; the quick check is the test above
 def test_three_clients_converge_through_faults(relay_s3_seaweedfs, tmp_path) -> None:
     """~10 % of requests fail (503 SlowDown, 500, resets, cut bodies): nothing is lost."""
     server = relay_s3_seaweedfs
