@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import ConfigError, IntegrityError
+from .stream import read_exactly
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,33 @@ def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
     return prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
 
-class _Encryptor(io.RawIOBase):
+class _ChunkStream(io.RawIOBase):
+    """A readable stream that produces its bytes one AEAD chunk at a time (``_next``)."""
+
+    src: BinaryIO
+    out: bytearray
+    done_all = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> None:  # pragma: no cover - overridden
+        raise RuntimeError("abstract")
+
+    def readinto(self, b) -> int:
+        while not self.out and not self.done_all:
+            self._next()
+        n = min(len(b), len(self.out))
+        b[:n] = self.out[:n]
+        del self.out[:n]
+        return n
+
+    def close(self) -> None:
+        self.src.close()
+        super().close()
+
+
+class _Encryptor(_ChunkStream):
     def __init__(self, aead, aad: bytes, header: bytes, prefix: bytes, src: BinaryIO, size: int, total: int,
                  chunk: int):
         self.aead, self.aad, self.prefix, self.src = aead, aad, prefix, src
@@ -152,12 +179,9 @@ class _Encryptor(io.RawIOBase):
         self.done = 0       # plaintext bytes (length prefix, data, padding) sealed so far
         self.src_left = size
         self.counter = 0
-        self.sealed = False
 
-    def readable(self) -> bool:
-        return True
-
-    def _seal_next(self) -> None:
+    def _next(self) -> None:
+        """Seal the next chunk of the plaintext (length prefix, data, padding)."""
         n = min(self.chunk, self.total - self.done)
         data = bytearray(LENGTH.pack(self.size)) if self.done == 0 else bytearray()
         while len(data) < n and self.src_left > 0:
@@ -172,25 +196,13 @@ class _Encryptor(io.RawIOBase):
         self.out += self.aead.encrypt(_nonce(self.prefix, self.counter, last), bytes(data), self.aad)
         self.counter += 1
         self.done += n
-        self.sealed = last
-
-    def readinto(self, b) -> int:
-        while not self.out and not self.sealed:
-            self._seal_next()
-        n = min(len(b), len(self.out))
-        b[:n] = self.out[:n]
-        del self.out[:n]
-        return n
-
-    def close(self) -> None:
-        self.src.close()
-        super().close()
+        self.done_all = last
 
 
-class _Decryptor(io.RawIOBase):
+class _Decryptor(_ChunkStream):
     def __init__(self, cipher: StreamCipher, name: str, src: BinaryIO):
         self.name, self.src = name, src
-        head = _read(src, HEADER_LEN)
+        head = read_exactly(src, HEADER_LEN)
         if len(head) < HEADER_LEN:
             raise IntegrityError(name, "truncated: shorter than an encrypted object's header")
         magic, version, alg_id, log2, flags, salt, prefix = HEADER.unpack(head)
@@ -205,14 +217,11 @@ class _Decryptor(io.RawIOBase):
         self.counter = 0
         self.length: int | None = None
         self.emitted = 0
-        self.finished = False
 
-    def readable(self) -> bool:
-        return True
-
-    def _open_next(self) -> None:
+    def _next(self) -> None:
+        """Open (authenticate and decrypt) the next chunk."""
         want = self.chunk + TAG
-        data = self.ahead + _read(self.src, want + 1 - len(self.ahead))
+        data = self.ahead + read_exactly(self.src, want + 1 - len(self.ahead))
         last = len(data) <= want
         ct, self.ahead = (data, b"") if last else (data[:want], data[want:])
         try:
@@ -233,32 +242,9 @@ class _Decryptor(io.RawIOBase):
         self.out += pt if take == len(pt) else pt[:take]
         self.emitted += take
         if last:
-            self.finished = True
+            self.done_all = True
             if self.emitted != self.length:
                 raise IntegrityError(self.name, "truncated: shorter than its authenticated length")
-
-    def readinto(self, b) -> int:
-        while not self.out and not self.finished:
-            self._open_next()
-        n = min(len(b), len(self.out))
-        b[:n] = self.out[:n]
-        del self.out[:n]
-        return n
-
-    def close(self) -> None:
-        self.src.close()
-        super().close()
-
-
-def _read(stream: BinaryIO, n: int) -> bytes:
-    chunks, left = [], n
-    while left > 0:
-        data = stream.read(left)
-        if not data:
-            break
-        chunks.append(data)
-        left -= len(data)
-    return b"".join(chunks)
 
 
 # ---------------------------------------------------------------------------------------
