@@ -16,16 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import run  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(cmd, env=None):
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _pid, status, usage = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{p.stderr.read().decode()[-2000:]}")
-    return time.perf_counter() - t0, usage.ru_maxrss // 1024
 
 
 def main() -> None:

