@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import make_big, make_small, run, same_tree  # noqa: E402
+from harness import make_big, make_small, print_table, run, same_tree  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,11 +71,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
                 r = fn(Path(tmp), make)
             rows.append((label, tool, r))
-    print(f"| data | tool | A → relay (s) | relay → B (s) | peak RSS push / pull (MiB) |")
-    print("|---|---|---|---|---|")
-    for label, tool, r in rows:
-        print(f"| {label} | {tool} | {r['push'][0]:.2f} | {r['pull'][0]:.2f} | "
-              f"{r['push'][1]} / {r['pull'][1]} |")
+    print_table(rows, "relay")
     print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} cores, "
           f"{subprocess.run(['rclone', 'version'], capture_output=True, text=True).stdout.splitlines()[0]}")
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from servers_webdav import PASSWORD, USER, make_server  # noqa: E402
 
-from harness import make_big, make_small, run, same_tree  # noqa: E402
+from harness import make_big, make_small, print_table, run, same_tree  # noqa: E402
 
 
 def escale_case(work: Path, make, server, encryption: str = "off") -> dict:
@@ -104,11 +104,7 @@ def main() -> None:
                     print(f"{label} {tool}: push {r['push'][0]:.2f} s, pull {r['pull'][0]:.2f} s", file=sys.stderr)
         finally:
             server.cleanup()
-    print("| data | tool | A → server (s) | server → B (s) | peak RSS push / pull (MiB) |")
-    print("|---|---|---|---|---|")
-    for label, tool, r in rows:
-        print(f"| {label} | {tool} | {r['push'][0]:.2f} | {r['pull'][0]:.2f} | "
-              f"{r['push'][1]} / {r['pull'][1]} |")
+    print_table(rows, "server")
     apache = subprocess.run(["apache2", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
     print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} cores, {apache}, "
           f"{subprocess.run(['rclone', 'version'], capture_output=True, text=True).stdout.splitlines()[0]}")

@@ -46,3 +46,12 @@ def make_big(folder: Path, size: int, name: str = "big.bin") -> int:
 def same_tree(a: Path, b: Path) -> bool:
     r = subprocess.run(["diff", "-rq", "--exclude=.escale", str(a), str(b)], capture_output=True)
     return r.returncode == 0
+
+
+def print_table(rows: list[tuple[str, str, dict]], where: str = "relay") -> None:
+    """The Markdown results table: (data, tool, {"push": (s, MiB), "pull": (s, MiB)}) rows."""
+    print(f"| data | tool | A → {where} (s) | {where} → B (s) | peak RSS push / pull (MiB) |")
+    print("|---|---|---|---|---|")
+    for label, tool, r in rows:
+        print(f"| {label} | {tool} | {r['push'][0]:.2f} | {r['pull'][0]:.2f} | "
+              f"{r['push'][1]} / {r['pull'][1]} |")
