@@ -24,14 +24,14 @@ import re
 import socket
 import tempfile
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import platformdirs
 
 from .errors import ConfigError
-from .relay import BACKENDS, backend_for, parse_address
+from .values import _FALSE, _TRUE, parse_bool, parse_size, parse_verify_ssl  # noqa: F401 - part of this module's interface
+from .relay import BACKENDS, backend_for, parse_address, split_network_address
 
 log = logging.getLogger(__name__)
 
@@ -266,53 +266,6 @@ def _suggest(name: str) -> str:
 
 # --------------------------------------------------------------------------- value parsers
 
-_TRUE = {"yes", "on", "true", "1"}
-_FALSE = {"no", "off", "false", "0"}
-
-
-def parse_bool(text: str) -> bool:
-    """yes/no, on/off, true/false, 1/0, in any case."""
-    t = text.strip().lower()
-    if t in _TRUE:
-        return True
-    if t in _FALSE:
-        return False
-    raise ValueError("expected yes/no, on/off, true/false or 1/0")
-
-
-_SIZE_UNITS: dict[str, Decimal] = {"": Decimal(10**6), "B": Decimal(1)}
-for _exp, _letter in enumerate("KMGTP", start=1):
-    for _u in (_letter, _letter + "B", _letter + "o"):
-        _SIZE_UNITS[_u] = Decimal(10 ** (3 * _exp))
-    _SIZE_UNITS[_letter + "iB"] = Decimal(1024**_exp)
-    _SIZE_UNITS[_letter + "b"] = Decimal(10 ** (3 * _exp)) / 8  # bits, as escale 0.7 read them
-_SIZE_UNITS.update({"k": Decimal(10**3), "kB": Decimal(10**3)})
-_SIZE_RE = re.compile(r"^\s*(\d+(?:[.,]\d*)?|[.,]\d+)\s*([A-Za-z]*)\s*$")
-
-
-def parse_size(text: str) -> int:
-    """Bytes in a size such as ``500MB``, ``1,5 GB``, ``2GiB`` or ``5`` (a bare number is MB).
-
-    Units are case-sensitive: ``MB``/``Mo``/``M`` are 10**6 bytes, ``MiB`` is
-    2**20, and a lowercase ``b`` means bits (``Mb`` = 125 000 bytes), as in 0.7.
-    Raises ValueError on anything else.
-    """
-    if not isinstance(text, str):
-        raise ValueError("a size must be text")
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ValueError(f"not a size: {text!r} (expected a number and a unit such as 500MB or 2GiB)")
-    number, unit = m.groups()
-    if unit not in _SIZE_UNITS:
-        units = ", ".join(u for u in _SIZE_UNITS if u)
-        raise ValueError(f"unknown size unit {unit!r} (known units: {units})")
-    try:
-        value = Decimal(number.replace(",", "."))
-    except InvalidOperation as exc:  # pragma: no cover - the regex already guards this
-        raise ValueError(f"not a number: {number!r}") from exc
-    return int((value * _SIZE_UNITS[unit]).to_integral_value())
-
-
 def _parse_positive_size(text: str) -> int:
     n = parse_size(text)
     if n <= 0:
@@ -524,6 +477,13 @@ def _parse_bool_text(text: str) -> str:
     return "yes" if parse_bool(text) else "no"
 
 
+def _parse_verify_ssl_text(text: str) -> str:
+    """'verify ssl', checked by the one parser the backends use (strict booleans or an
+    existing CA bundle), so a typo is a configuration error, not a CA-bundle path."""
+    value = parse_verify_ssl(text)
+    return value if isinstance(value, str) else ("yes" if value else "no")
+
+
 def _parse_part_size(text: str) -> str:
     n = parse_size(text)
     if not S3_MIN_PART_SIZE <= n <= S3_MAX_PART_SIZE:
@@ -531,13 +491,15 @@ def _parse_part_size(text: str) -> str:
     return f"{n}B"
 
 
-#: relay option field -> (parser giving the text passed to the backend, protocols it applies to)
+#: relay option field -> (parser giving the text passed to the backend, protocols it applies to;
+#: () = every network relay)
 _RELAY_CHECKS: dict[str, tuple[Callable[[str], str], tuple[str, ...]]] = {
     "endpoint": (_parse_endpoint, ("s3",)),
     "region": (_parse_token("region"), ("s3",)),
     "profile": (_parse_token("profile name"), ("s3",)),
     "create_bucket": (_parse_bool_text, ("s3",)),
     "part_size": (_parse_part_size, ("s3",)),
+    "verify_ssl": (_parse_verify_ssl_text, ()),  # () = every network relay
 }
 
 
@@ -677,10 +639,17 @@ class _Section:
         return ConfigError(message + _where(v.section), path=self.path, section=v.section, option=v.option)
 
 
+#: keys of _relay_location's extra options: the user and password written in the address
+_ADDRESS_USER, _ADDRESS_PASSWORD = "\0user", "\0password"
+
+
 def _relay_location(sec: _Section) -> tuple[str, str, dict[str, str]]:
     """(relay URL, protocol, extra options) from the address, directory and port options."""
     addr_v = sec.required("relay_address")
-    protocol, host, addr_port, addr_path = parse_address(addr_v.value)
+    try:
+        protocol, host, addr_port, addr_path = parse_address(addr_v.value)
+    except ConfigError as exc:  # a bad port: name the file, section and option
+        raise sec.error(addr_v, exc.detail) from None
     if not protocol:
         raise sec.error(addr_v, f"relay address '{addr_v.value}' has no protocol; write "
                                 "'file:///absolute/path' or an absolute path for a mounted folder")
@@ -729,10 +698,18 @@ def _relay_location(sec: _Section) -> tuple[str, str, dict[str, str]]:
             raise sec.error(addr_v, "a file relay needs an absolute path, e.g. file:///mnt/share/escale")
         return f"file://{os.path.normpath(full)}", protocol, extra
 
-    # network relays: proto://host[:port]/address-path/directory
+    # network relays: proto://[user@]host[:port]/address-path/directory (never the password)
+    try:
+        net = split_network_address(addr_v.value)
+    except ConfigError as exc:
+        raise sec.error(addr_v, exc.detail) from None
+    if net.user is not None:
+        extra[_ADDRESS_USER] = net.user
+    if net.password is not None:
+        extra[_ADDRESS_PASSWORD] = net.password
+    addr_path = net.path.lstrip("/")
     path = posixpath.join(addr_path, directory.lstrip("/")) if directory else addr_path
-    netloc = host + (f":{port}" if port is not None else "")
-    return f"{protocol}://{netloc}/{path.strip('/')}".rstrip("/"), protocol, extra
+    return f"{protocol}://{net.netloc(port)}/{path.strip('/')}".rstrip("/"), protocol, extra
 
 
 def _resolve_password(v: _Value, user: str | None, path: Path | None,
@@ -852,7 +829,9 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
             mode = implied
 
     user = sec.get("user", lambda t: t.strip(), None)
-    password = None
+    address_user, password = options.pop(_ADDRESS_USER, None), options.pop(_ADDRESS_PASSWORD, None)
+    if user is None:
+        user = address_user
     pw_v = sec.raw("password")
     if pw_v is not None:
         user, password = _resolve_password(pw_v, user, path, name)
@@ -870,13 +849,15 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
             check = _RELAY_CHECKS.get(spec.field)
             if check is not None:
                 value = sec.get(spec.field, check[0], "")
-                if protocol not in check[1]:
+                if check[1] and protocol not in check[1]:
                     log.warning("[%s] option '%s' only applies to %s relays; ignored", name, rv.option,
                                 "/".join(check[1]))
                     continue
                 options[spec.field] = value
-                continue
-            options[spec.field] = rv.value.strip()
+                if check[1]:
+                    continue
+            else:
+                options[spec.field] = rv.value.strip()
             if protocol == "file":
                 log.info("[%s] option '%s' is kept for network relays; it has no effect on a file relay",
                          name, rv.option)

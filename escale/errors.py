@@ -42,19 +42,44 @@ class RelayError(EscaleError):
 
 
 class AuthenticationError(RelayError):
-    """The relay refused our credentials."""
+    """The relay refused our credentials (the taxonomy's "auth")."""
 
 
 class RelayObjectMissing(RelayError):
-    """An object expected on the relay is not there."""
+    """An object expected on the relay is not there (the taxonomy's "not found")."""
 
 
 class ObjectExists(RelayError):
-    """A create-if-absent put found the object already present."""
+    """A create-if-absent put found the name taken by someone else's object ("exists")."""
+
+
+class TransientRelayError(RelayError):
+    """A failure that may pass by itself (timeouts, resets, 5xx, throttling): retried by
+    :func:`escale.relay.retry.call`, then reported; the next cycle tries again."""
+
+
+class PermanentRelayError(RelayError):
+    """A failure that retrying will not cure (a refused request, an unusable answer)."""
+
+
+class SourceError(EscaleError, OSError):
+    """The local data being sent to the relay could not be read (a file error, exit code 1).
+
+    It is an OSError too, so callers that skip an unreadable file and retry it next
+    cycle treat it as they treat any local read error; it is never a relay failure.
+    """
+
+    exit_code = 1
+
+
+#: the relay error taxonomy under short names (see escale/relay/base.py)
+NotFound, Exists, AuthError, Transient, Permanent = (RelayObjectMissing, ObjectExists, AuthenticationError,
+                                                    TransientRelayError, PermanentRelayError)
 
 
 class QuotaExceeded(EscaleError):
-    """Publishing would exceed the relay quota; the pusher waits for room."""
+    """Publishing would exceed the relay quota, or the relay itself says it is full
+    (the taxonomy's "quota"); the pusher waits for room."""
 
 
 class IntegrityError(EscaleError):
@@ -87,5 +112,7 @@ class Terminated(EscaleError):
 
     exit_code = 5
 
+
+Quota = QuotaExceeded
 
 EXIT_OK, EXIT_FILES_FAILED, EXIT_RELAY, EXIT_CONFIG, EXIT_RUNNING, EXIT_TERMINATED = 0, 1, 2, 3, 4, 5

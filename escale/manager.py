@@ -1180,7 +1180,7 @@ class Manager:
     def _put_blob(self, name: str, path: Path, e: Entry) -> bool:
         with open(path, "rb") as f, self._bar(f, e.size, f"send {e.path}") as shown:
             reader = HashingReader(shown, self.algorithm)
-            self.relay.put(name, self.cipher.encrypt(name, reader, e.size))
+            self.relay.put(name, self.cipher.encrypt(name, reader, e.size), size=self.cipher.size_on_relay(e.size))
         if reader.count != e.size or reader.hexdigest() != e.hash:
             self.relay.delete(name)
             log.info("%s: %s changed while being sent; will send it next cycle", self.name, e.path)

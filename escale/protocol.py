@@ -228,7 +228,8 @@ class ObjectStore:
     def put_framed(self, name: str, head: bytes, body: Iterable[bytes | BinaryIO], body_size: int) -> int:
         signature = self._sign(name, head)
         size = len(head) + SIGNATURE + body_size
-        return self.relay.put(name, self.cipher.encrypt(name, ChainStream([head, signature, *body]), size))
+        return self.relay.put(name, self.cipher.encrypt(name, ChainStream([head, signature, *body]), size),
+                              size=self.cipher.size_on_relay(size))
 
     def framed_size(self, head_size: int, body_size: int) -> int:
         return self.cipher.size_on_relay(head_size + SIGNATURE + body_size)

@@ -263,8 +263,11 @@ class FaultProxy:
 
     KINDS = ("slowdown", "error500", "reset", "reset_after", "cut_body")
 
-    def __init__(self, upstream: str, rate: float = 0.1, seed: int = 1, kinds: tuple[str, ...] = KINDS):
+    def __init__(self, upstream: str, rate: float = 0.1, seed: int = 1, kinds: tuple[str, ...] = KINDS,
+                 script=None):
         parts = urlsplit(upstream)
+        #: ``script(method, path, headers)`` may pick the fault of a request instead (None = forward)
+        self.script = script
         self.upstream = (parts.hostname, parts.port)
         self.rate, self.kinds = rate, kinds
         self.rng = random.Random(seed)
@@ -309,9 +312,14 @@ class FaultProxy:
         self.thread = threading.Thread(target=self.server.serve_forever, name="fault-proxy", daemon=True)
         self.thread.start()
 
-    def _pick(self, method: str) -> str | None:
+    def _pick(self, method: str, path: str = "", headers=None) -> str | None:
         with self.lock:
             self.counts["requests"] += 1
+            if self.script is not None:
+                kind = self.script(method, path, headers or {})
+                if kind:
+                    self.counts[kind] += 1
+                return kind
             if not self.enabled or self.rng.random() >= self.rate:
                 return None
             kinds = [k for k in self.kinds if k != "cut_body" or method == "GET"]
@@ -332,7 +340,7 @@ class FaultProxy:
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
-        kind = self._pick(h.command)
+        kind = self._pick(h.command, h.path, h.headers)
         if kind == "slowdown":
             return self._send_error(h, 503, "SlowDown")
         if kind == "error500":

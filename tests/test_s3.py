@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from cluster import Cluster, kill9, wait_for
-from escale.errors import AuthenticationError, ObjectExists, RelayError, RelayObjectMissing
+from escale.errors import AuthenticationError, ObjectExists, RelayError, RelayObjectMissing, SourceError
 from escale.relay import backend_for
 from escale.relay.s3 import MIN_PART_SIZE, PROBE_MARK, S3
 from servers_s3 import FaultProxy
@@ -231,7 +231,8 @@ def test_large_object_goes_up_in_parts(s3_server) -> None:
 def test_failed_multipart_upload_is_aborted(s3_server) -> None:
     relay = make_relay(s3_server, part_size=MIN_PART_SIZE)
     relay.open()
-    with pytest.raises(RelayError, match="relay object b/broken"):
+    # the local data failed, not the relay: a file error (exit 1), never "relay failed"
+    with pytest.raises(SourceError, match="relay object b/broken"):
         relay.put("b/broken", FailingStream(2 * MIN_PART_SIZE + 10))
     assert relay.stat("b/broken") is None
     assert incomplete_uploads_of(relay) == []

@@ -166,7 +166,7 @@ def test_a_rewrite_changes_the_listed_version(dav_server):
 def test_create_only_and_the_probe(dav_server):
     relay = relay_on(dav_server)
     assert relay.put("escale.json", io.BytesIO(b"first"), create_only=True) == 5
-    assert relay.capabilities == {"move_overwrite_f": True, "if_none_match": True}
+    assert relay._probed == {"move_overwrite_f": True, "if_none_match": True}
     with pytest.raises(ObjectExists):
         relay.put("escale.json", io.BytesIO(b"second"), create_only=True)
     assert relay.get("escale.json").read() == b"first"
@@ -183,7 +183,7 @@ def test_create_only_and_the_probe(dav_server):
     # a second relay object probes once, on its first create_only put only
     other = relay_on(dav_server)
     other.put("x", io.BytesIO(b"x"))
-    assert other.capabilities == {}
+    assert other._probed == {}
 
 
 def test_concurrent_create_only_has_one_winner(dav_server):

@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
 
+from .address import NetworkAddress, redact, split_network_address
 from .base import ObjectInfo, Relay, Usage, check_name
 from .localmount import LocalMount
 from .webdav import WebDAV
@@ -36,16 +36,13 @@ def parse_address(addr: str, multi_path_protocols=()) -> tuple[str, str, str | N
         if rest.startswith("/") or rest.startswith("~"):
             return proto, os.path.expanduser(rest), None, ""
         return proto, "", None, rest
-    parts = urlsplit(addr)
-    path = parts.path.lstrip("/")
-    port = str(parts.port) if parts.port else None
-    host = parts.hostname or ""
-    return proto, host, port, path
+    a = split_network_address(addr)  # ConfigError on a bad port, never a traceback
+    return proto, a.host_literal, (str(a.port) if a.port else None), a.path.lstrip("/")
 
 
 def backend_for(protocol: str) -> type[Relay] | None:
     return BACKENDS.get(protocol.lower())
 
 
-__all__ = ["BACKENDS", "LocalMount", "WebDAV", "ObjectInfo", "Relay", "S3", "Usage", "backend_for", "check_name",
+__all__ = ["BACKENDS", "LocalMount", "NetworkAddress", "redact", "split_network_address", "WebDAV", "ObjectInfo", "Relay", "S3", "Usage", "backend_for", "check_name",
            "parse_address"]

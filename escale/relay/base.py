@@ -1,8 +1,58 @@
-"""The one small interface every storage backend implements.
+"""The contract between escale's protocol and the storage it uses as a relay.
 
 A backend only stores opaque objects under '/'-separated names. It knows nothing
 of updates, acks or encryption: all protocol logic lives above it
-(:mod:`escale.protocol`). Adding a backend means adding one module here plus its tests.
+(:mod:`escale.protocol`). Adding a backend means adding one module here, declaring its
+options and capabilities, and giving ``tests/test_relay_contract.py`` a server
+fixture; the protocol code does not change.
+
+Names
+    Relative, '/'-separated, never empty, never starting with '/', no empty, '.' or
+    '..' part, no backslash (:func:`check_name`). Any other character may appear
+    (spaces, ``%``, ``#``, ``?``, ``+``, non-ASCII); a backend escapes them for its
+    protocol. A name is compared as bytes: the backend does not normalise Unicode.
+    Folders are not objects: they exist only as the common prefix of names.
+
+list(prefix)
+    Every complete object whose name starts with ``prefix``, each once, recursively,
+    with its size and version. Never a partially written object, a backend's
+    temporary or probe, or an entry the storage reports an error for. A listing that
+    cannot be read completely raises: it never returns a shorter list instead (callers
+    delete and prune on the strength of what it says). Listing after write
+    (:attr:`Capabilities.list_after_write`): an object whose put returned is listed.
+
+put(name, stream, size=…)
+    Reads the source to its end and stores it. With ``size`` (the exact byte count,
+    which the protocol always knows) the backend sends a sized body (never a chunked
+    one, which some servers silently drop). A put is atomic: readers see the old object
+    or the complete new one, never a part (:attr:`Capabilities.atomic_replace`). With
+    ``create_only`` the put fails with ObjectExists if the name is taken by another
+    object, atomically where :attr:`Capabilities.atomic_create` says so. A source that
+    fails to read raises SourceError (a local file error), never a relay error.
+
+versions
+    :attr:`ObjectInfo.version` is an opaque token that changes whenever the object's
+    content may have changed (an ETag, or size and modification time); callers compare
+    it for equality only. :attr:`ObjectInfo.mtime` is kept as a float "version stamp"
+    for the state cache: it is not a clock.
+
+errors (:mod:`escale.errors`)
+    not found (RelayObjectMissing), exists (ObjectExists), auth (AuthenticationError),
+    quota (QuotaExceeded), transient (TransientRelayError: retried, then reported),
+    permanent (PermanentRelayError or any other RelayError), and SourceError for the
+    caller's own data.
+
+retries and lost answers
+    Transient failures are retried in the backend (exponential back-off with jitter,
+    ``max retries`` times). A retried call that is not idempotent may find its own first attempt's
+    work done: a create-if-absent whose answer was lost finds "its" name taken. A
+    backend then checks the outcome (the object holds exactly the bytes it sent) before
+    reporting ObjectExists; a MOVE whose answer was lost is checked the same way.
+
+deletes
+    delete(name) removes one object; absent is fine. A backend that has folders may
+    remove a folder only when it has checked it is empty: it never removes a folder
+    that holds anything, even when a listing could not place what it holds.
 """
 from __future__ import annotations
 
@@ -15,6 +65,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a backend guarantees on the storage it talks to (some are found by probing)."""
+
+    #: create-if-absent cannot let two writers both succeed
+    atomic_create: bool = True
+    #: replacing an object is atomic for readers
+    atomic_replace: bool = True
+    #: an object is listed as soon as its put returned
+    list_after_write: bool = True
+    #: largest object the storage takes (None: no known limit)
+    max_object_size: int | None = None
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     """What a listing tells about one object."""
 
@@ -22,6 +86,11 @@ class ObjectInfo:
     size: int
     mtime: float = 0.0
     etag: str | None = None
+
+    @property
+    def version(self) -> str:
+        """An opaque token that changes when the content may have changed."""
+        return self.etag if self.etag else f"{self.size}:{self.mtime!r}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +110,10 @@ class Relay(ABC):
 
     #: URL schemes this backend serves, e.g. ("file",)
     schemes: tuple[str, ...] = ()
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this backend guarantees here (a backend that probes refines it)."""
+        return Capabilities()
 
     def __init__(self, address: str):
         self.address = address
@@ -67,11 +140,12 @@ class Relay(ABC):
         """A readable stream of the object's bytes (raises RelayObjectMissing)."""
 
     @abstractmethod
-    def put(self, name: str, stream: BinaryIO, *, create_only: bool = False) -> int:
+    def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
         """Store ``stream`` under ``name``; return the byte count.
 
+        ``size``: the exact number of bytes the stream gives (sent as the body's length).
         With ``create_only`` the put fails with ObjectExists if the name is taken,
-        atomically where the storage allows it.
+        atomically where the storage allows it (see the module doc).
         """
 
     @abstractmethod

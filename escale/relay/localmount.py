@@ -1,11 +1,23 @@
 """A folder on a mounted filesystem (``file:///abs/path``) used as the relay.
 
 Writes go to a hidden temporary file in the target's folder and are renamed
-into place, so a reader never sees a half-written object; create-if-absent
-uses ``link()``, which fails atomically when the name is taken.
+into place, so a reader never sees a half-written object.
+
+Create-if-absent gives the complete temporary its final name only if that name is
+free, by the first of these the file system supports (found at the first such put):
+
+1. ``link(tmp, name)``: fails atomically when the name is taken (POSIX file systems);
+2. ``renameat2(tmp, name, RENAME_NOREPLACE)`` (Linux): the same guarantee on file
+   systems without hard links that implement it (vfat and exFAT on Linux 6.x…);
+3. a claim: ``open(name, O_CREAT|O_EXCL)`` (atomic on local file systems, SMB and NFSv3+),
+   then ``rename(tmp, name)`` over the empty file we own. The name is taken atomically,
+   but between the two steps a reader may see an empty object, and a crash between them
+   leaves one: this mode is declared ``atomic_create=False`` and logged once.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -14,8 +26,8 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..errors import ObjectExists, RelayError, RelayObjectMissing
-from .base import ObjectInfo, Relay, Usage, check_name
+from ..errors import ObjectExists, RelayError, RelayObjectMissing, SourceError
+from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +37,40 @@ STALE_TMP_SECONDS = 6 * 3600
 COPY_BUFFER = 1 << 20
 
 
+#: errors of link()/renameat2() that mean "this file system cannot", not "the name is taken"
+_UNSUPPORTED = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EINVAL,
+                errno.EXDEV, errno.EACCES}
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """``renameat2(src, dst, RENAME_NOREPLACE)``; OSError(ENOSYS) where libc lacks it."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        raise OSError(errno.ENOSYS, "renameat2 is not available") from None
+    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(dst))
+
+
+def _read_source(stream: BinaryIO, name: str) -> bytes:
+    try:
+        return stream.read(COPY_BUFFER)
+    except OSError as exc:  # the local data, not the relay, failed: a file error
+        raise SourceError(f"cannot read the data to send as relay object {name}: {exc.strerror or exc}") from exc
+
+
 class LocalMount(Relay):
     schemes = ("file",)
 
-    def __init__(self, address: str, **_ignored):
+    def __init__(self, address: str, *, hard_links: bool | None = None, **_ignored):
+        """``hard_links=False`` declares a file system without them (found by trying when None)."""
         super().__init__(address)
         path = address[len("file://"):] if address.startswith("file://") else address
         self.root = Path(os.path.expanduser(path))
+        #: how create-if-absent is done here: "link", "noreplace" or "claim" (see the module doc)
+        self.create_mode: str | None = None if hard_links is not False else "noreplace"
 
     def open(self) -> None:
         try:
@@ -61,11 +100,14 @@ class LocalMount(Relay):
         if not self.root.is_dir():
             raise RelayError(f"relay folder {self.root} is missing")
         base = str(self.root)
-        try:
-            walk = list(os.walk(base))
-        except OSError as exc:
-            raise RelayError(f"cannot list relay folder {self.root}: {exc}") from exc
-        for dirpath, dirs, files in walk:
+
+        def fail(exc: OSError) -> None:  # os.walk would skip an unreadable folder silently
+            if isinstance(exc, FileNotFoundError) and exc.filename != base:
+                return  # removed while we listed (a pruned empty folder)
+            raise RelayError(f"cannot list relay folder {exc.filename or self.root}: {exc.strerror or exc}") \
+                from exc
+
+        for dirpath, dirs, files in os.walk(base, onerror=fail):
             dirs.sort()
             rel = os.path.relpath(dirpath, base)
             rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
@@ -79,6 +121,8 @@ class LocalMount(Relay):
                     st = os.stat(os.path.join(dirpath, f))
                 except FileNotFoundError:
                     continue  # deleted while we listed
+                except OSError as exc:
+                    raise RelayError(f"cannot read relay object {name}: {exc.strerror or exc}") from exc
                 yield ObjectInfo(name, st.st_size, st.st_mtime)
 
     def stat(self, name: str) -> ObjectInfo | None:
@@ -96,7 +140,7 @@ class LocalMount(Relay):
         except OSError as exc:
             raise RelayError(f"cannot read relay object {name}: {exc}") from exc
 
-    def put(self, name: str, stream: BinaryIO, *, create_only: bool = False) -> int:
+    def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
         target = self._path(name)
         # the target's name is in the temporary's, so its writer can find it after a crash
         tmp = target.parent / f"{TMP_MARK}{target.name}.{uuid.uuid4().hex}"
@@ -104,19 +148,18 @@ class LocalMount(Relay):
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "xb") as out:
                 n = 0
-                while chunk := stream.read(COPY_BUFFER):
+                while chunk := _read_source(stream, name):
                     out.write(chunk)
                     n += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             if create_only:
-                try:
-                    os.link(tmp, target)
-                except FileExistsError as exc:
-                    raise ObjectExists(f"relay object {name} already exists") from exc
+                self._create(tmp, target, name)
             else:
                 os.replace(tmp, target)
             return n
+        except SourceError:
+            raise
         except OSError as exc:
             raise RelayError(f"cannot write relay object {name}: {exc}") from exc
         finally:
@@ -124,6 +167,44 @@ class LocalMount(Relay):
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+
+    def _create(self, tmp: Path, target: Path, name: str) -> None:
+        """Give the complete ``tmp`` the name ``target`` only if that name is free."""
+        try:
+            if self.create_mode in (None, "link"):
+                try:
+                    os.link(tmp, target)
+                    self.create_mode = "link"
+                    return
+                except FileExistsError:
+                    raise
+                except OSError as exc:
+                    if exc.errno not in _UNSUPPORTED:
+                        raise
+                    log.info("%s: no hard links here (%s); trying rename without replace", self.root, exc.strerror)
+            if self.create_mode in (None, "link", "noreplace"):
+                try:
+                    _rename_noreplace(tmp, target)
+                    self.create_mode = "noreplace"
+                    return
+                except FileExistsError:
+                    raise
+                except OSError as exc:
+                    if exc.errno not in _UNSUPPORTED:
+                        raise
+                    log.warning("%s: neither hard links nor rename-without-replace work here; creating an "
+                                "object only if absent claims its name first (a reader may see it empty "
+                                "for a moment)", self.root)
+            self.create_mode = "claim"
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.replace(tmp, target)
+        except FileExistsError as exc:
+            raise ObjectExists(f"relay object {name} already exists") from exc
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Create-if-absent is atomic unless only the claim mode works (known after the first one)."""
+        return Capabilities(atomic_create=self.create_mode != "claim")
 
     def delete(self, name: str) -> None:
         path = self._path(name)

@@ -81,8 +81,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Iterator
 
 from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExists, QuotaExceeded, RelayError,
-                      RelayObjectMissing)
-from .base import ObjectInfo, Relay, Usage, check_name
+                      RelayObjectMissing, SourceError)
+from ..values import parse_bool, parse_size, parse_verify_ssl
+from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,6 @@ for _name in ("botocore", "boto3", "s3transfer"):
 def _as_bool(value, option: str) -> bool:
     if isinstance(value, bool) or value is None:
         return bool(value)
-    from ..config import parse_bool
-
     try:
         return parse_bool(str(value))
     except ValueError as exc:
@@ -139,8 +138,6 @@ def _as_part_size(value) -> int:
     if isinstance(value, int):
         n = value
     else:
-        from ..config import parse_size
-
         try:
             n = parse_size(str(value).strip())
         except ValueError as exc:
@@ -178,6 +175,16 @@ def _read_full(stream: BinaryIO, n: int) -> bytearray:
     if got < n:
         del buf[got:]
     return buf
+
+
+def _read_source(stream: BinaryIO, n: int, name: str) -> bytearray:
+    """Up to ``n`` bytes of the data to send; a local read error is a SourceError (a file
+    error, retried next cycle), never a relay failure."""
+    try:
+        return _read_full(stream, n)
+    except OSError as exc:
+        raise SourceError(f"cannot read the data to send as relay object {name}: "
+                          f"{exc.strerror or exc}") from exc
 
 
 def _etag(value: str | None) -> str | None:
@@ -237,13 +244,10 @@ class S3(Relay):
                               "credential chain", option="access key" if self.access_key is None else "secret key")
         self.create_bucket = _as_bool(create_bucket, "create bucket")
         self.part_size = _as_part_size(part_size)
-        if verify_ssl in (None, "") or isinstance(verify_ssl, bool):
-            self.verify = verify_ssl if isinstance(verify_ssl, bool) else None
-        else:
-            try:
-                self.verify = _as_bool(verify_ssl, "verify ssl")
-            except ConfigError:
-                self.verify = str(verify_ssl)  # a CA bundle
+        try:  # the one parser WebDAV uses too: strict booleans, or an existing CA bundle
+            self.verify = None if verify_ssl in (None, "") else parse_verify_ssl(verify_ssl)
+        except ValueError as exc:
+            raise ConfigError(str(exc), option="verify ssl") from None
         try:
             self.attempts = int(max_retries) + 1 if max_retries not in (None, "") else DEFAULT_ATTEMPTS
         except ValueError:
@@ -419,9 +423,9 @@ class S3(Relay):
         return _Download(self, name, key, r)
 
     # -- writing ---------------------------------------------------------------------------
-    def put(self, name: str, stream: BinaryIO, *, create_only: bool = False) -> int:
+    def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
         key = self._key(name)
-        head = [_read_full(stream, self.part_size)]  # in a list so that no frame keeps it alive
+        head = [_read_source(stream, self.part_size, name)]  # in a list so that no frame keeps it alive
         conditional = self._supports_conditional() if create_only else False
         if create_only and not conditional and self.stat(name) is not None:
             raise ObjectExists(f"relay object {name} already exists")
@@ -448,6 +452,11 @@ class S3(Relay):
             except Exception as exc:  # noqa: BLE001
                 code = _code(exc)[0]
                 if if_absent and code in PRECONDITION_CODES:
+                    # botocore retries a put whose answer was lost: the name may be taken by
+                    # this very put; check the outcome before saying "exists"
+                    if self._holds(name, data):
+                        log.info("relay object %s: an earlier try of this create stored it", name)
+                        return _etag(hashlib.md5(data).hexdigest())
                     raise ObjectExists(f"relay object {name} already exists") from None
                 if if_absent and code in CONFLICT_CODES and attempt < 2:
                     time.sleep(0.2 * (attempt + 1))  # a concurrent conditional write is in flight
@@ -487,7 +496,7 @@ class S3(Relay):
                     data = b""
                     while len(pending) >= width:
                         parts.append(pending.popleft().result())
-                    data = _read_full(stream, self.part_size)
+                    data = _read_source(stream, self.part_size, name)
                 while pending:
                     parts.append(pending.popleft().result())
             expected = _multipart_etag(parts)
@@ -499,6 +508,9 @@ class S3(Relay):
             except Exception as exc:  # noqa: BLE001
                 code = _code(exc)[0]
                 if if_absent and code in PRECONDITION_CODES | CONFLICT_CODES:
+                    info = self.stat(name)  # a lost answer to our own completion, retried?
+                    if info is not None and info.etag == expected:
+                        return total, expected
                     raise ObjectExists(f"{what} already exists") from None
                 if code == "NoSuchUpload":
                     # a retry of a completion whose answer was lost: did the first one land?
@@ -515,6 +527,18 @@ class S3(Relay):
             if isinstance(exc, Exception):
                 raise self._error(exc, what) from None
             raise
+
+    def _holds(self, name: str, data: bytes) -> bool:
+        """Whether the object ``name`` has exactly the bytes ``data`` (the outcome check of a
+        create whose answer may have been lost). Identical bytes written by someone else
+        are indistinguishable from ours, and harmless: the object is what we wanted."""
+        info = self.stat(name)
+        if info is None or info.size != len(data):
+            return False
+        if info.etag == hashlib.md5(data).hexdigest():
+            return True
+        with self.get(name) as f:  # an ETag that is not the MD5 (SSE-KMS, some servers)
+            return f.read() == bytes(data)
 
     def _supports_conditional(self) -> bool:
         """Whether the server honours ``If-None-Match: *`` (probed once per relay)."""
@@ -593,6 +617,11 @@ class S3(Relay):
 
     def usage(self) -> Usage:
         return Usage()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(atomic_create=self._conditional is not False,
+                            max_object_size=self.part_size * MAX_PARTS)
 
 
 class _Download(io.RawIOBase):

@@ -16,7 +16,7 @@ library here gives:
   the size, modification time and ETag of each member, so a listing never needs one
   request per object.
 
-**webdavclient3 is not used** (it stays a declared dependency for the design card): its
+**webdavclient3 is not used** (nor a dependency any more): its
 existence checks are HEAD requests, which Apache mod_dav answers with 404 for
 collections unless mod_autoindex is enabled, so ``mkdir``/``upload``/``list`` fail on a
 stock Apache; ``disable_check`` fixes that only by making ``check()`` always true; with a
@@ -68,6 +68,7 @@ How the relay contract is met
 """
 from __future__ import annotations
 
+import datetime
 import email.utils
 import hashlib
 import io
@@ -78,6 +79,7 @@ import posixpath
 import random
 import re
 import time
+import unicodedata
 import uuid
 import xml.etree.ElementTree as ET
 from typing import BinaryIO, Iterator
@@ -87,8 +89,10 @@ import requests
 import urllib3
 
 from ..errors import (AuthenticationError, ConfigError, ObjectExists, QuotaExceeded, RelayError,
-                      RelayObjectMissing)
-from .base import ObjectInfo, Relay, Usage, check_name
+                      RelayObjectMissing, SourceError, TransientRelayError)
+from ..values import parse_verify_ssl
+from .address import redact, split_network_address
+from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +116,22 @@ _QUOTA_BODY = (b'<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:
                b"<D:quota-available-bytes/><D:quota-used-bytes/></D:prop></D:propfind>")
 _TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                      urllib3.exceptions.HTTPError)
-_TRUE = ("yes", "true", "on", "1")
-_FALSE = ("no", "false", "off", "0")
+
+
+def _href_path(href: str) -> str:
+    """The decoded path of a multistatus href: absolute path or full URL. A path never has
+    a query here: some servers leave '?' unescaped in names."""
+    href = href.strip()
+    if not href.startswith("/"):
+        parts = urlsplit(href, allow_fragments=False)
+        href = href[len(f"{parts.scheme}://{parts.netloc}"):] if parts.scheme and parts.netloc else href
+    return unquote(href)
+
+
+def _status_ok(line: str) -> bool:
+    """Whether a multistatus ``HTTP/1.1 200 OK`` line is a success (2xx)."""
+    m = re.match(r"\s*HTTP/\S+\s+(\d{3})", line)
+    return bool(m) and m.group(1).startswith("2")
 
 
 def _retryable(status: int) -> bool:
@@ -131,15 +149,21 @@ def normalise_etag(etag: str | None) -> str | None:
 
 
 class _Entry:
-    __slots__ = ("path", "collection", "size", "mtime", "etag", "props")
+    """One ``<D:response>`` of a multistatus. ``ok`` is False when the server reports an
+    error for that resource (a 403/404 status, or no property it could read): such an
+    entry is no object, but it still shows that its collection is not empty."""
 
-    def __init__(self, path: str, collection: bool, size: int, mtime: float, etag: str | None, props: dict):
+    __slots__ = ("path", "collection", "size", "mtime", "etag", "props", "ok")
+
+    def __init__(self, path: str, collection: bool, size: int, mtime: float, etag: str | None, props: dict,
+                 ok: bool = True):
         self.path, self.collection, self.size, self.mtime, self.etag = path, collection, size, mtime, etag
-        self.props = props
+        self.props, self.ok = props, ok
 
 
-class _BodyError(RelayError):
-    """The source stream failed or changed length while being sent (never retried)."""
+class _BodyError(SourceError):
+    """The source stream failed or changed length while being sent (a local file error,
+    never retried here: the next cycle sends it again)."""
 
 
 class _Body:
@@ -150,8 +174,9 @@ class _Body:
     kept in memory and replayable too, otherwise it is sent once, chunked.
     """
 
-    def __init__(self, stream: BinaryIO):
+    def __init__(self, stream: BinaryIO, size: int | None = None, name: str = "?"):
         self.stream = stream
+        self.name = name
         self.count = 0
         self.started = False
         self.data: bytes | None = None
@@ -167,7 +192,11 @@ class _Body:
                 self.length, self.seekable = end - self.start, True
         except (AttributeError, OSError, ValueError):
             self.seekable = False
-        if not self.seekable:
+        if not self.seekable and size is not None and size > REPLAY_BUFFER:
+            # the caller knows the exact size: send it with Content-Length, never chunked
+            # (servers behind php-fpm or unbuffered nginx store nothing of a chunked body)
+            self.length = size
+        elif not self.seekable:
             head = self._read_upto(REPLAY_BUFFER + 1)
             if len(head) <= REPLAY_BUFFER:
                 self.data, self.length = head, len(head)
@@ -176,14 +205,16 @@ class _Body:
         if self.seekable and self.length is not None and self.length <= BLOCK:
             self.data = self._read_upto(self.length + 1)
             if len(self.data) != self.length:
-                raise _BodyError(f"source stream gave {len(self.data)} bytes, expected {self.length}")
+                raise _BodyError(f"relay object {self.name}: source stream gave {len(self.data)} bytes, "
+                                 f"expected {self.length}")
             self.seekable = False
 
     def _read_upto(self, n: int) -> bytes:
         try:
             return _read_upto(self.stream, n)
         except OSError as exc:
-            raise _BodyError(f"cannot read the data to send: {exc}") from exc
+            raise _BodyError(f"cannot read the data to send as relay object {self.name}: "
+                                 f"{exc.strerror or exc}") from exc
 
     @property
     def replayable(self) -> bool:
@@ -199,20 +230,43 @@ class _Body:
         if self.seekable:
             self.stream.seek(self.start)
             return _Sized(self._blocks(self.length), self.length)
+        if self.length is not None:
+            return _Sized(self._blocks(self.length, check_end=True), self.length)
         return self._chunks()
 
-    def _blocks(self, length: int):
+    def digest(self) -> str | None:
+        """SHA-256 of the whole body, when it can be read again (None otherwise)."""
+        if self.data is not None:
+            return hashlib.sha256(self.data).hexdigest()
+        if not self.seekable or self.length is None:
+            return None
+        h = hashlib.sha256()
+        self.stream.seek(self.start)
+        left = self.length
+        while left > 0 and (block := self.stream.read(min(BLOCK, left))):
+            h.update(block)
+            left -= len(block)
+        return h.hexdigest()
+
+    def _blocks(self, length: int, check_end: bool = False):
         self.started = True
         left = length
         while left > 0:
             try:
                 data = self.stream.read(min(BLOCK, left))
             except OSError as exc:
-                raise _BodyError(f"cannot read the data to send: {exc}") from exc
+                raise _BodyError(f"cannot read the data to send as relay object {self.name}: "
+                                 f"{exc.strerror or exc}") from exc
             if not data:
-                raise _BodyError(f"source stream ended {left} bytes early")
+                raise _BodyError(f"relay object {self.name}: source stream ended {left} bytes early")
             left -= len(data)
             self.count += len(data)
+            if left < 0:
+                raise _BodyError(f"relay object {self.name}: source stream is longer than "
+                                 f"the {length} bytes announced")
+            if left == 0 and check_end and self._read_upto(1):
+                raise _BodyError(f"relay object {self.name}: source stream is longer than "
+                                 f"the {length} bytes announced")
             yield data
 
     def _chunks(self):
@@ -225,7 +279,8 @@ class _Body:
             try:
                 data = self.stream.read(BLOCK)
             except OSError as exc:
-                raise _BodyError(f"cannot read the data to send: {exc}") from exc
+                raise _BodyError(f"cannot read the data to send as relay object {self.name}: "
+                                 f"{exc.strerror or exc}") from exc
             if not data:
                 return
             self.count += len(data)
@@ -351,9 +406,12 @@ def _http_date(text: str | None) -> float:
     if not text:
         return 0.0
     try:
-        return email.utils.parsedate_to_datetime(text).timestamp()
+        when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
         return 0.0
+    if when.tzinfo is None:  # "-0000" (RFC 5322: UTC, source zone unknown) gives a naive datetime
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
 
 
 def _version_stamp(lastmod: float, etag: str | None) -> float:
@@ -371,30 +429,30 @@ class WebDAV(Relay):
                  verify_ssl: str | bool | None = None, certfile: str | None = None, keyfile: str | None = None,
                  max_retries: str | int | None = None, port: str | int | None = None,
                  timeout: str | float | None = None, **options):
-        parts = urlsplit(address.strip())
-        scheme = parts.scheme.lower()
-        if scheme not in self.schemes or not parts.hostname:
-            raise ConfigError(f"'{address}' is not a WebDAV address (https://host[:port]/path)",
+        try:
+            net = split_network_address(address)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc.detail}; a WebDAV address is https://host[:port]/path",
+                              option="relay address") from None
+        scheme = net.scheme
+        if scheme not in self.schemes:
+            raise ConfigError(f"'{redact(address.strip())}' is not a WebDAV address (https://host[:port]/path)",
                               option="relay address")
         self.http_scheme = "http" if scheme == "http" else "https"
-        host = parts.hostname
         try:
-            addr_port = parts.port
-        except ValueError:
-            raise ConfigError(f"bad port in relay address '{address}'", option="relay address") from None
-        self.port = addr_port or (int(port) if port not in (None, "") else None)
-        if user is None and parts.username:
-            user = unquote(parts.username)
-        if password is None and parts.password:
-            password = unquote(parts.password)
-        netloc = f"[{host}]" if ":" in host else host
-        if self.port:
-            netloc += f":{self.port}"
-        path = unquote(parts.path).strip("/")
+            self.port = net.port or (int(port) if port not in (None, "") else None)
+        except (TypeError, ValueError):
+            raise ConfigError(f"bad port {port!r}", option="port") from None
+        if user is None and net.user:
+            user = net.user
+        if password is None and net.password:
+            password = net.password
+        netloc = net.netloc(self.port, with_user=False)
+        path = net.decoded_path
         self.base_path = "/" + path + "/" if path else "/"
         self.base_url = f"{self.http_scheme}://{netloc}{quote(self.base_path)}"
         # the address as written, less any password in it: what logs and errors show
-        shown = f"{scheme}://" + (f"{parts.username}@" if parts.username else "") + netloc + parts.path
+        shown = f"{scheme}://" + net.netloc(self.port) + ("/" + net.path.strip("/") if path else "")
         super().__init__(shown)
         self.user = user
         self._auth = (user or "", password or "") if (user or password) else None
@@ -430,25 +488,16 @@ class WebDAV(Relay):
                 log.debug("%s: option %s is not used by the WebDAV relay", self.address, k)
         self._session: requests.Session | None = None
         self._known: set[str] = set()  # collections known to exist ("" is the base)
+        self._href_base: str | None = None  # the base's path as the server's hrefs spell it
         self._create_mode: str | None = None  # "move", "if-none-match" or "check"
-        self.capabilities: dict[str, bool] = {}
+        self._probed: dict[str, bool] = {}
 
     @staticmethod
     def _parse_verify(value) -> bool | str:
-        if value is None or value is True or value == "":
-            return True
-        if value is False:
-            return False
-        text = str(value).strip()
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        path = os.path.expanduser(text)
-        if not os.path.exists(path):
-            raise ConfigError(f"'verify ssl' is neither yes/no nor an existing CA bundle: {text}",
-                              option="verify ssl")
-        return path
+        try:
+            return parse_verify_ssl(value)
+        except ValueError as exc:
+            raise ConfigError(str(exc), option="verify ssl") from None
 
     # -- plumbing --------------------------------------------------------------------------
     @property
@@ -494,11 +543,15 @@ class WebDAV(Relay):
                           .rstrip())
 
     def _request(self, method: str, url: str, what: str, *, headers: dict | None = None, body: _Body | None = None,
-                 data: bytes | None = None, stream: bool = False) -> requests.Response:
+                 data: bytes | None = None, stream: bool = False, done=None) -> requests.Response | None:
         """Send one request, retrying transient failures; returns any other response.
 
         401/403 raise AuthenticationError and 507 QuotaExceeded; the caller reads the rest.
         ``r.attempts`` tells how many tries it took (a retried MOVE may find its work done).
+        ``done()``, given for a request that is not idempotent, is asked before each retry
+        whether the failed try did act after all (its answer lost): then nothing is sent
+        again and None is returned. (A MOVE resent after its source was moved makes
+        ``rclone serve webdav`` delete the destination.)
         """
         attempt = 0
         while True:
@@ -517,7 +570,10 @@ class WebDAV(Relay):
                 raise RelayError(f"{method} {what or '/'} on {self.address} failed: {_describe(exc)}") from exc
             else:
                 status = r.status_code
-                if status in (401, 403):
+                # a retried MOVE whose first try moved the source may get 403 (rclone) for the
+                # missing source: the caller checks the outcome
+                lost_move = status == 403 and method == "MOVE" and attempt > 0
+                if status in (401, 403) and not lost_move:
                     r.close()
                     raise AuthenticationError(f"authentication failed for {self.address}"
                                               f" (HTTP {status} on {method} {what or '/'})")
@@ -531,12 +587,16 @@ class WebDAV(Relay):
                 reason = f"HTTP {status} {r.reason or ''}".rstrip()
                 retry_after = self._retry_after(r)
                 r.close()
+            if done is not None and done():
+                log.info("%s: %s %s: %s, but the server did it; not sending it again", self.address, method,
+                         what or "/", reason)
+                return None
             if attempt >= self.max_retries:
-                raise RelayError(f"{method} {what or '/'} on {self.address} failed after {attempt + 1} "
-                                 f"attempt(s): {reason}")
+                raise TransientRelayError(f"{method} {what or '/'} on {self.address} failed after {attempt + 1} "
+                                          f"attempt(s): {reason}")
             if body is not None and not body.replayable:
-                raise RelayError(f"{method} {what or '/'} on {self.address} failed: {reason} (the data could "
-                                 "not be sent again; the next cycle retries)")
+                raise TransientRelayError(f"{method} {what or '/'} on {self.address} failed: {reason} (the data "
+                                          "could not be sent again; the next cycle retries)")
             delay = self._backoff(attempt, retry_after)
             attempt += 1
             log.warning("%s: %s %s: %s; retry %d/%d in %.1f s", self.address, method, what or "/", reason,
@@ -577,7 +637,9 @@ class WebDAV(Relay):
             if el.tag != DAV + "response":
                 continue
             href = el.findtext(DAV + "href") or ""
-            path = unquote(urlsplit(href.strip()).path)
+            path = _href_path(href)
+            status = el.findtext(DAV + "status")  # a status for the whole resource (RFC 4918 14.24)
+            ok = status is None or _status_ok(status)
             props: dict = {}
             for ps in el.findall(DAV + "propstat"):
                 st = ps.findtext(DAV + "status") or ""
@@ -599,16 +661,37 @@ class WebDAV(Relay):
             etag_el = props.get(DAV + "getetag")
             etag = normalise_etag(etag_el.text if etag_el is not None else None)
             el.clear()
+            # a resource without one readable property (every propstat 403/404…) is not an object
+            ok = ok and bool(props)
             yield _Entry(path, collection, size, _http_date(lm.text if lm is not None else None), etag,
-                         {k: (v.text or "").strip() for k, v in props.items()})
+                         {k: (v.text or "").strip() for k, v in props.items()}, ok)
 
     def _rel(self, path: str) -> str | None:
-        """An href path as a name relative to the base, or None when outside it."""
-        if not path.startswith(self.base_path):
-            if path + "/" == self.base_path:
-                return ""
-            return None
-        return path[len(self.base_path):].strip("/")
+        """An href path as a name relative to the base, or None when outside it.
+
+        The base is matched as configured and as the server spelled it in its answer to
+        the first PROPFIND (a reverse proxy may strip or add a path prefix), folder by
+        folder in Unicode NFC (some servers answer in NFD); the rest is the name as the
+        server gives it."""
+        parts = path.split("/")
+        for base in self._bases:
+            head = base.strip("/").split("/") if base.strip("/") else []
+            got = [p for p in parts[: len(head) + 1] if p][: len(head)]
+            lead = len(head) + 1 + (0 if path.startswith("/") else -1)  # parts before the name
+            if [unicodedata.normalize("NFC", p) for p in got] == head and len(got) == len(head):
+                return "/".join(parts[lead:]).strip("/")
+        return None
+
+    @property
+    def _bases(self) -> tuple[str, ...]:
+        mine = unicodedata.normalize("NFC", self.base_path)
+        return (mine,) if self._href_base in (None, mine) else (mine, self._href_base)
+
+    def _unmapped(self, entries: list[_Entry], col: str) -> RelayError:
+        bad = next(e.path for e in entries if self._rel(e.path) is None)
+        return RelayError(f"PROPFIND {col or '/'} on {self.address}: the server named a member '{bad}', which "
+                          f"is not under the relay folder '{self.base_path}' (a proxy rewriting paths?); "
+                          "refusing to guess")
 
     # -- collections -----------------------------------------------------------------------
     def _mkcol(self, folder: str) -> None:
@@ -669,6 +752,11 @@ class WebDAV(Relay):
                 raise RelayError(f"relay folder {self.address} could not be created")
         if not any(e.collection for e in entries):
             raise RelayError(f"relay address {self.address} is not a WebDAV collection (folder)")
+        if len(entries) == 1 and entries[0].ok:
+            own = unicodedata.normalize("NFC", entries[0].path)
+            self._href_base = own if own.endswith("/") else own + "/"
+            if self._href_base != unicodedata.normalize("NFC", self.base_path):
+                log.info("%s: the server names this folder '%s' in its answers", self.address, self._href_base)
         self._known.add("")
 
     def close(self) -> None:
@@ -693,7 +781,13 @@ class WebDAV(Relay):
             files, subs = [], []
             for e in entries:
                 rel = self._rel(e.path)
-                if rel is None or rel == col:
+                if rel is None:  # never list "nothing" because the hrefs could not be read
+                    raise self._unmapped(entries, col)
+                if rel == col:
+                    continue
+                if not e.ok:
+                    log.warning("%s: the server reports an error for '%s' in the listing; skipped",
+                                self.address, rel)
                     continue
                 if e.collection:
                     if (rel + "/").startswith(prefix) or prefix.startswith(rel + "/"):
@@ -730,7 +824,7 @@ class WebDAV(Relay):
         if not entries:
             return None
         e = entries[0]
-        if e.collection:
+        if e.collection or not e.ok:
             return None
         return ObjectInfo(name, e.size, _version_stamp(e.mtime, e.etag), e.etag)
 
@@ -745,15 +839,20 @@ class WebDAV(Relay):
             raise self._status_error("GET", name, r)
         return io.BufferedReader(_Download(self, name, r), BLOCK)
 
-    def put(self, name: str, stream: BinaryIO, *, create_only: bool = False) -> int:
+    def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
         check_name(name)
         folder, _, base = name.rpartition("/")
-        body = _Body(stream)
+        body = _Body(stream, size, name)
         self._mkcol(folder)
         mode = self._create_strategy() if create_only else None
         if mode == "if-none-match":
-            r = self._put_to(name, body, {"If-None-Match": "*"})
+            r = self._put_to(name, body, {"If-None-Match": "*"}, done=lambda: self._holds(name, body))
+            if r is None:  # a try whose answer was lost did store it
+                return body.count
             if r.status_code == 412:
+                # a retried PUT whose first answer was lost finds its own object: check
+                if getattr(r, "attempts", 1) > 1 and self._holds(name, body):
+                    return body.length if body.length is not None else body.count
                 raise ObjectExists(f"relay object {name} already exists")
             return body.count
         tmp = (folder + "/" if folder else "") + f"{TMP_MARK}{base}.{uuid.uuid4().hex}"
@@ -770,18 +869,28 @@ class WebDAV(Relay):
                                      "(does it accept chunked uploads?)")
             if mode == "check" and self.stat(name) is not None:
                 raise ObjectExists(f"relay object {name} already exists")
-            self._move(tmp, name, overwrite=not create_only)
+            try:
+                self._move(tmp, name, overwrite=not create_only)
+            except ObjectExists:
+                # a retried MOVE whose first answer was lost: the temporary is gone and the
+                # name holds our bytes. Check the outcome before saying "exists".
+                if self.stat(tmp) is None and self._holds(name, body):
+                    moved = True
+                    return body.count
+                raise
             moved = True
         finally:
             if not moved:
                 self._delete_quietly(tmp)
         return body.count
 
-    def _put_to(self, name: str, body: _Body, headers: dict | None = None) -> requests.Response:
+    def _put_to(self, name: str, body: _Body, headers: dict | None = None, done=None) -> requests.Response | None:
         h = {"Content-Type": "application/octet-stream"}
         h.update(headers or {})
         for again in (False, True):
-            r = self._request("PUT", self._url(name), name, headers=h, body=body)
+            r = self._request("PUT", self._url(name), name, headers=h, body=body, done=done)
+            if r is None:
+                return None
             r.close()
             if r.status_code in (200, 201, 204):
                 return r
@@ -797,15 +906,38 @@ class WebDAV(Relay):
             raise self._status_error("PUT", name, r)
         raise self._status_error("PUT", name, r)
 
+    def _holds(self, name: str, body: _Body) -> bool:
+        """Whether ``name`` holds exactly the bytes of ``body`` (the outcome check of a
+        create whose answer was lost). Identical bytes from someone else cannot be told
+        from ours, and are harmless: the object is what we meant to write."""
+        want = body.digest()
+        if want is None:
+            return False
+        try:
+            f = self.get(name)
+        except RelayObjectMissing:
+            return False
+        h = hashlib.sha256()
+        with f:
+            while block := f.read(BLOCK):
+                h.update(block)
+        return h.hexdigest() == want
+
     def _move(self, src: str, dst: str, overwrite: bool) -> None:
-        r = self._request("MOVE", self._url(src), dst,
+        def moved() -> bool:  # the source is ours alone: gone, with the destination there, means moved
+            return self.stat(src) is None and self.stat(dst) is not None
+
+        r = self._request("MOVE", self._url(src), dst, done=moved,
                           headers={"Destination": self._url(dst), "Overwrite": "T" if overwrite else "F"})
+        if r is None:
+            return
         r.close()
         if r.status_code in (200, 201, 204):
             return
         if r.status_code == 412 and not overwrite:
             raise ObjectExists(f"relay object {dst} already exists")
-        if r.status_code == 404 and getattr(r, "attempts", 1) > 1 and self.stat(dst) is not None:
+        if r.status_code in (403, 404) and getattr(r, "attempts", 1) > 1 and self.stat(src) is None \
+                and self.stat(dst) is not None:
             return  # an earlier try did move it; only its answer was lost
         raise self._status_error("MOVE", dst, r)
 
@@ -830,8 +962,8 @@ class WebDAV(Relay):
             entries = self._propfind(folder, "1")
             if entries is None:
                 self._forget_collection(folder)
-            elif any(self._rel(e.path) not in (folder, None) for e in entries):
-                return
+            elif not self._only_itself(entries, folder):
+                return  # a member, an error entry or an href we cannot place: never delete
             else:
                 r = self._request("DELETE", self._url(folder, True), folder + "/")
                 r.close()
@@ -839,6 +971,16 @@ class WebDAV(Relay):
                 if r.status_code not in (200, 204, 404):
                     return
             folder = folder.rpartition("/")[0]
+
+    def _only_itself(self, entries: list[_Entry], folder: str) -> bool:
+        """Whether a Depth 1 PROPFIND of ``folder`` shows it empty: exactly one answer, and
+        that answer is the folder itself. A DELETE of a collection removes everything in
+        it, so anything else (a member, a per-resource error, an href that does not map
+        to a name) keeps the folder."""
+        if len(entries) != 1:
+            return False
+        (e,) = entries
+        return e.ok and e.collection and self._rel(e.path) == folder
 
     def abort_incomplete(self, prefix: str) -> int:
         folder = prefix.rpartition("/")[0]
@@ -864,11 +1006,17 @@ class WebDAV(Relay):
 
         def num(key: str) -> int | None:
             try:
-                return int(entries[0].props.get(DAV + key, "").strip())
+                n = int(entries[0].props.get(DAV + key, "").strip())
             except ValueError:
                 return None
+            # negative: Nextcloud/ownCloud's -1 not computed, -2 unknown, -3 unlimited
+            return n if n >= 0 else None
 
         return Usage(used=num("quota-used-bytes"), available=num("quota-available-bytes"))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(atomic_create=self._create_mode != "check")
 
     # -- create-if-absent ------------------------------------------------------------------
     def _create_strategy(self) -> str:
@@ -888,22 +1036,22 @@ class WebDAV(Relay):
                     raise self._status_error("PUT", n, r)
             r = self._request("MOVE", self._url(q), p, headers={"Destination": self._url(p), "Overwrite": "F"})
             r.close()
-            self.capabilities["move_overwrite_f"] = r.status_code == 412
+            self._probed["move_overwrite_f"] = r.status_code == 412
             r = self._request("PUT", self._url(p), p, data=b"probe 3", headers={"If-None-Match": "*"})
             r.close()
-            self.capabilities["if_none_match"] = r.status_code == 412
+            self._probed["if_none_match"] = r.status_code == 412
         finally:
             self._delete_quietly(p)
             self._delete_quietly(q)
-        if self.capabilities["move_overwrite_f"]:
+        if self._probed["move_overwrite_f"]:
             mode = "move"
-        elif self.capabilities["if_none_match"]:
+        elif self._probed["if_none_match"]:
             mode = "if-none-match"
         else:
             mode = "check"
             log.warning("%s: the server honours neither 'Overwrite: F' nor 'If-None-Match: *'; "
                         "creating an object only if absent is not atomic there", self.address)
-        log.debug("%s: create-if-absent by %s (%s)", self.address, mode, self.capabilities)
+        log.debug("%s: create-if-absent by %s (%s)", self.address, mode, self._probed)
         return mode
 
 
