@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from escale import sqlitedbm
 from escale.errors import ConfigError, UnsafePath
+from escale.private import FILE_MODE, private_file
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,9 @@ class AccessAttributes:
         else:
             if dbm_mode in ("c", "n"):
                 self.location.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlitedbm.open(self.location, dbm_mode, threadsafe=True)
+            self._db = sqlitedbm.open(self.location, dbm_mode, FILE_MODE, threadsafe=True)
+            if dbm_mode != "r":
+                private_file(self.location, create=False)
 
     # -- raw access
     def _table(self) -> MutableMapping:

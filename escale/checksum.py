@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .private import private_file
+
 log = logging.getLogger(__name__)
 
 __all__ = ["ChecksumCache", "FileChangedError", "hash_stream", "hash_bytes", "BLOCK_SIZE"]
@@ -123,7 +125,7 @@ class ChecksumCache:
             target = ":memory:"
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            target = str(self.path)
+            target = str(private_file(self.path))
         cx = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
         try:
             if self.path is not None:

@@ -29,6 +29,7 @@ from typing import Callable, TypeVar
 
 import platformdirs
 
+from .encryption import TEXT_PREFIX, passphrase_file, passphrase_file_problem
 from .errors import ConfigError
 from .values import _FALSE, _TRUE, parse_bool, parse_size, parse_verify_ssl  # noqa: F401 - part of this module's interface
 from .relay import BACKENDS, backend_for, parse_address, split_network_address
@@ -85,10 +86,10 @@ class RepositoryConfig:
     checksum_cache: bool | Path = True
     index: str | None = None
     maxpagesize: int = DEFAULT_MAXPAGESIZE
-    encryption: str = "off"
+    encryption: str = "aes256gcm"
     passphrase: str | None = field(default=None, repr=False)
     padding: bool = False
-    strict_permissions: bool = False
+    strict_permissions: bool = True
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     trash_retention_days: float = DEFAULT_TRASH_RETENTION_DAYS
@@ -96,6 +97,8 @@ class RepositoryConfig:
     verbosity: int = 1
     options: dict[str, str] = field(default_factory=dict)
     cache_dir: Path | None = None
+    #: options (as written) whose secret is in the configuration file itself, not in a file
+    inline_secrets: list[str] = field(default_factory=list, repr=False)
 
     def state_dir(self) -> Path:
         """Folder for this repository's local state (databases, trash, lock).
@@ -506,6 +509,9 @@ _RELAY_CHECKS: dict[str, tuple[Callable[[str], str], tuple[str, ...]]] = {
 # --------------------------------------------------------------------------- reading the file
 
 _GLOBAL_HEADER = "\x00escale-global\x00"
+#: after whitespace (or at the start of a line), these start a comment, in every option
+INLINE_COMMENT_PREFIXES = ("#", ";")
+_INLINE_COMMENT_RE = re.compile(r"(?:^|\s)[#;]")
 _NO_DEFAULT_SECTION = "\x00escale-no-default\x00"
 _RESERVED_SECTIONS = ("default", "error")
 _SECRET_FIELDS = ("password", "passphrase")
@@ -533,8 +539,9 @@ def _bad(v: _Value, reason: str, path: Path | None) -> ConfigError:
 
 def _read_ini(text: str, path: Path | None) -> tuple[list[tuple[str, str]], dict[str, list[tuple[str, str]]]]:
     """Split the file into global (key, value) pairs and sections, in file order."""
+    # one rule for every option: '#' or ';' after whitespace starts a comment (never part of a value)
     parser = configparser.ConfigParser(interpolation=None, default_section=_NO_DEFAULT_SECTION,
-                                       strict=True)
+                                       strict=True, inline_comment_prefixes=INLINE_COMMENT_PREFIXES)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep spelling for messages
     text = text.lstrip("\ufeff")
     try:
@@ -713,11 +720,12 @@ def _relay_location(sec: _Section) -> tuple[str, str, dict[str, str]]:
 
 
 def _resolve_password(v: _Value, user: str | None, path: Path | None,
-                      section: str) -> tuple[str | None, str]:
-    """A literal password, or (user, password) read from the credential file it names.
+                      section: str, strict: bool) -> tuple[str | None, str, bool]:
+    """(user, password, inline): a literal password, or the credential file it names.
 
     The file holds one line ``user:password`` or just the password; with a
-    known user, a line ``user:password`` among several lines is picked.
+    known user, a line ``user:password`` among several lines is picked. A file
+    other users can read is refused when ``strict`` (else a warning).
     Nothing read here is ever logged or shown in an error.
     """
     raw = v.value.strip()
@@ -733,7 +741,7 @@ def _resolve_password(v: _Value, user: str | None, path: Path | None,
         if must_be_file:
             raise ConfigError(f"credential file {candidate} does not exist" + _where(v.section),
                               path=path, section=v.section, option=v.option)
-        return user, raw
+        return user, raw, True
     try:
         mode = candidate.stat().st_mode
         lines = [ln.strip() for ln in candidate.read_text(encoding="utf-8").splitlines() if ln.strip()]
@@ -741,20 +749,24 @@ def _resolve_password(v: _Value, user: str | None, path: Path | None,
         raise ConfigError(f"cannot read credential file {candidate}: {exc}" + _where(v.section),
                           path=path, section=v.section, option=v.option) from None
     if mode & 0o077:
-        log.warning("[%s] credential file %s can be read by other users; chmod 600 it", section, candidate)
+        msg = (f"credential file {candidate} can be read by other users (chmod 600 it, or set "
+               "'strict permissions = no')")
+        if strict:
+            raise ConfigError(msg + _where(v.section), path=path, section=v.section, option=v.option)
+        log.warning("[%s] %s", section, msg)
     if not lines:
         raise ConfigError(f"credential file {candidate} is empty" + _where(v.section),
                           path=path, section=v.section, option=v.option)
     if user is not None:
         for line in lines:
             if line.startswith(user + ":"):
-                return user, line[len(user) + 1:]
-        return user, lines[0]
+                return user, line[len(user) + 1:], False
+        return user, lines[0], False
     first = lines[0]
     if ":" in first:
         file_user, password = first.split(":", 1)
-        return (file_user or None), password
-    return None, first
+        return (file_user or None), password, False
+    return None, first, False
 
 
 def _check_s3(sec: _Section, user: str | None, password: str | None) -> None:
@@ -782,6 +794,52 @@ def _check_s3(sec: _Section, user: str | None, password: str | None) -> None:
                           path=sec.path, section=sec.name, option=missing)
 
 
+def _not_a_folder(p: Path) -> Path | None:
+    """The path itself, or its nearest existing parent, when that is not a folder."""
+    for candidate in (p, *p.parents):
+        try:
+            if candidate.is_dir():
+                return None
+            if candidate.exists() or candidate.is_symlink():
+                return candidate
+        except OSError:
+            return None  # unreadable: the sync reports it with the OS's own words
+    return None
+
+
+def _encryption(sec: _Section, passphrase_v: _Value | None) -> str:
+    """The cipher, or "off" only when the repository's own section says so.
+
+    A global ``encryption = off`` would silently apply to any section added later (as
+    with a copied example file), and a passphrase next to ``off`` says the opposite;
+    both are refused, as is a repository with neither a passphrase nor ``off``.
+    """
+    enc_v = sec.raw("encryption")
+    chosen = sec.get("encryption", _parse_encryption, None)
+    if chosen == "off":
+        assert enc_v is not None
+        if enc_v.section is None:
+            raise ConfigError("'encryption = off' before the first section would make every repository, "
+                              "even one added later, plaintext; write it in the section of each "
+                              "repository that is to stay unencrypted", path=sec.path, option=enc_v.option)
+        if passphrase_v is not None:
+            where = "" if passphrase_v.section is not None else " (given before the first section)"
+            raise ConfigError(f"'encryption = off' contradicts the 'passphrase'{where}: remove the "
+                              "passphrase to keep this repository in plaintext, or remove "
+                              "'encryption = off' to encrypt it", path=sec.path, section=sec.name,
+                              option=enc_v.option)
+        return "off"
+    if passphrase_v is None:
+        what = (f"encryption = {chosen} needs a 'passphrase'" if chosen else
+                "no 'passphrase', and every repository is encrypted unless its own section says "
+                "'encryption = off'")
+        raise ConfigError(f"{what}; add 'passphrase = ~/.config/escale/{_sanitize(sec.name)}.passphrase' "
+                          "naming a file that holds the passphrase (the same on every machine; chmod 600), "
+                          "or, for a relay you trust with your files, 'encryption = off' in this section",
+                          path=sec.path, section=sec.name, option="passphrase")
+    return chosen or "aes256gcm"
+
+
 def _default_client_name(section: str) -> str:
     host = socket.gethostname()
     return section if not host or host == "localhost" else host
@@ -793,6 +851,9 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
     local_v = sec.required("local_path")
     sec.required("relay_address")
     local_path = sec.get("local_path", _parse_abs_path, Path("/"))
+    if (blocker := _not_a_folder(local_path)) is not None:
+        raise sec.error(local_v, f"{blocker} is not a folder; 'local path' must name a folder "
+                                 "(or a path where one can be created)")
     relay_url, protocol, options = _relay_location(sec)
     if protocol == "file":
         relay_real = os.path.realpath(relay_url[len("file://"):])
@@ -828,19 +889,26 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
                                    f"mode = {mode}; keep only one of them")
             mode = implied
 
+    strict = sec.get("strict_permissions", parse_bool, True)
+    inline_secrets: list[str] = []
     user = sec.get("user", lambda t: t.strip(), None)
     address_user, password = options.pop(_ADDRESS_USER, None), options.pop(_ADDRESS_PASSWORD, None)
     if user is None:
         user = address_user
     pw_v = sec.raw("password")
     if pw_v is not None:
-        user, password = _resolve_password(pw_v, user, path, name)
+        user, password, inline = _resolve_password(pw_v, user, path, name, strict)
+        if inline:
+            inline_secrets.append(pw_v.option)
     passphrase_v = sec.raw("passphrase")
-    # with a passphrase and no 'encryption' option, encrypt (the safe reading of the config)
-    encryption = sec.get("encryption", _parse_encryption, "aes256gcm" if passphrase_v is not None else "off")
-    if encryption != "off" and passphrase_v is None:
-        raise ConfigError(f"encryption = {encryption} needs a 'passphrase' (a file holding it, or the text)",
-                          path=path, section=name, option="passphrase")
+    encryption = _encryption(sec, passphrase_v)
+    if passphrase_v is not None:
+        if passphrase_file(passphrase_v.value, path) is None:
+            if not passphrase_v.value.strip()[len(TEXT_PREFIX):].strip():
+                raise sec.error(passphrase_v, f"empty passphrase after '{TEXT_PREFIX}'")
+            inline_secrets.append(passphrase_v.option)
+        elif (problem := passphrase_file_problem(passphrase_v.value, path)) is not None:
+            raise sec.error(passphrase_v, problem)
 
     if protocol == "s3":
         _check_s3(sec, user, password)
@@ -885,7 +953,7 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
         encryption=encryption,
         passphrase=passphrase_v.value if passphrase_v is not None else None,
         padding=sec.get("padding", parse_bool, False),
-        strict_permissions=sec.get("strict_permissions", parse_bool, False),
+        strict_permissions=strict,
         user=user or None,
         password=password,
         trash_retention_days=sec.get("trash_retention", _parse_trash, DEFAULT_TRASH_RETENTION_DAYS),
@@ -893,6 +961,7 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
         verbosity=sec.get("verbosity", lambda t: _parse_int(t, 0), 1),
         options=options,
         cache_dir=g.cache_dir,
+        inline_secrets=inline_secrets,
     )
 
 
@@ -977,7 +1046,33 @@ def _read_text(p: Path) -> str:
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     """Find, read and check the configuration file (ConfigError on any problem)."""
     p = find_config(path)
-    return parse_config_text(_read_text(p), p)
+    cfg = parse_config_text(_read_text(p), p)
+    _check_file_privacy(cfg, p)
+    return cfg
+
+
+def _check_file_privacy(cfg: Config, p: Path) -> None:
+    """Refuse a file that others can read when it holds a passphrase or password itself.
+
+    ``strict permissions = no`` in a section turns the refusal into a warning for it.
+    """
+    exposed = [r for r in cfg.repositories.values() if r.inline_secrets]
+    if not exposed:
+        return
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return
+    if not mode & 0o077:
+        return
+    for r in exposed:
+        msg = (f"holds {' and '.join(repr(o) for o in r.inline_secrets)} in the file itself, and the file "
+               f"can be read by other users (mode {mode & 0o777:o}); chmod 600 {p}, or put the secret in a "
+               "file of its own (chmod 600)")
+        if r.strict_permissions:
+            raise ConfigError(msg + ", or set 'strict permissions = no'", path=p, section=r.name,
+                              option=r.inline_secrets[0])
+        log.warning("%s [%s]: %s", p, r.name, msg)
 
 
 # --------------------------------------------------------------------------- editing
@@ -1039,6 +1134,9 @@ def set_option(path: str | os.PathLike[str], section: str | None, option: str, v
     value = str(value).strip()
     if "\n" in value or "\r" in value:
         raise ConfigError("a value must fit on one line", path=p, section=section, option=option)
+    if _INLINE_COMMENT_RE.search(value):
+        raise ConfigError("a value cannot hold '#' or ';' at its start or after a space: that starts a "
+                          "comment", path=p, section=section, option=option)
     text = _read_text(p)
     lines = _LINE_RE.findall(text)
     kinds = _scan(lines)
@@ -1073,7 +1171,11 @@ def set_option(path: str | os.PathLike[str], section: str | None, option: str, v
         pre = m.group("pre")
         if not m.group("value") and not pre[-1].isspace():
             pre += " "
-        lines[target] = pre + value + ending
+        comment_at = _INLINE_COMMENT_RE.search(m.group("value"))
+        comment = m.group("value")[comment_at.start():] if comment_at else ""  # kept as written
+        if comment and not comment[0].isspace():
+            comment = "   " + comment
+        lines[target] = pre + value + comment + ending
         j = target + 1
         drop = []
         while j < end and kinds[j][0] in ("cont", "blank", "comment"):

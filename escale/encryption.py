@@ -258,34 +258,84 @@ class Secret:
     raw_key: bytes | None = None
 
 
-def load_secret(value: str, *, repository: str, strict: bool = False, config_path=None) -> Secret:
-    """Read the ``passphrase`` option: the path of a file (passphrase, or a base64 raw key),
-    or the passphrase itself. A file other users can read is a warning (an error when
-    ``strict``)."""
-    path = Path(os.path.expanduser(value.strip()))
+#: written before a passphrase given in the configuration itself: ``passphrase = text:…``
+TEXT_PREFIX = "text:"
+
+
+def passphrase_file(value: str, config_path=None) -> Path | None:
+    """The file a ``passphrase`` value names, or None when the value is the text itself.
+
+    Only ``text:…`` is text; anything else is a file name (absolute, ``~``, or relative
+    to the configuration file's folder), so a mistyped path can never become the key.
+    """
+    v = value.strip()
+    if v[:len(TEXT_PREFIX)].lower() == TEXT_PREFIX:
+        return None
+    path = Path(os.path.expanduser(v))
     if not path.is_absolute() and config_path is not None:
         path = Path(config_path).parent / path
-    if path.is_file():
-        mode = path.stat().st_mode
-        if mode & 0o077:
-            msg = f"passphrase file {path} can be read by other users (chmod 600 it)"
-            if strict:
-                raise ConfigError(msg, path=config_path, section=repository, option="passphrase")
-            log.warning("%s: %s", repository, msg)
-        data = path.read_bytes().rstrip(b"\r\n")
-        try:
-            raw = base64.b64decode(data, validate=True)
-        except ValueError:
-            raw = b""
-        if len(raw) == 32:
-            return Secret(raw_key=raw)
-        if not data:
-            raise ConfigError(f"passphrase file {path} is empty", path=config_path, section=repository,
-                              option="passphrase")
-        return Secret(passphrase=data)
-    if not value:
-        raise ConfigError("empty passphrase", path=config_path, section=repository, option="passphrase")
-    return Secret(passphrase=value.encode())
+    return path
+
+
+def passphrase_file_problem(value: str, config_path=None) -> str | None:
+    """Why the file a ``passphrase`` value names cannot be used (None: it is text, or a file).
+
+    The message shows the path only when the value looks like one (a ``/``, or a leading
+    ``~`` or ``.``): a bare word may be a 0.7-style literal passphrase and is never shown.
+    """
+    path = passphrase_file(value, config_path)
+    if path is None:
+        return None
+    try:
+        if path.is_file():
+            return None
+        exists = path.exists()
+    except (OSError, ValueError):
+        exists = False
+    v = value.strip()
+    looks_like_path = v.startswith(("/", "~", ".")) or "/" in v
+    if looks_like_path:
+        what = f"passphrase file {path} {'is not a regular file' if exists else 'does not exist'}"
+    else:
+        where = Path(config_path).parent if config_path is not None else Path.cwd()
+        what = f"the passphrase names no existing file (a name without '/' is looked for in {where}; " \
+               "the value is not shown)"
+    return (what + "; check the path, or, to write the passphrase itself in the configuration, "
+            f"write 'passphrase = {TEXT_PREFIX}<the passphrase>'")
+
+
+def load_secret(value: str, *, repository: str, strict: bool = True, config_path=None) -> Secret:
+    """Read the ``passphrase`` option: ``text:`` and the passphrase itself, or the path of
+    a file holding the passphrase (or a base64 raw key). A file other users can read is
+    an error when ``strict`` (the default), else a warning."""
+    path = passphrase_file(value, config_path)
+    if path is None:
+        text = value.strip()[len(TEXT_PREFIX):].strip()
+        if not text:
+            raise ConfigError(f"empty passphrase after '{TEXT_PREFIX}'", path=config_path,
+                              section=repository, option="passphrase")
+        return Secret(passphrase=text.encode())
+    problem = passphrase_file_problem(value, config_path)
+    if problem is not None:
+        raise ConfigError(problem, path=config_path, section=repository, option="passphrase")
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        msg = (f"passphrase file {path} can be read by other users (chmod 600 it, or set "
+               "'strict permissions = no')")
+        if strict:
+            raise ConfigError(msg, path=config_path, section=repository, option="passphrase")
+        log.warning("%s: %s", repository, msg)
+    data = path.read_bytes().rstrip(b"\r\n")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) == 32:
+        return Secret(raw_key=raw)
+    if not data:
+        raise ConfigError(f"passphrase file {path} is empty", path=config_path, section=repository,
+                          option="passphrase")
+    return Secret(passphrase=data)
 
 
 def new_kdf(secret: Secret) -> dict:

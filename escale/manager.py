@@ -117,7 +117,7 @@ class Manager:
                  tq_controller=None, count=None, checksum=True, checksum_cache=None, includedirectory=None,
                  excludedirectory=None, waitonerror=(), verbosity=1, *, mode=None, quota=None,
                  maxpagesize=None, state_dir=None, trash_retention_days=30.0, name=None, push_only=False,
-                 pull_only=False, passphrase=None, padding=False, strict_permissions=False, config_path=None,
+                 pull_only=False, passphrase=None, padding=False, strict_permissions=True, config_path=None,
                  **relay_args):
         self.state_dir = Path(state_dir) if state_dir else None
         if isinstance(repository, AccessController):

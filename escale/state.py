@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from .errors import AlreadyRunning
 from .index import Entry
+from .private import private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ class State:
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.directory / "state.sqlite", isolation_level=None,
+        private_dir(self.directory)
+        self.db = sqlite3.connect(private_file(self.directory / "state.sqlite"), isolation_level=None,
                                   check_same_thread=False)
         self.db.execute("PRAGMA journal_mode = wal")
         self.db.execute("PRAGMA synchronous = normal")
@@ -219,7 +220,7 @@ class InstanceLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -37,6 +37,10 @@ class Client:
         self.state = cluster.base / f"state-{name}"
         self.conf = cluster.base / f"{name}.conf"
         self.folder.mkdir(parents=True, exist_ok=True)
+        # plaintext must be asked for in the section itself; a test that gives a passphrase
+        # (or its own 'encryption') is encrypted
+        own = cluster.relay_conf + extra
+        plain = "" if "passphrase" in own or "encryption" in own else "encryption = off\n"
         self.conf.write_text(
             f"# test client {name}\n"
             f"cache dir = {self.state}\n\n"
@@ -45,7 +49,8 @@ class Client:
             f"relay address = {cluster.relay_address}\n{cluster.relay_conf}"
             f"client name = {name}\n"
             f"mode = {mode}\n"
-            f"refresh = {refresh}\n{extra}")
+            f"refresh = {refresh}\n{plain}{extra}")
+        self.conf.chmod(0o600)  # it may hold a relay password
 
     def cmd(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "escale", "-c", str(self.conf), *args]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -28,7 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def section(local: str = "/tmp/escale-t/local", relay: str = "file:///tmp/escale-t/relay",
             extra: str = "", name: str = "repo") -> str:
-    return f"[{name}]\nlocal path = {local}\nrelay address = {relay}\n{extra}"
+    """A section; plaintext (said in the section, as it must be) unless ``extra`` speaks of encryption."""
+    plain = "" if re.search(r"^(passphrase|key|encryption)\s*=", extra, re.M) else "encryption = off\n"
+    return f"[{name}]\nlocal path = {local}\nrelay address = {relay}\n{plain}{extra}"
 
 
 def one(text: str, path: str | None = "/tmp/escale-t/escale.conf") -> RepositoryConfig:
@@ -98,14 +101,14 @@ def test_minimal_section_defaults() -> None:
 @pytest.mark.parametrize("spelling", ["local path", "Local Path", "local_path", "local-path",
                                       "LOCAL__PATH", "localpath", "path", "PATH"])
 def test_local_path_spellings(spelling: str) -> None:
-    r = one(f"[s]\n{spelling} = /tmp/escale-t/x\naddress = /tmp/escale-t/relay\n")
+    r = one(f"[s]\n{spelling} = /tmp/escale-t/x\naddress = /tmp/escale-t/relay\nencryption = off\n")
     assert r.local_path == Path("/tmp/escale-t/x")
 
 
 @pytest.mark.parametrize("alias", ["relay address", "host address", "remote address", "address",
                                    "Relay_Address"])
 def test_address_aliases(alias: str) -> None:
-    r = one(f"[s]\npath = /tmp/escale-t/x\n{alias} = file:///tmp/escale-t/relay\n")
+    r = one(f"[s]\npath = /tmp/escale-t/x\n{alias} = file:///tmp/escale-t/relay\nencryption = off\n")
     assert r.relay_url == "file:///tmp/escale-t/relay"
 
 
@@ -113,7 +116,7 @@ def test_address_aliases(alias: str) -> None:
                                    "relay dir", "remote dir", "host dir", "dir", "relay path",
                                    "remote path", "host path"])
 def test_directory_aliases_join_address(alias: str) -> None:
-    r = one(f"[s]\npath = /tmp/escale-t/x\naddress = file:///tmp/escale-t/a\n{alias} = b\n")
+    r = one(f"[s]\npath = /tmp/escale-t/x\naddress = file:///tmp/escale-t/a\n{alias} = b\nencryption = off\n")
     assert r.relay_url == "file:///tmp/escale-t/a/b"
 
 
@@ -180,8 +183,8 @@ hash algorithm = SHA512
 checksum cache = off
 compact = topdir:2
 maxarchivesize = 50MB
-encryption = plain
-key = correct horse
+encryption = chacha
+key = text:correct horse
 auth user = alice
 secret = s3cr3t
 trash days = 0
@@ -208,8 +211,8 @@ max retries = 5
     assert r.checksum_cache is False
     assert r.index == "topdir:2"
     assert r.maxpagesize == 50 * 10**6
-    assert r.encryption == "off"
-    assert r.passphrase == "correct horse"
+    assert r.encryption == "chacha20poly1305"
+    assert r.passphrase == "text:correct horse"
     assert r.user == "alice" and r.password == "s3cr3t"
     assert r.trash_retention_days == 0.0
     assert r.timestamp is False
@@ -287,9 +290,9 @@ def test_encryption_off_accepted(value: str) -> None:
 
 @pytest.mark.parametrize("value, expected", [("on", "aes256gcm"), ("yes", "aes256gcm"),
                                              ("AES256GCM", "aes256gcm"), ("chacha20poly1305", "chacha20poly1305"),
-                                             ("chacha20-poly1305", "chacha20poly1305"), ("off", "off")])
+                                             ("chacha20-poly1305", "chacha20poly1305")])
 def test_encryption_values(value: str, expected: str) -> None:
-    assert one(section(extra=f"encryption = {value}\npassphrase = secret words\n")).encryption == expected
+    assert one(section(extra=f"encryption = {value}\npassphrase = text:secret words\n")).encryption == expected
 
 
 @pytest.mark.parametrize("value", ["fernet", "blowfish", "rot13"])
@@ -298,12 +301,12 @@ def test_unknown_encryption_refused(value: str) -> None:
 
 
 def test_encryption_defaults_follow_the_passphrase() -> None:
-    assert one(section()).encryption == "off"
-    assert one(section(extra="passphrase = correct horse\n")).encryption == "aes256gcm"
+    assert one(section(extra="passphrase = text:correct horse\n")).encryption == "aes256gcm"
     msg = error(section(extra="encryption = on\n"))
     assert "option 'passphrase'" in msg and "needs a 'passphrase'" in msg
-    r = one(section(extra="passphrase = x\npadding = on\nstrict permissions = yes\n"))
+    r = one(section(extra="passphrase = text:x\npadding = on\nstrict permissions = yes\n"))
     assert r.padding and r.strict_permissions
+    assert not one(section(extra="passphrase = text:x\nstrict permissions = no\n")).strict_permissions
 
 
 def test_bad_numbers_refused() -> None:
@@ -476,12 +479,14 @@ def test_secret_file_must_exist_and_secrets_hidden(tmp_path: Path) -> None:
     assert r.password == "hunter2" and "hunter2" not in repr(r)
 
 
-def test_world_readable_credential_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_world_readable_credential_refused_or_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cred = tmp_path / "cred"
     cred.write_text("u:topsecret\n")
     cred.chmod(0o644)
+    msg = error(section(extra=f"password = {cred}\n"))
+    assert "option 'password'" in msg and "chmod 600" in msg and "topsecret" not in msg
     with caplog.at_level(logging.WARNING, logger="escale.config"):
-        one(section(extra=f"password = {cred}\n"))
+        one(section(extra=f"password = {cred}\nstrict permissions = no\n"))
     assert "chmod 600" in caplog.text
     assert "topsecret" not in caplog.text
 
@@ -777,6 +782,7 @@ refresh = 20
 # the folder
 Local_Path = /tmp/escale-t/docs
 relay address: file:///tmp/escale-t/relay
+encryption = off
 exclude = *.tmp,
     *.bak
 # trailing comment of docs
@@ -784,6 +790,7 @@ exclude = *.tmp,
 [photos]
 local path = /tmp/escale-t/photos
 address = /tmp/escale-t/relay2
+encryption = off
 """
 
 
@@ -869,11 +876,11 @@ def test_set_option_refuses_bad_edits(tmp_path: Path) -> None:
 def test_example_file_parses(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "gethostname", lambda: "example-host")
     cfg = load_config(ROOT / "escale.conf.example")
-    assert list(cfg.repositories) == ["documents", "photos"]
-    docs, photos = cfg.repositories["documents"], cfg.repositories["photos"]
-    assert docs.relay_url.startswith("file:///")
-    assert docs.quota == 2 * 10**9 and docs.trash_retention_days == 14
-    assert photos.mode == "upload" and photos.filetype == ["jpg", "jpeg", "png", "raw"]
+    assert list(cfg.repositories) == ["demo"]
+    demo = cfg.repositories["demo"]
+    assert demo.relay_url.startswith("file:///tmp/")
+    assert demo.quota == 2 * 10**9 and demo.trash_retention_days == 14
+    assert demo.encryption == "off"  # the quick start's plaintext, said in its own section
 
 
 @pytest.mark.parametrize("doc", ["escale.conf.example", "docs/configuration.md"])
@@ -892,6 +899,8 @@ def test_set_option_completes_a_broken_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="option 'relay address'"):
         set_option(f, "r", "relay address", "ftp://example.org")
     set_option(f, "r", "relay address", "/tmp/escale-t/relay")
+    set_option(f, "r", "encryption", "off")
     assert f.read_text() == ("refresh = 4\n# header\n\n# about r\n[r]\n"
-                             "local path = /tmp/escale-t/x\nrelay address = /tmp/escale-t/relay\n")
+                             "local path = /tmp/escale-t/x\nrelay address = /tmp/escale-t/relay\n"
+                             "encryption = off\n")
     assert load_config(f).repositories["r"].refresh == 4

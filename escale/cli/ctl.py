@@ -15,6 +15,7 @@ from .. import __version__
 from ..access import AccessAttributes, parse_modifiers
 from ..config import load_config
 from ..errors import EXIT_CONFIG, EXIT_FILES_FAILED, EXIT_OK, ConfigError, EscaleError
+from ..private import private_dir
 from .daemon import select
 from .logs import setup_logging
 
@@ -70,7 +71,7 @@ def cmd_access(cfg, args) -> int:
         print(f"escalectl: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     state = repo.state_dir()
-    state.mkdir(parents=True, exist_ok=True)
+    private_dir(state)
     with AccessAttributes(state / "access.db") as table:
         if "r" in changes:
             table.setReadability(rel, changes["r"])
