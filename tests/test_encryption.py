@@ -163,10 +163,14 @@ def test_load_secret(tmp_path):
     key = os.urandom(32)
     f.write_text(base64.b64encode(key).decode() + "\n")
     assert load_secret(str(f), repository="r") == Secret(raw_key=key)
-    assert load_secret("literal passphrase", repository="r") == Secret(passphrase=b"literal passphrase")
+    assert load_secret("text:literal passphrase", repository="r") == Secret(passphrase=b"literal passphrase")
+    with pytest.raises(ConfigError, match="passphrase = text:"):  # never the name as the passphrase
+        load_secret("literal passphrase", repository="r")
     f.chmod(0o644)
     with pytest.raises(ConfigError, match="other users"):
-        load_secret(str(f), repository="r", strict=True)
+        load_secret(str(f), repository="r")
+    assert load_secret(str(f), repository="r", strict=False) == Secret(raw_key=key)
+    f.chmod(0o600)
     f.write_text("")
     with pytest.raises(ConfigError, match="empty"):
         load_secret(str(f), repository="r")

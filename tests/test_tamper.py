@@ -303,12 +303,13 @@ def test_passphrase_file_permissions(tmp_path):
     pw = tmp_path / "pw"
     pw.write_text("open to all")
     pw.chmod(0o644)
-    a = cl.add("a", extra=f"passphrase = {pw}\n")
-    r = a.once()
-    assert "can be read by other users" in r.err
-    s = cl.add("s", extra=f"passphrase = {pw}\nstrict permissions = yes\n")
+    # refused by default (secure by default), a warning only when the section says so
+    s = cl.add("s", extra=f"passphrase = {pw}\n")
     r = s.once(check=False)
     assert r.code == 3 and "can be read by other users" in r.err, r
+    a = cl.add("a", extra=f"passphrase = {pw}\nstrict permissions = no\n")
+    r = a.once()
+    assert "can be read by other users" in r.err
 
 
 def test_encryption_off_warns(cluster):
