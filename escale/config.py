@@ -1065,14 +1065,15 @@ def _check_file_privacy(cfg: Config, p: Path) -> None:
         return
     if not mode & 0o077:
         return
+    shown = cfg.path or p
     for r in exposed:
         msg = (f"holds {' and '.join(repr(o) for o in r.inline_secrets)} in the file itself, and the file "
-               f"can be read by other users (mode {mode & 0o777:o}); chmod 600 {p}, or put the secret in a "
-               "file of its own (chmod 600)")
+               f"can be read by other users (mode {mode & 0o777:o}); chmod 600 {shown}, or put the secret in "
+               "a file of its own (chmod 600)")
         if r.strict_permissions:
-            raise ConfigError(msg + ", or set 'strict permissions = no'", path=p, section=r.name,
+            raise ConfigError(msg + ", or set 'strict permissions = no'", path=shown, section=r.name,
                               option=r.inline_secrets[0])
-        log.warning("%s [%s]: %s", p, r.name, msg)
+        log.warning("%s [%s]: %s", shown, r.name, msg)
 
 
 # --------------------------------------------------------------------------- editing
