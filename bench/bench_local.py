@@ -34,7 +34,8 @@ def escale_case(work: Path, make) -> dict:
     for name, folder in (("A", a), ("B", b)):
         conf = work / f"{name}.conf"
         conf.write_text(f"cache dir = {work}/state-{name}\n[bench]\nlocal path = {folder}\n"
-                        f"relay address = file://{relay}\nclient name = {name}\n")
+                        f"relay address = file://{relay}\nclient name = {name}\n"
+                        "encryption = off   # measures sync, not encryption\n")
         confs[name] = conf
     esc = [sys.executable, "-m", "escale", "-q", "--once", "-c"]
     run(esc + [str(confs["B"])], env)  # B registers first, as a running peer would be

@@ -46,7 +46,8 @@ def escale_case(work: Path, make, server, encryption: str = "off") -> dict:
         conf.write_text(f"cache dir = {work}/state-{name}\n[bench]\nlocal path = {folder}\n"
                         f"relay address = {address}\nuser = {USER}\npassword = {PASSWORD}\n"
                         f"client name = {name}\nencryption = {encryption}\n"
-                        + (f"passphrase = bench passphrase\n" if encryption != "off" else ""))
+                        + (f"passphrase = text:bench passphrase\n" if encryption != "off" else ""))
+        conf.chmod(0o600)  # it holds a password and a passphrase
         confs[name] = conf
     esc = [sys.executable, "-m", "escale", "-q", "--once", "-c"]
     run(esc + [str(confs["B"])], env)  # B registers first, as a running peer would be
