@@ -511,7 +511,7 @@ _RELAY_CHECKS: dict[str, tuple[Callable[[str], str], tuple[str, ...]]] = {
 _GLOBAL_HEADER = "\x00escale-global\x00"
 #: after whitespace (or at the start of a line), these start a comment, in every option
 INLINE_COMMENT_PREFIXES = ("#", ";")
-_INLINE_COMMENT_RE = re.compile(r"(?:^|\s)[#;]")
+_INLINE_COMMENT_RE = re.compile(r"(?:^|\s+)[#;]")
 _NO_DEFAULT_SECTION = "\x00escale-no-default\x00"
 _RESERVED_SECTIONS = ("default", "error")
 _SECRET_FIELDS = ("password", "passphrase")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cluster import Cluster
-from escale.config import OBSOLETE, OPTIONS, load_config, lookup_option, parse_config_text
+from escale.config import OBSOLETE, OPTIONS, load_config, lookup_option, parse_config_text, set_option
 from escale.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,3 +334,15 @@ def test_quick_start_runs(tmp_path):
                        text=True, env=env, timeout=300)
     assert r.returncode == 0, r
     assert "1 sent" in r.stdout, r
+
+
+def test_set_option_keeps_the_comment_and_refuses_a_value_it_would_cut(tmp_path):
+    conf = tmp_path / "escale.conf"
+    conf.write_text("[r]\nlocal path = /tmp/escale-t/l\nrelay address = /tmp/escale-t/r\n"
+                    "encryption = off   # a trusted relay\nmode = shared   # for now\n")
+    set_option(conf, "r", "mode", "upload")
+    assert "mode = upload   # for now\n" in conf.read_text()
+    assert load_config(conf).repositories["r"].mode == "upload"
+    with pytest.raises(ConfigError, match="starts a comment"):
+        set_option(conf, "r", "exclude", "*.tmp #1")
+    assert "exclude" not in conf.read_text()
