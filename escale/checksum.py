@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .names import db_key
 from .private import private_file
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class ChecksumCache:
             row = self._db().execute(
                 "SELECT digest FROM checksums WHERE path = ? AND size = ? AND mtime_ns = ? "
                 "AND inode = ? AND algorithm = ?",
-                (relpath, size, mtime_ns, inode, self.algorithm)).fetchone()
+                (db_key(relpath), size, mtime_ns, inode, self.algorithm)).fetchone()
         return None if row is None else row[0]
 
     def store(self, relpath: str, size: int, mtime_ns: int, inode: int, digest: str) -> None:
@@ -159,16 +160,16 @@ class ChecksumCache:
             self._db().execute(
                 "INSERT OR REPLACE INTO checksums (path, size, mtime_ns, inode, algorithm, digest)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (relpath, size, mtime_ns, inode, self.algorithm, digest))
+                (db_key(relpath), size, mtime_ns, inode, self.algorithm, digest))
 
     def forget(self, relpath: str) -> None:
         """Drop the entry of ``relpath`` (no error if absent)."""
         with self._lock:
-            self._db().execute("DELETE FROM checksums WHERE path = ?", (relpath,))
+            self._db().execute("DELETE FROM checksums WHERE path = ?", (db_key(relpath),))
 
     def prune(self, keep: Iterable[str]) -> int:
         """Forget every path not in ``keep`` (the files that still exist); return how many."""
-        keep_set = set(keep)
+        keep_set = {db_key(p) for p in keep}
         with self._lock, self.batch():
             db = self._db()
             gone = [(p,) for (p,) in db.execute("SELECT path FROM checksums")

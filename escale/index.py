@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .names import is_canonical
+
 FILE, DIR, GONE = "file", "dir", "gone"
 KINDS = (FILE, DIR, GONE)
 DIR_VERSION = "/"
@@ -60,6 +62,8 @@ class Entry:
             raise ValueError(f"entry lacks a field: {exc}") from exc
         if not isinstance(e.path, str) or e.kind not in KINDS:
             raise ValueError(f"bad entry kind or path: {e.kind!r}")
+        if not is_canonical(e.path):  # see escale.names: one text per byte name
+            raise ValueError(f"path {e.path!r} is no file name's text form")
         if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_INT
                    for x in (e.size, e.mtime_ns, e.mode, e.seq)):
             raise ValueError(f"bad number in entry for {e.path!r}")
@@ -69,7 +73,8 @@ class Entry:
             raise ValueError(f"non-file entry with a digest for {e.path!r}")
         if e.prev is not None and not (isinstance(e.prev, str) and (e.prev == DIR_VERSION or _HEX.match(e.prev))):
             raise ValueError(f"bad previous version in entry for {e.path!r}")
-        if not isinstance(e.author, str) or (e.origin is not None and not isinstance(e.origin, str)):
+        if not isinstance(e.author, str) or (e.origin is not None and not (isinstance(e.origin, str)
+                                                                            and is_canonical(e.origin))):
             raise ValueError(f"bad author or origin in entry for {e.path!r}")
         return replace(e, mode=e.mode & 0o777)
 

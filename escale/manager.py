@@ -32,6 +32,7 @@ from .errors import (ConfigError, EscaleError, IntegrityError, ObjectExists, Quo
 from .filters import Filter
 from .folder import ContentMismatch, Folder, LocalChanged
 from .index import DIR, DIR_VERSION, FILE, GONE, MAX_INT, Entry, LocalFile
+from .names import db_key
 from .pacing import TimeQuotaController
 from .plan import (Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode, local_changes, reconcile,
                    saw, stamp)
@@ -737,10 +738,10 @@ class Manager:
                 if not cands:
                     continue
                 live = [(s, e) for s, e in cands if not any(
-                    e2.version != e.version and saw(s2.client, s2.deps, e) for s2, e2 in cands)] or cands
+                    e2.version != e.version and saw(s2.client, s2.deps, e, s2.unseen) for s2, e2 in cands)] or cands
                 snap, e = max(live, key=lambda c: stamp(c[1].mtime_ns, c[1].author, c[1].version))
                 self._apply_entry(snapshot_name(snap.client), e, snap.client, None, report,
-                                  seen=lambda b, s=snap: saw(s.client, s.deps, b))
+                                  seen=lambda b, s=snap: saw(s.client, s.deps, b, s.unseen))
             for snap in snaps:
                 self.state.set_applied(snap.client, snap.seq, snap.digest)
                 self._pos[snap.client] = snap.seq
@@ -784,7 +785,7 @@ class Manager:
             body = _Body(stream)
             # rename sources this update deletes: their file can be moved, not copied
             self._moves = {i.entry.path: i.entry.prev for i in h.items if i.entry.kind == GONE}
-            seen = lambda b: saw(pusher, h.deps, b)  # noqa: E731
+            seen = lambda b: saw(pusher, h.deps, b, h.unseen)  # noqa: E731
             with self.state.transaction():
                 for item in h.items:
                     self._check_stop()
@@ -886,30 +887,32 @@ class Manager:
         expect = local
         for step in plan.steps:
             if isinstance(step, Displace):
-                self.folder.displace(step.path, step.target, expect)
+                target = step.target
+                if target is not None and step.spare is not None and self._local(target) is not None:
+                    target = step.spare  # never over another file
+                self.folder.displace(step.path, target, expect)
                 if step.target is None:
                     report.deleted += e.kind == GONE
                 else:
                     report.conflicts += 1
                 expect = None
             elif isinstance(step, Fetch):
+                target, target_expect = step.target, expect
                 if step.target != e.path:
                     report.conflicts += 1
-                    target_expect = self._local(step.target)
-                    if target_expect is not None and target_expect.hash == e.hash:
+                    target, target_expect = self._copy_target(step), None
+                    if target is None:
                         continue  # that conflict copy is already here
-                else:
-                    target_expect = expect
-                if copy_from is not None and move and step.target == e.path:
-                    self.folder.move(copy_from, self._local(copy_from), step.target, e, target_expect)
+                if copy_from is not None and move and target == e.path:
+                    self.folder.move(copy_from, self._local(copy_from), target, e, target_expect)
                 elif copy_from is not None:
-                    self.folder.fetch(step.target, e, None, target_expect, copy_from=copy_from)
+                    self.folder.fetch(target, e, None, target_expect, copy_from=copy_from)
                 else:
                     whole = isinstance(source, _LazyBlob)
                     stream = source.open() if whole else source
                     with self._bar(stream, e.size, f"recv {e.path}") as shown:
-                        self.folder.fetch(step.target, e, shown, target_expect, whole=whole)
-                self._cache_written(step.target, e)
+                        self.folder.fetch(target, e, shown, target_expect, whole=whole)
+                self._cache_written(target, e)
                 report.received += 1
             elif isinstance(step, MakeDir):
                 self.folder.make_dir(step.path, step.mode)
@@ -926,6 +929,21 @@ class Manager:
                 self.state.remember(step.entry)
         if plan.note and plan.note != "up to date":
             log.info("%s: %s: %s", self.name, e.path, plan.note)
+
+    def _copy_target(self, step: Fetch) -> str | None:
+        """Where a conflict copy goes: its name, or its spare name if another file holds
+        that (a copy never replaces a file the plan did not decide to supersede); None if
+        the copy is already there."""
+        for name in (step.target, step.spare):
+            if name is None:
+                continue
+            there = self._local(name)
+            if there is None:
+                return name
+            if there.kind == FILE and there.hash == step.entry.hash:
+                return None
+        raise LocalChanged(f"other files hold the names of its conflict copy ({step.target}, {step.spare}); "
+                           "that version is not written")
 
     def _cache_written(self, relpath: str, e: Entry) -> None:
         st = os.stat(self.folder.root / relpath, follow_symlinks=False)
@@ -998,7 +1016,7 @@ class Manager:
                 lf = scan.get(path) if isinstance(path, str) else None
                 if lf is None or lf.kind != FILE or lf.hash != digest:
                     continue
-                sent = self.state.get(f"supplied:{cid}:{path}:{digest}")
+                sent = self.state.get(f"supplied:{cid}:{db_key(path)}:{digest}")
                 if sent is not None and acked < int(sent):
                     continue  # already on its way
                 b = base.get(path)
@@ -1065,17 +1083,22 @@ class Manager:
             used += self.store.json_size({"bytes": 10**12, "time": time.time()})
         return self.tq.quota - used - self._headroom(new_entries)
 
-    def _deps(self) -> dict[str, int]:
-        """Our pull positions as we publish them: capped below every version we hold back
-        (wanted but not yet written, or skipped by a w- flag or a symlink), so that no
-        change of ours claims to have seen — and so silently supersedes — a version we
-        never applied."""
+    def _horizon(self) -> tuple[dict[str, int], dict[str, tuple[str, int]]]:
+        """Our pull positions as we publish them, and the versions we received but did not
+        apply (wanted but not yet written, or held back by a w- flag or a symlink).
+
+        The positions are whole, so receivers apply our update only after everything we
+        had applied (causal order); the versions not applied are named path by path, so
+        no change of ours claims to have seen — and so silently supersedes — one of them.
+        (Capping the positions instead, as before, let a receiver apply our update before
+        updates we had applied, and meet their versions as conflicts.)"""
         deps = {p: s for p, (s, _d) in self.state.applied().items()}
-        held = [(e.author, e.seq) for e, _s in self.state.wants().values()] + self.state.held()
-        for author, seq in held:
-            if author in deps and seq:
-                deps[author] = min(deps[author], seq - 1)
-        return deps
+        unseen: dict[str, tuple[str, int]] = {}
+        held = [(e.path, e.author, e.seq) for e, _s in self.state.wants().values()] + self.state.held()
+        for path, author, seq in held:
+            if seq and author != self.me and (path not in unseen or unseen[path][1] < seq):
+                unseen[path] = (author, seq)
+        return deps, unseen
 
     def _pullers(self) -> list[str]:
         return sorted(c for c, card in self._cards.items() if c != self.me and card.get("pulls"))
@@ -1120,8 +1143,11 @@ class Manager:
                             blob_no += 1
                         else:
                             ok = self._spool(spool, path, item.entry)
+                    except FileNotFoundError:
+                        ok = False  # gone since the scan: the next scan says so
                     except OSError as exc:
-                        log.info("%s: cannot read %s (%s); will retry", self.name, item.entry.path, exc)
+                        report.error(f"{item.entry.path}: cannot read it ({exc.strerror or exc}); not sent, "
+                                     "will retry")
                         ok = False
                     if ok:
                         kept.append(item)
@@ -1133,9 +1159,9 @@ class Manager:
                         self.state.clear_outbox(seq)
                     return True
                 kept = [i if i.supply else Item(replace(i.entry, seq=seq), i.data, i.blob, i.supply) for i in kept]
-                deps = self._deps()
+                deps, unseen = self._horizon()
                 header = UpdateHeader(self.me, seq, self.state.own_digest, time.time(), self._pullers(),
-                                      self.count, kept, deps)
+                                      self.count, kept, deps, unseen)
                 head = ObjectStore.encode_header(UPDATE_MAGIC, header.to_dict())
                 body_size = spool.seek(0, os.SEEK_END)
                 spool.seek(0)
@@ -1147,7 +1173,7 @@ class Manager:
                     if not item.supply:
                         self.state.remember(item.entry)
                     for cid in item.requesters:  # answered: not again until that client acks it
-                        self.state.set(f"supplied:{cid}:{item.entry.path}:{item.entry.hash}", str(seq))
+                        self.state.set(f"supplied:{cid}:{db_key(item.entry.path)}:{item.entry.hash}", str(seq))
                 self.state.add_published(Published(seq, digest, header.pullers, self.count, size))
                 self.state.clear_outbox(seq)
             report.sent += sum(1 for i in kept if i.entry.kind == FILE and not i.supply)
@@ -1315,8 +1341,8 @@ class Manager:
 
     def _write_snapshot(self) -> None:
         seq = self.state.own_seq
-        deps = self._deps()
-        snap = Snapshot(self.me, seq, self.state.own_digest, deps, list(self.state.base().values()))
+        deps, unseen = self._horizon()
+        snap = Snapshot(self.me, seq, self.state.own_digest, deps, list(self.state.base().values()), unseen)
         head = ObjectStore.encode_header(SNAPSHOT_MAGIC, snap.to_dict())
         self.store.put_framed(snapshot_name(self.me), head, [], 0)
         info = self.relay.stat(snapshot_name(self.me))

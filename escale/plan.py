@@ -23,11 +23,11 @@ synced at that path) and the local file L:
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
+from .conflict import conflict_name, spare_name
 from .index import DIR, FILE, GONE, Entry, LocalFile
 
 SHARED, UPLOAD, DOWNLOAD, CONSERVATIVE = "shared", "upload", "download", "conservative"
@@ -36,10 +36,14 @@ SHARED, UPLOAD, DOWNLOAD, CONSERVATIVE = "shared", "upload", "download", "conser
 # -- steps ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Fetch:
-    """Write E's content at ``target`` (E.path, or a conflict name)."""
+    """Write E's content at ``target`` (E.path, or a conflict name).
+
+    A conflict copy never replaces another file: if ``target`` holds one, the copy goes
+    to ``spare`` (see :mod:`escale.conflict`)."""
 
     target: str
     entry: Entry
+    spare: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class Displace:
 
     path: str
     target: str | None  # None = trash
+    spare: str | None = field(default=None, compare=False)  # if target holds another file
 
 
 @dataclass(frozen=True)
@@ -85,18 +90,30 @@ class Plan:
         return any(isinstance(s, Fetch) for s in self.steps)
 
 
-def conflict_name(path: str, client: str, mtime_ns: int) -> str:
-    """``<stem>.conflict-<client>-<UTC yyyymmdd-hhmmss><ext>``: identical on every client."""
-    head, base = path.rpartition("/")[0], path.rpartition("/")[2]
-    stem, ext = os.path.splitext(base)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(mtime_ns / 1e9))
-    name = f"{stem}.conflict-{client}-{stamp}{ext}"
-    return f"{head}/{name}" if head else name
+def saw(publisher: str, deps: dict[str, int], b: Entry,
+        unseen: Mapping[str, tuple[str, int]] | None = None) -> bool:
+    """Had ``publisher``, whose pull positions were ``deps``, seen version ``b``?
+
+    ``unseen``: the versions the publisher had received but not applied (path →
+    (author, seq)); it had not seen those, nor that author's earlier versions of the path."""
+    if b.author == publisher:
+        return True
+    held = unseen.get(b.path) if unseen else None
+    if held is not None and held[0] == b.author and b.seq <= held[1]:
+        return False
+    return b.seq > 0 and deps.get(b.author, 0) >= b.seq
 
 
-def saw(publisher: str, deps: dict[str, int], b: Entry) -> bool:
-    """Had ``publisher``, whose pull positions were ``deps``, seen version ``b``?"""
-    return b.author == publisher or (b.seq > 0 and deps.get(b.author, 0) >= b.seq)
+def _copy_of(e: Entry, name_of: Callable[[str], str]) -> Fetch:
+    """Write incoming E beside the path, as a conflict copy."""
+    client = name_of(e.author)
+    return Fetch(conflict_name(e.path, client, e.mtime_ns), e, spare_name(e.path, client, e.mtime_ns, e.hash))
+
+
+def _aside(local: LocalFile, author: str, mtime_ns: int) -> Displace:
+    """Move the local file aside, as a conflict copy."""
+    return Displace(local.path, conflict_name(local.path, author, mtime_ns),
+                    spare_name(local.path, author, mtime_ns, local.hash))
 
 
 def stamp(mtime_ns: int, author: str, version: str | None) -> tuple:
@@ -159,9 +176,9 @@ def reconcile(e: Entry, base: Entry | None, local: LocalFile | None, *, me: str,
 
     if e.kind == DIR or local.kind == DIR:
         if local.kind == DIR:  # keep the folder; an incoming file lands beside it
-            steps.append(Fetch(conflict_name(e.path, name_of(e.author), e.mtime_ns), e))
+            steps.append(_copy_of(e, name_of))
         else:
-            steps.append(Displace(e.path, conflict_name(e.path, name_of(l_author), l_mtime)))
+            steps.append(_aside(local, name_of(l_author), l_mtime))
             _apply(steps, e)
         plan.note = "file/folder conflict"
         return plan
@@ -176,11 +193,11 @@ def reconcile(e: Entry, base: Entry | None, local: LocalFile | None, *, me: str,
     if mode == CONSERVATIVE and modified:
         e_wins = False
     if e_wins:
-        steps.append(Displace(e.path, conflict_name(e.path, name_of(l_author), l_mtime)))
+        steps.append(_aside(local, name_of(l_author), l_mtime))
         _apply(steps, e)
         plan.note = "conflict: incoming version wins"
     else:
-        steps.append(Fetch(conflict_name(e.path, name_of(e.author), e.mtime_ns), e))
+        steps.append(_copy_of(e, name_of))
         if modified:
             steps.append(Remember(e))  # our edit is published next as E's successor
         plan.note = "conflict: local version wins"

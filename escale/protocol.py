@@ -341,11 +341,13 @@ class UpdateHeader:
     count: int | None   # 'puller count' in force, if set
     items: list[Item]
     deps: dict[str, int] = field(default_factory=dict)  # publisher's pull positions
+    #: versions the publisher received but did not apply: path -> (author, seq)
+    unseen: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"v": FORMAT_VERSION, "client": self.client, "seq": self.seq, "prev": self.prev,
                 "time": self.time, "pullers": self.pullers, "count": self.count,
-                "items": [i.to_dict() for i in self.items], "deps": self.deps}
+                "items": [i.to_dict() for i in self.items], "deps": self.deps, **unseen_dict(self.unseen)}
 
     @classmethod
     def parse(cls, name: str, d: dict, cid: str, seq: int) -> "UpdateHeader":
@@ -353,7 +355,8 @@ class UpdateHeader:
             if d.get("v") != FORMAT_VERSION:
                 raise ValueError(f"unsupported format version {d.get('v')!r}")
             h = cls(d["client"], d["seq"], d["prev"], float(d["time"]), list(d["pullers"]),
-                    d.get("count"), [Item.from_dict(i) for i in d["items"]], parse_deps(d.get("deps", {})))
+                    d.get("count"), [Item.from_dict(i) for i in d["items"]], parse_deps(d.get("deps", {})),
+                    parse_unseen(d.get("unseen", [])))
             if not all(isinstance(p, str) for p in h.pullers) or not isinstance(h.prev, str):
                 raise ValueError("bad puller list or chain link")
             if h.count is not None and not (isinstance(h.count, int) and h.count >= 1):
@@ -375,6 +378,21 @@ def parse_deps(d: Any) -> dict[str, int]:
     return dict(d)
 
 
+def unseen_dict(unseen: dict[str, tuple[str, int]]) -> dict:
+    """``{"unseen": [[path, author, seq], ...]}`` for a header, or nothing if none."""
+    return {"unseen": [[p, a, s] for p, (a, s) in sorted(unseen.items())]} if unseen else {}
+
+
+def parse_unseen(d: Any) -> dict[str, tuple[str, int]]:
+    """Versions a publisher held back, as found in an update or snapshot header."""
+    if not isinstance(d, list) or not all(
+            isinstance(v, list) and len(v) == 3 and isinstance(v[0], str) and isinstance(v[1], str)
+            and _CID_RE.match(v[1]) and isinstance(v[2], int) and not isinstance(v[2], bool) and v[2] >= 1
+            for v in d):
+        raise ValueError("bad list of versions not applied")
+    return {p: (a, s) for p, a, s in d}
+
+
 @dataclass
 class Snapshot:
     client: str
@@ -382,10 +400,11 @@ class Snapshot:
     digest: str
     deps: dict[str, int]
     entries: list[Entry]
+    unseen: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"v": FORMAT_VERSION, "client": self.client, "seq": self.seq, "digest": self.digest,
-                "deps": self.deps, "entries": [e.to_dict() for e in self.entries]}
+                "deps": self.deps, "entries": [e.to_dict() for e in self.entries], **unseen_dict(self.unseen)}
 
     @classmethod
     def parse(cls, name: str, d: dict, cid: str) -> "Snapshot":
@@ -393,7 +412,7 @@ class Snapshot:
             if d.get("v") != FORMAT_VERSION:
                 raise ValueError(f"unsupported format version {d.get('v')!r}")
             snap = cls(d["client"], int(d["seq"]), str(d["digest"]), parse_deps(d.get("deps", {})),
-                       [Entry.from_dict(e) for e in d["entries"]])
+                       [Entry.from_dict(e) for e in d["entries"]], parse_unseen(d.get("unseen", [])))
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(name, f"malformed snapshot: {exc}") from exc
         if snap.client != cid:

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from .errors import AlreadyRunning
 from .index import Entry
+from .names import db_key, from_db_key
 from .private import private_dir, private_file
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS seen (name TEXT PRIMARY KEY, size INTEGER, mtime REAL
 CREATE TABLE IF NOT EXISTS pins (client TEXT PRIMARY KEY, key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS held (path TEXT PRIMARY KEY, author TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (path TEXT PRIMARY KEY, message TEXT NOT NULL);
 """
 
 
@@ -135,19 +137,21 @@ class State:
     def own_digest(self) -> str:
         return self.get("own_digest", "")
 
-    # -- base index ------------------------------------------------------------------------
+    # -- base index (paths keyed by names.db_key: a path need not be UTF-8) --------------
     def base(self) -> dict[str, Entry]:
-        return {p: Entry.from_dict(json.loads(e)) for p, e in self.db.execute("SELECT path, entry FROM base")}
+        entries = (Entry.from_dict(json.loads(e)) for (e,) in self.db.execute("SELECT entry FROM base"))
+        return {e.path: e for e in entries}
 
     def base_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM base").fetchone()[0]
 
     def base_entry(self, path: str) -> Entry | None:
-        row = self.db.execute("SELECT entry FROM base WHERE path = ?", (path,)).fetchone()
+        row = self.db.execute("SELECT entry FROM base WHERE path = ?", (db_key(path),)).fetchone()
         return Entry.from_dict(json.loads(row[0])) if row else None
 
     def remember(self, entry: Entry) -> None:
-        self.db.execute("REPLACE INTO base (path, entry) VALUES (?, ?)", (entry.path, json.dumps(entry.to_dict())))
+        self.db.execute("REPLACE INTO base (path, entry) VALUES (?, ?)",
+                        (db_key(entry.path), json.dumps(entry.to_dict())))
 
     # -- pull positions --------------------------------------------------------------------
     def applied(self) -> dict[str, tuple[int, str]]:
@@ -181,24 +185,36 @@ class State:
 
     # -- requests for content we lack ------------------------------------------------------
     def wants(self) -> dict[str, tuple[Entry, str]]:
-        return {p: (Entry.from_dict(json.loads(e)), s)
-                for p, e, s in self.db.execute("SELECT path, entry, supplier FROM wants")}
+        wanted = ((Entry.from_dict(json.loads(e)), s) for e, s in self.db.execute("SELECT entry, supplier FROM wants"))
+        return {e.path: (e, s) for e, s in wanted}
 
     def want(self, entry: Entry, supplier: str) -> None:
-        self.db.execute("REPLACE INTO wants VALUES (?, ?, ?)", (entry.path, json.dumps(entry.to_dict()), supplier))
+        self.db.execute("REPLACE INTO wants VALUES (?, ?, ?)",
+                        (db_key(entry.path), json.dumps(entry.to_dict()), supplier))
 
     def unwant(self, path: str) -> None:
-        self.db.execute("DELETE FROM wants WHERE path = ?", (path,))
+        self.db.execute("DELETE FROM wants WHERE path = ?", (db_key(path),))
 
     # -- versions seen but deliberately not applied (a w- flag, a symlink in the way) -------
     def hold(self, entry: Entry) -> None:
-        self.db.execute("REPLACE INTO held VALUES (?, ?, ?)", (entry.path, entry.author, entry.seq))
+        self.db.execute("REPLACE INTO held VALUES (?, ?, ?)", (db_key(entry.path), entry.author, entry.seq))
 
     def release(self, path: str) -> None:
-        self.db.execute("DELETE FROM held WHERE path = ?", (path,))
+        self.db.execute("DELETE FROM held WHERE path = ?", (db_key(path),))
 
-    def held(self) -> list[tuple[str, int]]:
-        return list(self.db.execute("SELECT author, seq FROM held"))
+    def held(self) -> list[tuple[str, str, int]]:
+        """(path, author, seq) of every version held back."""
+        return [(from_db_key(p), a, s) for p, a, s in self.db.execute("SELECT path, author, seq FROM held")]
+
+    # -- local files escale could not write or read: an error every cycle until resolved ---
+    def fail(self, path: str, message: str) -> None:
+        self.db.execute("REPLACE INTO failures VALUES (?, ?)", (db_key(path), message))
+
+    def resolve(self, path: str) -> None:
+        self.db.execute("DELETE FROM failures WHERE path = ?", (db_key(path),))
+
+    def failures(self) -> dict[str, str]:
+        return {from_db_key(p): m for p, m in self.db.execute("SELECT path, message FROM failures")}
 
     # -- cache of small relay objects, keyed by what the listing says of them -------------
     def seen(self, name: str, size: int, mtime: float):
