@@ -178,7 +178,7 @@ class AccessAttributes:
 
     def _get(self, resource: str | os.PathLike[str]) -> tuple[bool | None, bool | None]:
         key = _key(resource)
-        raw = self._table().get(key.encode("utf-8"))
+        raw = self._table().get(key.encode("utf-8", "surrogateescape"))  # see escale.names
         if raw is None:
             return None, None
         return self._decode(key, raw)
@@ -200,7 +200,7 @@ class AccessAttributes:
             for name, value in (("r", new_r), ("w", new_w)):
                 if value not in (True, False, None):
                     raise TypeError(f"{name} flag must be True, False or None, not {value!r}")
-            table, bkey = self._table(), key.encode("utf-8")
+            table, bkey = self._table(), key.encode("utf-8", "surrogateescape")
             if new_r is None and new_w is None:
                 table.pop(bkey, None)
             else:
@@ -274,7 +274,7 @@ class AccessAttributes:
     def items(self) -> Iterator[tuple[str, bool | None, bool | None]]:
         """Every explicit entry as ``(relative path, r, w)``."""
         for bkey, raw in list(self._table().items()):
-            key = bytes(bkey).decode("utf-8", "replace")
+            key = bytes(bkey).decode("utf-8", "surrogateescape")
             r, w = self._decode(key, raw)
             yield key, r, w
 

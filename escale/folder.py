@@ -48,6 +48,9 @@ class Folder:
         self._digest = digest
         self.trash_root = self.root / META_DIR / TRASH
         self._trash_batch: Path | None = None
+        #: what the last scan could not read (relative path, "" for the folder itself →
+        #: reason): whatever lies there is unknown this cycle, not deleted
+        self.unreadable: dict[str, str] = {}
 
     # -- scanning --------------------------------------------------------------------------
     def scan(self, accept_file: Callable[[str], bool], accept_dir: Callable[[str], bool],
@@ -60,13 +63,14 @@ class Folder:
         """
         descend = descend or accept_dir
         found: dict[str, LocalFile] = {}
+        self.unreadable = {}
         stack = [("", str(self.root))]
         while stack:
             rel, abspath = stack.pop()
             try:
                 it = os.scandir(abspath)
             except OSError as exc:
-                log.warning("cannot read folder %s: %s", abspath, exc.strerror)
+                self.unreadable[rel] = exc.strerror or str(exc)
                 continue
             with it:
                 for d in it:
@@ -76,7 +80,10 @@ class Folder:
                         continue
                     try:
                         st = d.stat(follow_symlinks=False)
-                    except OSError:
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        self.unreadable[relpath] = exc.strerror or str(exc)
                         continue
                     if stat.S_ISDIR(st.st_mode):
                         if accept_dir(relpath):

@@ -169,6 +169,8 @@ class Manager:
         self._lock = InstanceLock(self.state_dir, self.name)
         self._names: dict[str, str] = {}
         self._cards: dict[str, dict] = {}
+        self._failures: dict[str, str] = {}  # files we could not write (path -> why), kept in the state
+        self._failed_now: set[str] = set()
         self.stop = threading.Event()
         self.wake = threading.Event()  # set by the folder watcher: something changed here
         self.progress = False  # show tqdm bars for long transfers (the CLI, in a terminal)
@@ -556,6 +558,8 @@ class Manager:
         self._by_hash: dict[str, list[str]] | None = None
         self._moves: dict[str, str | None] = {}
         self._spools: dict[tuple[str, int], BinaryIO] = {}
+        self._failures = self.state.failures()  # files we could not write, cycles ago
+        self._failed_now: set[str] = set()
         try:
             return self._download(view, report)
         finally:
@@ -623,7 +627,17 @@ class Manager:
             acks = {p: [s, d] for p, (s, d) in self.state.applied().items()}
             self.store.put_json(ack_name(self.me), {"v": FORMAT_VERSION, "acks": acks})
         self._publish_wants(view)
+        self._report_failures(report)
         return report
+
+    def _report_failures(self, report: CycleReport) -> None:
+        """A file we could not write stays an error, every cycle, until it is written (or
+        no longer wanted): a cycle that received nothing must not look like success."""
+        for path, why in sorted(self._failures.items()):
+            if path not in self._wants:
+                self.state.resolve(path)
+            elif path not in self._failed_now:
+                report.error(f"{path}: still not written here ({why}); will retry")
 
     def _check_history(self, pusher: str, view: RelayView, have: int) -> list[int]:
         """The pusher's update seqs on the relay, after checking the relay did not replay a
@@ -850,7 +864,14 @@ class Manager:
             if wanted is not None:
                 self._wants.pop(e.path, None)
                 self.state.unwant(e.path)
-        except (LocalChanged, ContentMismatch, OSError) as exc:
+            if self._failures.pop(e.path, None) is not None:
+                self.state.resolve(e.path)
+        except OSError as exc:  # escale may not write here (permissions, read-only, full disk)
+            self._could_not_write(e, pusher, exc.strerror or str(exc), report)
+        except (LocalChanged, ContentMismatch) as exc:
+            if isinstance(exc.__cause__, OSError):  # a local file we cannot read
+                self._could_not_write(e, pusher, str(exc), report)
+                return
             report.error(f"{e.path}: {exc}; will retry")
             self._want(e, pusher)
         except IntegrityError as exc:  # its own object (a blob) is damaged: ask for it again
@@ -859,6 +880,13 @@ class Manager:
         except RelayObjectMissing as exc:  # its blob is gone: ask for the content again
             report.error(f"{exc}; {e.path} not written, asked again")
             self._want(e, pusher)
+
+    def _could_not_write(self, e: Entry, supplier: str, why: str, report: CycleReport) -> None:
+        report.error(f"{e.path}: cannot write it here ({why}); will retry")
+        self._want(e, supplier)
+        self.state.fail(e.path, why)
+        self._failures[e.path] = why
+        self._failed_now.add(e.path)
 
     def _want(self, e: Entry, supplier: str) -> None:
         self._wants[e.path] = (e, supplier)
@@ -971,17 +999,24 @@ class Manager:
         self._collect(view)
         scan = self.folder.scan(self.filter.accepts_file, self.filter.accepts_dir, self.filter.may_descend)
         unsettled: set[str] = set()  # there but unreadable or changing: neither sent nor deleted
+        blind = self.folder.unreadable  # what the scan could not even list
+        for rel, why in sorted(blind.items()):
+            report.error(f"{rel or 'the synced folder'}: cannot read it ({why}); what it holds is neither sent "
+                         "nor deleted until it can be read")
         for lf in list(scan.values()):
             try:
                 self.folder.fill_hash(lf)
-            except (FileChangedError, OSError) as exc:
-                log.info("%s: %s is changing or unreadable; will send it once it settles (%s)",
-                         self.name, lf.path, exc)
+            except (FileChangedError, FileNotFoundError) as exc:
+                log.info("%s: %s is changing; will send it once it settles (%s)", self.name, lf.path, exc)
+                unsettled.add(lf.path)
+            except OSError as exc:  # stays an error every cycle until it can be read
+                report.error(f"{lf.path}: cannot read it ({exc.strerror or exc}); not sent until it can be read")
                 unsettled.add(lf.path)
         self.cache.prune(scan.keys())
         base = self.state.base()
         changes = local_changes(scan, base, me=self.me,
-                                in_scope=lambda p, k: p not in unsettled and self._scope_push(p, k))
+                                in_scope=lambda p, k: p not in unsettled and not (blind and _within(p, blind))
+                                and self._scope_push(p, k))
         supplies = self._supplies(view, scan, base)
         items = [self._item(e) for e in changes] + supplies
         if not items:
@@ -1384,6 +1419,16 @@ class _LazyBlob:
     def close(self) -> None:
         if self.stream is not None:
             self.stream.close()
+
+
+def _within(path: str, places: dict[str, str]) -> bool:
+    """Is ``path`` one of ``places`` or inside one ("" is the whole folder)?"""
+    while True:
+        if path in places:
+            return True
+        if not path:
+            return False
+        path = path.rpartition("/")[0]
 
 
 def _default_client_name(section: str) -> str:

@@ -59,3 +59,8 @@ def from_db_key(key: str) -> str:
     if key.startswith(_RAW_KEY):
         return bytes.fromhex(key[len(_RAW_KEY):]).decode("utf-8", FS_ERRORS)
     return key
+
+
+def shown(path: str) -> str:
+    """A path as printed for a person: a byte that is not UTF-8 appears as ``\\xNN``."""
+    return to_bytes(path).decode("utf-8", "backslashreplace")

@@ -222,6 +222,8 @@ def test_names_that_are_not_utf8_sync_byte_exact(tmp_path):
     pw.chmod(0o600)
     a, b = cl.add("a", extra=f"passphrase = {pw}\n"), cl.add("b", extra=f"passphrase = {pw}\n")
     root_a, root_b = os.fsencode(a.folder), os.fsencode(b.folder)
+    log = tmp_path / "b.log"  # names reach the log file too, bytes escaped
+    b.conf.write_text(f"log file = {log}\n" + b.conf.read_text())
     latin = b"caf\xe9.txt"            # Latin-1, as old archives hold
     os.makedirs(root_a + b"/dossier-\xff")
     with open(root_a + b"/" + latin, "wb") as f:
@@ -233,7 +235,7 @@ def test_names_that_are_not_utf8_sync_byte_exact(tmp_path):
     assert "Traceback" not in r.err, r
     r = b.once()
     assert "Traceback" not in r.err, r
-    assert sorted(os.listdir(root_b)) == sorted([b".escale", latin, b"dossier-\xff", b"ok.txt"])
+    assert names_in(b.folder) == sorted([latin, b"dossier-\xff", b"ok.txt"])
     assert os.listdir(root_b + b"/dossier-\xff") == [b"n\xe4me.bin"]
     with open(root_b + b"/" + latin, "rb") as f:
         assert f.read() == b"latin-1 name"
@@ -243,19 +245,23 @@ def test_names_that_are_not_utf8_sync_byte_exact(tmp_path):
         with open(root + b"/" + latin, "wb") as f:
             f.write(text)
         os.utime(root + b"/" + latin, (t, t))
-    a.once()
-    b.once()
+    for client in (a, b):
+        assert "Traceback" not in client.once().err
     os.rename(root_a + b"/dossier-\xff/n\xe4me.bin", root_a + b"/dossier-\xff/n\xe4me-\xfe.bin")
     os.unlink(root_a + b"/ok.txt")
     for _ in range(2):
-        cl.round()
+        for client in (a, b):
+            r = client.once()
+            assert "Traceback" not in r.err and "Logging error" not in r.err, r
     assert tree(a.folder) == tree(b.folder)
-    names = sorted(os.listdir(root_b))
+    names = names_in(b.folder)
+    assert names == names_in(a.folder)
     copies = [n for n in names if n.startswith(b"caf\xe9.conflict-a-")]
     assert len(copies) == 1 and copies[0].endswith(b".txt"), names
     assert b"ok.txt" not in names
     assert os.listdir(root_b + b"/dossier-\xff") == [b"n\xe4me-\xfe.bin"]
     assert update_objects(cl) == []
+    assert "caf\\udce9.txt: conflict" in log.read_text(), log.read_text()[-2000:]
 
 
 def test_a_relay_path_that_no_file_name_can_have_is_refused():

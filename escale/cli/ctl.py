@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..access import AccessAttributes, parse_modifiers
+from ..names import shown
 from ..config import load_config
 from ..errors import EXIT_CONFIG, EXIT_FILES_FAILED, EXIT_OK, ConfigError, EscaleError
 from ..private import private_dir
@@ -77,7 +78,7 @@ def cmd_access(cfg, args) -> int:
             table.setReadability(rel, changes["r"])
         if "w" in changes:
             table.setWritability(rel, changes["w"])
-        print(f"{repo.name}: {rel}: {table.table(rel)}")
+        print(f"{repo.name}: {shown(rel)}: {table.table(rel)}")
     return EXIT_OK
 
 

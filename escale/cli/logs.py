@@ -17,7 +17,9 @@ def setup_logging(verbosity: int = 0, log_file=None, log_level: str = "DEBUG", l
     console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(console)
     if log_file:
-        fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=1 << 20, backupCount=log_rotate)
+        # a file name that is not UTF-8 is logged with its raw bytes escaped (\xe9), never refused
+        fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=1 << 20, backupCount=log_rotate,
+                                                  errors="backslashreplace")
         fh.setLevel(getattr(logging, str(log_level).upper(), logging.DEBUG))
         fh.setFormatter(logging.Formatter("%(asctime)s %(name)s[%(levelname)s] %(message)s"))
         root.addHandler(fh)
