@@ -35,6 +35,8 @@ def is_canonical(path: str) -> bool:
 
     Refuses surrogates that stand for no byte (``\\ud800``), and escaped bytes that
     together spell valid UTF-8 (``\\udcc3\\udca9`` would alias ``é``)."""
+    if path.isascii():  # the common case, without encoding
+        return True
     try:
         return to_bytes(path).decode("utf-8", FS_ERRORS) == path
     except UnicodeError:
@@ -42,6 +44,8 @@ def is_canonical(path: str) -> bool:
 
 
 def is_utf8(path: str) -> bool:
+    if path.isascii():
+        return True
     try:
         path.encode("utf-8")
         return True
