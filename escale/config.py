@@ -893,6 +893,8 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
     inline_secrets: list[str] = []
     user = sec.get("user", lambda t: t.strip(), None)
     address_user, password = options.pop(_ADDRESS_USER, None), options.pop(_ADDRESS_PASSWORD, None)
+    if password is not None:
+        inline_secrets.append("relay address")  # user:password@host: a secret written in the file
     if user is None:
         user = address_user
     pw_v = sec.raw("password")

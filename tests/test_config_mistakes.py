@@ -346,3 +346,15 @@ def test_set_option_keeps_the_comment_and_refuses_a_value_it_would_cut(tmp_path)
     with pytest.raises(ConfigError, match="starts a comment"):
         set_option(conf, "r", "exclude", "*.tmp #1")
     assert "exclude" not in conf.read_text()
+
+
+def test_password_in_the_relay_address_counts_as_a_secret_in_the_file(tmp_path):
+    conf = tmp_path / "escale.conf"
+    conf.write_text("[r]\nlocal path = /tmp/escale-t/l\nrelay address = https://me:hunter2@dav.example.org/dav\n"
+                    "encryption = off\n")
+    conf.chmod(0o644)
+    with pytest.raises(ConfigError) as info:
+        load_config(conf)
+    assert info.value.option == "relay address" and "hunter2" not in str(info.value)
+    conf.chmod(0o600)
+    assert load_config(conf).repositories["r"].password == "hunter2"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def config(address: str, extra: str = "", tmp: Path = Path("/tmp")) -> object:
-    text = f"[repo]\nlocal path = {tmp}/escale-local-x\nrelay address = {address}\n{extra}"
+    text = f"[repo]\nlocal path = {tmp}/escale-local-x\nrelay address = {address}\nencryption = off\n{extra}"
     (repo,) = parse_config_text(text).repositories.values()
     return repo
 
@@ -63,7 +63,7 @@ def test_bad_port_is_a_config_error_exit_3(address: str, tmp_path: Path) -> None
         config(address)
     assert e.value.exit_code == 3 and "port" in str(e.value) and "relay address" in str(e.value)
     conf = tmp_path / "escale.conf"
-    conf.write_text(f"[repo]\nlocal path = {tmp_path}/local\nrelay address = {address}\n")
+    conf.write_text(f"[repo]\nlocal path = {tmp_path}/local\nrelay address = {address}\nencryption = off\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     run = subprocess.run([sys.executable, "-m", "escale", "-c", str(conf), "--once"], capture_output=True,
                          text=True, env=env, timeout=60)
