@@ -54,6 +54,27 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 # --------------------------------------------------------------------------- paths
 
+#: limits on a relay-supplied path (bytes, UTF-8): Linux's PATH_MAX and NAME_MAX, and a
+#: depth far beyond real trees but well within what the folder code can walk
+PATH_MAX, NAME_MAX, MAX_DEPTH = 4096, 255, 256
+
+
+def check_path_limits(relpath: str) -> None:
+    """Refuse a path too long, too deep or with a too-long name (UnsafePath)."""
+    try:  # the bytes the file system will see (a name that is not UTF-8 travels escaped)
+        size = len(relpath.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        raise UnsafePath(relpath, "path holds a character no file name can") from None
+    if size >= PATH_MAX:
+        raise UnsafePath(relpath, f"path of {size} bytes (the limit is {PATH_MAX - 1})")
+    depth = relpath.count("/") + 1
+    if depth > MAX_DEPTH:
+        raise UnsafePath(relpath, f"path {depth} folders deep (the limit is {MAX_DEPTH})")
+    longest = max(len(p.encode("utf-8", "surrogateescape")) for p in relpath.split("/"))
+    if longest > NAME_MAX:
+        raise UnsafePath(relpath, f"a name of {longest} bytes (the limit is {NAME_MAX})")
+
+
 def safe_join(root: str | os.PathLike[str], relpath: str) -> Path:
     """``root/relpath``, after checking ``relpath`` cannot land outside ``root``.
 
@@ -76,6 +97,7 @@ def safe_join(root: str | os.PathLike[str], relpath: str) -> Path:
         raise UnsafePath(relpath, "absolute path")
     if _DRIVE.match(relpath):
         raise UnsafePath(relpath, "path starts with a drive letter")
+    check_path_limits(relpath)
     parts = relpath.split("/")
     for part in parts:
         if not part:

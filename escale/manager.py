@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -32,6 +34,8 @@ from .errors import (ConfigError, EscaleError, IntegrityError, ObjectExists, Quo
 from .filters import Filter
 from .folder import ContentMismatch, Folder, LocalChanged
 from .index import DIR, DIR_VERSION, FILE, GONE, MAX_INT, Entry, LocalFile
+from .junk import Junk, drop_strangers
+from .labels import MAX_LABEL, labels, printable
 from .names import db_key
 from .pacing import TimeQuotaController
 from .plan import (Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode, local_changes, reconcile,
@@ -54,6 +58,11 @@ DEFAULT_MAXPAGESIZE = 200 * 10**6
 SEEN_SETTLE_SECONDS = 2.0
 #: room kept under the quota for each member's small objects (card, acks, requests)
 SMALL_OBJECTS_ROOM = 16 << 10
+#: an update header is cut below this (readers refuse one above protocol.MAX_HEADER)
+MAX_UPDATE_HEADER = 16 << 20
+#: a request names at most this many wanted files (the rest in later requests): it
+#: stays a small object however many entries a snapshot brought
+MAX_WANTS_PUBLISHED = 5000
 #: relay bytes one base entry takes in a snapshot (an upper estimate)
 SNAPSHOT_BYTES_PER_ENTRY = 320
 
@@ -168,6 +177,8 @@ class Manager:
         self._pos: dict[str, int] = {}  # pull positions during a cycle
         self._lock = InstanceLock(self.state_dir, self.name)
         self._names: dict[str, str] = {}
+        self._junk = Junk()  # objects of no member, this cycle
+        self._bad: dict[str, tuple[int, float]] = {}  # unreadable cards (in memory only)
         self._cards: dict[str, dict] = {}
         self._failures: dict[str, str] = {}  # files we could not write (path -> why), kept in the state
         self._failed_now: set[str] = set()
@@ -363,30 +374,40 @@ class Manager:
         """What the relay and our state say, without syncing (safe while a daemon runs)."""
         with self._inspecting() as view:
             self._read_cards(view, repair=False)
-            members = [MemberStatus(self._cards.get(cid, {}).get("name", "?"),
-                                    self._cards.get(cid, {}).get("mode", "?"),
+            members = [MemberStatus(self._names.get(cid, "?") if cid in self._cards else "?",
+                                    printable(str(self._cards.get(cid, {}).get("mode", "?")), 16),
                                     len(view.updates.get(cid, {})), cid == self.me)
                        for cid in sorted(view.members)]
             return RepositoryStatus(self.name, self.relay.address, view.used, self.tq.quota, members,
-                                    len(self.state.wants()))
+                                    self.state.want_count())
 
     # -- the cycle -------------------------------------------------------------------------
     def cycle(self, report: CycleReport | None = None) -> CycleReport:
         report = report or CycleReport(self.name)
         view = list_relay(self.relay)
         self._problems = []
+        self._junk = Junk()
         self._read_cards(view)
+        drop_strangers(view, self._known, self._junk)
         self._load_flags()
         if self.repository.may_pull():
             self.download(view, report)
         if self.repository.may_push():
             if self.repository.may_pull():
                 view = list_relay(self.relay)
+                drop_strangers(view, self._known, self._junk)
             self.upload(view, report)
         self.folder.purge_trash(self.trash_retention_days)
         for problem in self._problems:
             report.errors.append(problem)
+        junk = self._junk.summary()
+        if junk:
+            report.error(junk)
         return report
+
+    def _known(self, cid: str) -> bool:
+        """A writer we follow: a valid member card, or a key pinned from one earlier."""
+        return cid == self.me or cid in self._cards or self.state.pinned(cid) is not None
 
     def _check_stop(self) -> None:
         if self.stop.is_set():
@@ -480,7 +501,8 @@ class Manager:
         first time its card is seen, and a card with another key is refused."""
         self._cards = {}
         for cid, info in view.members.items():
-            card = self._read_small(info.name, info, self_signed="key")
+            self._check_stop()
+            card = self._read_small(info.name, info, self_signed="key", junk=True)
             if not (isinstance(card, dict) and isinstance(card.get("name"), str)):
                 continue
             key = bytes.fromhex(card["key"])
@@ -488,12 +510,14 @@ class Manager:
             if pinned is None:
                 self.state.pin(cid, key)
             elif pinned != key:
-                self._problem(IntegrityError(info.name, f"member card of '{card['name']}' now carries another "
+                self._problem(IntegrityError(info.name, f"member card of '{printable(card['name'], MAX_LABEL)}' now "
+                                                        "carries another "
                                                         "signing key: refused (someone posing as that client?)"))
                 self.state.set_seen(info.name, -1, -1, None)  # read it again next time
                 continue
             self._cards[cid] = card
-            self._names[cid] = card["name"]
+        self._names.update(labels({cid: card["name"] for cid, card in self._cards.items()}))
+        self._bad = {n: v for n, v in self._bad.items() if signer_of(n) in view.members}
         if repair and self.me not in view.members:  # e.g. removed by hand: put it back
             self._ensure_card()
 
@@ -501,17 +525,27 @@ class Manager:
         log.error("%s: %s", self.name, exc)
         self._problems.append(str(exc))
 
-    def _read_small(self, name: str, info, self_signed: str | None = None) -> object:
-        """A small signed object, re-read only when the listing says it changed."""
+    def _read_small(self, name: str, info, self_signed: str | None = None, junk: bool = False) -> object:
+        """A small signed object, re-read only when the listing says it changed.
+
+        ``junk``: a bad one is set aside for the cycle's one-line summary (and, in this
+        process, not read again while unchanged) instead of an error line each."""
         cached = self.state.seen(name, info.size, info.mtime)
         if cached is not None:
             return cached
+        if junk and self._bad.get(name) == (info.size, info.mtime):
+            self._junk.add(name)
+            return None
         try:
             value = self.store.get_json(name, self_signed=self_signed)
         except RelayObjectMissing:
             return None
         except IntegrityError as exc:
-            self._problem(exc)
+            if junk:
+                self._junk.add(name, str(exc))
+                self._bad[name] = (info.size, info.mtime)
+            else:
+                self._problem(exc)
             return None
         # servers with one-second mtimes could hide a rewrite in the same second: cache
         # only what has been stable for a while
@@ -553,19 +587,22 @@ class Manager:
         """
         report = report or CycleReport(self.name)
         view = view or list_relay(self.relay)
-        self._base = self.state.base()
-        self._wants = self.state.wants()
+        # base and wants are read row by row from the state (never loaded whole): memory
+        # stays flat however many entries a snapshot brings
         self._by_hash: dict[str, list[str]] | None = None
         self._moves: dict[str, str | None] = {}
-        self._spools: dict[tuple[str, int], BinaryIO] = {}
+        self._spools: dict[tuple[str, int], tuple[UpdateHeader, bytes, BinaryIO]] = {}
+        self._snapshots: list[Snapshot] = []
         self._failures = self.state.failures()  # files we could not write, cycles ago
         self._failed_now: set[str] = set()
         try:
             return self._download(view, report)
         finally:
-            for spool in self._spools.values():
+            for _h, _d, spool in self._spools.values():
                 spool.close()
-            self._spools = {}
+            for snap in self._snapshots:
+                snap.close()
+            self._spools, self._snapshots = {}, []
 
     def _download(self, view: RelayView, report: CycleReport) -> CycleReport:
         applied_before = self.state.applied()
@@ -683,7 +720,6 @@ class Manager:
         report.error(str(exc))
         queues[pusher] = []
         resync.pop(pusher, None)
-        self._base, self._wants = self.state.base(), self.state.wants()
         self._by_hash = None
 
     def _ready(self, deps: dict[str, int]) -> bool:
@@ -717,14 +753,27 @@ class Manager:
         if isinstance(value, Snapshot) or value is None:
             return value
         info = value
+        parsed: list[Snapshot] = []
+
+        def body(header: dict) -> tuple[int, str]:
+            parsed.append(Snapshot.parse(info.name, header, pusher))
+            return parsed[0].size, parsed[0].sha256
+
         try:
-            header, _digest, stream = self.store.open_framed(info.name, SNAPSHOT_MAGIC)
+            if keep_old:  # only its seq is wanted: the signed header says it
+                header, _digest, stream = self.store.open_framed(info.name, SNAPSHOT_MAGIC)
+                stream.close()
+                body(header)
+            else:  # the whole body, verified and spooled, then checked entry by entry
+                _h, _d, spool = self.store.fetch_framed(info.name, SNAPSHOT_MAGIC, body, self.state_dir,
+                                                        self._check_stop)
+                parsed[0].body = spool
+                self._snapshots.append(parsed[0])
+                for _ in parsed[0].entries(info.name, self._check_stop):
+                    pass
         except RelayObjectMissing:
             raise IntegrityError(info.name, "disappeared while being read") from None
-        with stream:
-            if stream.read(1):  # also authenticates the final chunk
-                raise IntegrityError(info.name, "data after the snapshot")
-        snap = Snapshot.parse(info.name, header, pusher)
+        snap = parsed[0]
         self.state.set_seen(info.name, info.size, info.mtime, {"seq": snap.seq})
         if snap.seq <= self._pos.get(pusher, 0) and not keep_old:
             snap = None
@@ -737,15 +786,21 @@ class Manager:
         Where several snapshots hold a path, an entry whose writer had seen another's
         version supersedes it; among the rest the sync rules' stamp picks one.
         """
-        by_path: dict[str, list[tuple[Snapshot, Entry]]] = {}
         for snap in snaps:
             log.info("%s: catching up from %s's snapshot (%d entries)", self.name, self.name_of(snap.client),
-                     len(snap.entries))
-            for e in snap.entries:
-                by_path.setdefault(e.path, []).append((snap, e))
+                     snap.count)
+        # the snapshots' entries are sorted by path: merge them as streams, one path at a time
+        def stream(i: int, snap: Snapshot):
+            for e in snap.entries(snapshot_name(snap.client), self._check_stop):
+                yield e.path, i, e
+
+        streams = [stream(i, snap) for i, snap in enumerate(snaps)]
         self._moves = {}
         with self.state.transaction():
-            for path, cands in by_path.items():
+            for n, (path, group) in enumerate(itertools.groupby(heapq.merge(*streams), key=lambda t: t[0])):
+                if n % 1024 == 0:
+                    self._check_stop()
+                cands = [(snaps[i], e) for _p, i, e in group]
                 # a version whose author's update we applied (or a later one) is no news
                 cands = [(s, e) for s, e in cands
                          if not (e.author == self.me or (e.seq and self._pos.get(e.author, 0) >= e.seq))]
@@ -770,56 +825,55 @@ class Manager:
     def _apply_update(self, pusher: str, seq: int, report: CycleReport, causal: bool = True) -> bool:
         """Apply one update; False (nothing done) if ``causal`` and its dependencies are not met."""
         name = update_name(pusher, seq)
-        spool = self._spools.get((pusher, seq))
-        if spool is None:  # verify the whole object before anything from it is used
-            spool = tempfile.TemporaryFile(dir=self.state_dir, prefix="update-")
+        if (pusher, seq) not in self._spools:  # verify the whole object before anything from it is used
+            parsed: list[UpdateHeader] = []
+
+            def body_size(header: dict) -> tuple[int, None]:
+                parsed.append(UpdateHeader.parse(name, header, pusher, seq))
+                return sum(i.entry.size for i in parsed[0].items if i.data == INLINE), None
+
             try:
-                self.store.spool(name, spool)
+                _header, digest, spool = self.store.fetch_framed(name, UPDATE_MAGIC, body_size, self.state_dir,
+                                                                 self._check_stop)
             except RelayObjectMissing:
-                spool.close()
                 raise IntegrityError(name, "disappeared while being read (collected meanwhile, or deleted "
                                            "by the relay)") from None
-            except BaseException:
-                spool.close()
-                raise
-            self._spools[(pusher, seq)] = spool
+            self._spools[(pusher, seq)] = (parsed[0], digest, spool)
+        h, digest, spool = self._spools[(pusher, seq)]
         spool.seek(0)
-        header, digest, stream = self.store.open_framed(name, UPDATE_MAGIC, spool=spool)
-        with stream:
-            h = UpdateHeader.parse(name, header, pusher, seq)
-            if not self._ready(h.deps):
-                if causal:
-                    return False  # kept spooled for when its dependencies are in
-                log.warning("%s: applying %s before updates it depends on (they are not available)",
-                            self.name, name)
-            pos = self.state.applied().get(pusher)
-            expected_prev = pos[1] if pos else ""
-            if h.prev != expected_prev:
-                raise IntegrityError(name, "does not follow the update applied before it (fork or replay)")
-            body = _Body(stream)
-            # rename sources this update deletes: their file can be moved, not copied
-            self._moves = {i.entry.path: i.entry.prev for i in h.items if i.entry.kind == GONE}
-            seen = lambda b: saw(pusher, h.deps, b, h.unseen)  # noqa: E731
-            with self.state.transaction():
-                for item in h.items:
-                    self._check_stop()
-                    start = body.pos
-                    inline = item.entry.size if item.data == INLINE else 0
-                    source = None
-                    if item.data == INLINE:
-                        source = body
-                    elif item.data == BLOB:
-                        source = _LazyBlob(self, blob_name(pusher, seq, item.blob))
-                    try:
-                        self._apply_entry(name, item.entry, pusher, source, report, supply=item.supply, seen=seen)
-                    finally:
-                        if isinstance(source, _LazyBlob):
-                            source.close()
-                    if not body.skip_to(start + inline):
-                        raise IntegrityError(name, "truncated: content shorter than announced")
-                self.state.set_applied(pusher, seq, digest.hex())
-                self._pos[pusher] = seq
-        self._spools.pop((pusher, seq)).close()
+        if not self._ready(h.deps):
+            if causal:
+                return False  # kept spooled for when its dependencies are in
+            log.warning("%s: applying %s before updates it depends on (they are not available)",
+                        self.name, name)
+        pos = self.state.applied().get(pusher)
+        expected_prev = pos[1] if pos else ""
+        if h.prev != expected_prev:
+            raise IntegrityError(name, "does not follow the update applied before it (fork or replay)")
+        body = _Body(spool)
+        # rename sources this update deletes: their file can be moved, not copied
+        self._moves = {i.entry.path: i.entry.prev for i in h.items if i.entry.kind == GONE}
+        seen = lambda b: saw(pusher, h.deps, b, h.unseen)  # noqa: E731
+        with self.state.transaction():
+            for item in h.items:
+                self._check_stop()
+                start = body.pos
+                inline = item.entry.size if item.data == INLINE else 0
+                source = None
+                if item.data == INLINE:
+                    source = body
+                elif item.data == BLOB:
+                    source = _LazyBlob(self, blob_name(pusher, seq, item.blob))
+                try:
+                    self._apply_entry(name, item.entry, pusher, source, report, supply=item.supply, seen=seen)
+                finally:
+                    if isinstance(source, _LazyBlob):
+                        source.close()
+                if not body.skip_to(start + inline):
+                    raise IntegrityError(name, "truncated: content shorter than announced")
+            self.state.set_applied(pusher, seq, digest.hex())
+            self._pos[pusher] = seq
+        self._spools.pop((pusher, seq))[2].close()
         self.folder.end_batch()
         return True
 
@@ -831,10 +885,10 @@ class Manager:
             if e.origin is not None:
                 safe_join(self.folder.root, e.origin)
         except UnsafePath as exc:
-            source = f" (rename source {exc.object!r})" if exc.object != e.path else ""
-            report.error(f"relay object {objname}: refused unsafe path {e.path!r}{source}: {exc.reason}")
+            source = f" (rename source {_shown(exc.object)})" if exc.object != e.path else ""
+            report.error(f"relay object {objname}: refused unsafe path {_shown(e.path)}{source}: {exc.reason}")
             return
-        wanted = self._wants.get(e.path)
+        wanted = self.state.wanted(e.path)
         if supply and (wanted is None or wanted[0].hash != e.hash):
             return  # content someone else asked for
         if not self._scope_pull(e):
@@ -847,7 +901,7 @@ class Manager:
                 log.info("%s: %s: left alone: a symbolic link or special file is there", self.name, e.path)
                 self.state.hold(e)
                 return
-            plan = reconcile(e, self._base.get(e.path), local, me=self.me, mode=self.mode, name_of=self.name_of,
+            plan = reconcile(e, self.state.base_entry(e.path), local, me=self.me, mode=self.mode, name_of=self.name_of,
                              seen=seen)
             if plan.needs_content:
                 if source is None:
@@ -862,7 +916,6 @@ class Manager:
             move = copy_from is not None and copy_from == e.origin and self._moves.get(e.origin) == e.hash
             self._execute(plan, e, local, source, copy_from, report, move=move)
             if wanted is not None:
-                self._wants.pop(e.path, None)
                 self.state.unwant(e.path)
             if self._failures.pop(e.path, None) is not None:
                 self.state.resolve(e.path)
@@ -889,14 +942,13 @@ class Manager:
         self._failed_now.add(e.path)
 
     def _want(self, e: Entry, supplier: str) -> None:
-        self._wants[e.path] = (e, supplier)
         self.state.want(e, supplier)
 
     def _local_source(self, e: Entry) -> str | None:
         """A local file holding exactly e's content (renames travel without content)."""
         if self._by_hash is None:
             self._by_hash = {}
-            for p, b in self._base.items():
+            for p, b in self.state.base_rows():
                 if b.kind == FILE:
                     self._by_hash.setdefault(b.hash, []).append(p)
         candidates = [e.origin] if e.origin else []
@@ -937,7 +989,7 @@ class Manager:
                     self.folder.fetch(target, e, None, target_expect, copy_from=copy_from)
                 else:
                     whole = isinstance(source, _LazyBlob)
-                    stream = source.open() if whole else source
+                    stream = _Stoppable(source.open() if whole else source, self._check_stop)
                     with self._bar(stream, e.size, f"recv {e.path}") as shown:
                         self.folder.fetch(target, e, shown, target_expect, whole=whole)
                 self._cache_written(target, e)
@@ -951,7 +1003,6 @@ class Manager:
                     report.deleted += 1
             elif isinstance(step, Remember):
                 self.state.release(step.entry.path)
-                self._base[step.entry.path] = step.entry
                 if self._by_hash is not None and step.entry.kind == FILE:
                     self._by_hash.setdefault(step.entry.hash, []).append(step.entry.path)
                 self.state.remember(step.entry)
@@ -978,7 +1029,7 @@ class Manager:
         self.cache.store(relpath, st.st_size, min(st.st_mtime_ns, MAX_INT), st.st_ino, e.hash)
 
     def _publish_wants(self, view: RelayView) -> None:
-        wants = sorted((p, e.hash, s) for p, (e, s) in self._wants.items())
+        wants = self.state.wants_page(MAX_WANTS_PUBLISHED)  # the rest once these arrive
         key = repr(wants)
         if key == self.state.get("wants_published", "[]") and (bool(wants) == (self.me in view.requests)):
             return
@@ -997,13 +1048,18 @@ class Manager:
         report = report or CycleReport(self.name)
         view = view or list_relay(self.relay)
         self._collect(view)
-        scan = self.folder.scan(self.filter.accepts_file, self.filter.accepts_dir, self.filter.may_descend)
+        def descend(path: str) -> bool:  # a walk of millions of folders still stops on SIGTERM
+            self._check_stop()
+            return self.filter.may_descend(path)
+
+        scan = self.folder.scan(self.filter.accepts_file, self.filter.accepts_dir, descend)
         unsettled: set[str] = set()  # there but unreadable or changing: neither sent nor deleted
         blind = self.folder.unreadable  # what the scan could not even list
         for rel, why in sorted(blind.items()):
             report.error(f"{rel or 'the synced folder'}: cannot read it ({why}); what it holds is neither sent "
                          "nor deleted until it can be read")
         for lf in list(scan.values()):
+            self._check_stop()
             try:
                 self.folder.fill_hash(lf)
             except (FileChangedError, FileNotFoundError) as exc:
@@ -1038,6 +1094,7 @@ class Manager:
         items: list[Item] = []
         seen: dict[str, Item] = {}
         for cid, info in view.requests.items():
+            self._check_stop()
             if cid == self.me:
                 continue
             req = self._read_small(info.name, info)
@@ -1091,14 +1148,22 @@ class Manager:
             limit = self.maxpagesize
             if quota is not None:
                 limit = min(limit, self._room(len(items)))
-            batch, size = free, 0
-            free = []
-            while heavy:
+            # the header stays far below what readers accept (protocol.MAX_HEADER)
+            n, head = 0, 0
+            while n < len(free) and (n == 0 or head + _head_bytes(free[n]) <= MAX_UPDATE_HEADER):
+                head += _head_bytes(free[n])
+                n += 1
+            batch, size = free[:n], 0
+            free = free[n:]
+            while heavy and not free:
                 cost = self.cipher.size_on_relay(heavy[0].entry.size)
                 if batch and size + cost + self._frame_size(len(batch) + 1) > limit:
                     break
+                if batch and head + _head_bytes(heavy[0]) > MAX_UPDATE_HEADER:
+                    break
                 if not batch and quota is not None and cost + self._frame_size(1) > limit:
                     break  # not even one file fits now: wait for room
+                head += _head_bytes(heavy[0])
                 batch.append(heavy.pop(0))
                 size += cost
             if not batch:
@@ -1239,7 +1304,7 @@ class Manager:
                              unit_divisor=1024, leave=False)
 
     def _put_blob(self, name: str, path: Path, e: Entry) -> bool:
-        with open(path, "rb") as f, self._bar(f, e.size, f"send {e.path}") as shown:
+        with open(path, "rb") as f, self._bar(_Stoppable(f, self._check_stop), e.size, f"send {e.path}") as shown:
             reader = HashingReader(shown, self.algorithm)
             self.relay.put(name, self.cipher.encrypt(name, reader, e.size), size=self.cipher.size_on_relay(e.size))
         if reader.count != e.size or reader.hexdigest() != e.hash:
@@ -1377,9 +1442,14 @@ class Manager:
     def _write_snapshot(self) -> None:
         seq = self.state.own_seq
         deps, unseen = self._horizon()
-        snap = Snapshot(self.me, seq, self.state.own_digest, deps, list(self.state.base().values()), unseen)
-        head = ObjectStore.encode_header(SNAPSHOT_MAGIC, snap.to_dict())
-        self.store.put_framed(snapshot_name(self.me), head, [], 0)
+        base = self.state.base()
+        with tempfile.TemporaryFile(dir=self.state_dir, prefix="snapshot-") as body:
+            count, size, sha256 = Snapshot.encode_entries((base[p] for p in sorted(base)), body)
+            del base
+            snap = Snapshot(self.me, seq, self.state.own_digest, deps, count, size, sha256, unseen)
+            head = ObjectStore.encode_header(SNAPSHOT_MAGIC, snap.to_dict())
+            body.seek(0)
+            self.store.put_framed(snapshot_name(self.me), head, [body], size)
         info = self.relay.stat(snapshot_name(self.me))
         with self.state.transaction():
             self.state.set("snapshot_seq", str(seq))
@@ -1403,6 +1473,21 @@ class _Body:
         if offset > self.pos:
             self.pos += copy_exactly(self.stream, None, offset - self.pos)
         return self.pos >= offset
+
+
+class _Stoppable:
+    """A stream whose every read first checks for SIGTERM: a long transfer stops within
+    one block (the writer's temporary file is removed by its own clean-up)."""
+
+    def __init__(self, stream: BinaryIO, check: Callable[[], None]):
+        self.stream, self.check = stream, check
+
+    def read(self, n: int = -1) -> bytes:
+        self.check()
+        return self.stream.read(n)
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 class _LazyBlob:
@@ -1429,6 +1514,16 @@ def _within(path: str, places: dict[str, str]) -> bool:
         if not path:
             return False
         path = path.rpartition("/")[0]
+
+
+def _head_bytes(item: Item) -> int:
+    """An item's bytes in an update header (with room for the seq filled in later)."""
+    return len(json.dumps(item.to_dict(), separators=(",", ":"))) + 32
+
+
+def _shown(path: object) -> str:
+    """A relay-supplied path for a message: quoted, at most 200 characters."""
+    return repr(path) if not isinstance(path, str) or len(path) <= 200 else f"{path[:200]!r}…"
 
 
 def _default_client_name(section: str) -> str:

@@ -21,8 +21,10 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import struct
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterable
 
@@ -33,17 +35,21 @@ from .encryption import Cipher
 from .errors import IntegrityError, RelayError
 from .index import Entry
 from .relay.base import ObjectInfo, Relay
-from .stream import ChainStream, copy_exactly, read_exactly
+from .stream import BLOCK, ChainStream, read_exactly
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 HEADER_NAME = "escale.json"
 UPDATE_MAGIC = b"ESCU\x01"
-SNAPSHOT_MAGIC = b"ESCS\x01"
-#: a header larger than this is refused as malformed (bounded memory on hostile input)
-MAX_HEADER = 512 << 20
+SNAPSHOT_MAGIC = b"ESCS\x02"  # 2: entries streamed as JSON lines after the header
+#: a header larger than this is refused before it is read (its length is not signed, so
+#: this bounds what a forged object can make a client hold in memory); publishers cut
+#: updates well below it (see manager.MAX_UPDATE_HEADER)
+MAX_HEADER = 64 << 20
 MAX_SMALL_OBJECT = 64 << 20
+#: a member card larger than this is refused before its bytes are parsed
+MAX_CARD = 64 << 10
 #: an update or snapshot larger than this is refused (maxpagesize caps what we write)
 MAX_OBJECT = 64 << 30
 SMALL_MAGIC = b"ESCJ\x01"
@@ -205,14 +211,21 @@ class ObjectStore:
         if len(data) != head + length + SIGNATURE:
             raise IntegrityError(name, "truncated or padded envelope")
         body, signature = data[head:head + length], data[head + length:]
-        value = _load_json(name, body)
+        # the signature is checked on the bytes, before any parsing: a forged object
+        # never reaches the JSON parser. A self-signed card's key is found in its bytes
+        # and must be the one the parsed card holds.
         key = None
         if self_signed is not None:
-            try:
-                key = bytes.fromhex(value[self_signed])
-            except (TypeError, KeyError, ValueError):
-                raise IntegrityError(name, "member card without a valid public key") from None
+            if len(body) > MAX_CARD:
+                raise IntegrityError(name, f"member card too large ({len(body)} bytes)")
+            found = re.findall(rb'"' + re.escape(self_signed.encode()) + rb'":"([0-9a-f]{64})"', body)
+            if len(found) != 1:
+                raise IntegrityError(name, "member card without a valid public key")
+            key = bytes.fromhex(found[0].decode())
         self._verify(name, body, signature, key)
+        value = _load_json(name, body)
+        if self_signed is not None and not (isinstance(value, dict) and value.get(self_signed) == key.hex()):
+            raise IntegrityError(name, "member card without a valid public key")
         return value
 
     def json_size(self, value: Any) -> int:
@@ -234,62 +247,88 @@ class ObjectStore:
     def framed_size(self, head_size: int, body_size: int) -> int:
         return self.cipher.size_on_relay(head_size + SIGNATURE + body_size)
 
-    def spool(self, name: str, spool: BinaryIO) -> None:
-        """Decrypt a whole object into ``spool`` (a temporary file): a modified or truncated
-        byte anywhere is caught before anything from the object is used."""
-        with self.cipher.decrypt(name, self.relay.get(name)) as stream:
-            copy_exactly(stream, spool, MAX_OBJECT)
-            if stream.read(1):
-                raise IntegrityError(name, "object too large")
-        spool.seek(0)
-
-    def open_framed(self, name: str, magic: bytes, spool: BinaryIO | None = None) -> tuple[dict, bytes, BinaryIO]:
+    def open_framed(self, name: str, magic: bytes) -> tuple[dict, bytes, BinaryIO]:
         """(header, header digest, stream positioned at the body). Caller closes the stream.
 
-        With ``spool`` (a temporary file already filled by :meth:`spool`), read from it.
+        The header's signature is checked on its bytes before they are parsed.
         """
-        stream = _Unclosing(spool) if spool is not None else self.cipher.decrypt(name, self.relay.get(name))
+        stream = self.cipher.decrypt(name, self.relay.get(name))
         try:
-            lead = read_exactly(stream, len(magic) + 4)
-            if len(lead) < len(magic) + 4 or lead[:len(magic)] != magic:
-                raise IntegrityError(name, "not an escale object of this kind/version")
-            (length,) = struct.unpack(">I", lead[len(magic):])
-            if length > MAX_HEADER:
-                raise IntegrityError(name, "header too large")
-            body = read_exactly(stream, length)
-            signature = read_exactly(stream, SIGNATURE)
-            if len(body) != length or len(signature) != SIGNATURE:
-                raise IntegrityError(name, "truncated header")
-            self._verify(name, lead + body, signature)
-            header = _load_json(name, body)
-            if not isinstance(header, dict):
-                raise IntegrityError(name, "header is not an object")
-            return header, hashlib.sha256(lead + body).digest(), stream
+            header, digest = self._read_header(name, magic, stream)
+            return header, digest, stream
         except BaseException:
             stream.close()
             raise
 
+    def fetch_framed(self, name: str, magic: bytes, body: Callable[[dict], tuple[int, str | None]],
+                     spool_dir: str | os.PathLike, stop: Callable[[], None] = lambda: None
+                     ) -> tuple[dict, bytes, BinaryIO]:
+        """(header, header digest, spooled body): the whole object checked before any of
+        it is used, without trusting a single unsigned byte for a size.
 
-class _Unclosing(io.RawIOBase):
-    """Read a spool file without closing it (its owner deletes it)."""
+        The header is read (at most :data:`MAX_HEADER` bytes) and its signature checked;
+        ``body(header)`` then says how many body bytes the *signed* header announces (and
+        optionally their SHA-256); exactly that many are spooled to a temporary file, and
+        the object must end there (which also authenticates an encrypted object's last
+        chunk). A relay cannot make a client store more than a member declared.
+        ``stop`` is called between blocks (it raises to interrupt a long copy).
+        """
+        with self.cipher.decrypt(name, self.relay.get(name)) as stream:
+            header, digest = self._read_header(name, magic, stream)
+            size, sha256 = body(header)
+            if not (isinstance(size, int) and 0 <= size <= MAX_OBJECT):
+                raise IntegrityError(name, f"announces a body of {size!r} bytes")
+            hasher = hashlib.sha256() if sha256 is not None else None
+            spool = tempfile.TemporaryFile(dir=spool_dir, prefix="object-")
+            try:
+                done = 0
+                while done < size:
+                    stop()
+                    data = stream.read(min(BLOCK, size - done))
+                    if not data:
+                        raise IntegrityError(name, f"truncated: {done} of the {size} body bytes its header "
+                                                   "announces")
+                    if hasher is not None:
+                        hasher.update(data)
+                    spool.write(data)
+                    done += len(data)
+                if stream.read(1):
+                    raise IntegrityError(name, f"longer than the {size} body bytes its header announces")
+                if hasher is not None and hasher.hexdigest() != sha256:
+                    raise IntegrityError(name, "body does not match the digest its header announces")
+                spool.seek(0)
+            except BaseException:
+                spool.close()
+                raise
+        return header, digest, spool
 
-    def __init__(self, f: BinaryIO):
-        self.f = f
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        data = self.f.read(len(b))
-        b[:len(data)] = data
-        return len(data)
+    def _read_header(self, name: str, magic: bytes, stream: BinaryIO) -> tuple[dict, bytes]:
+        lead = read_exactly(stream, len(magic) + 4)
+        if len(lead) < len(magic) + 4 or lead[:len(magic)] != magic:
+            raise IntegrityError(name, "not an escale object of this kind/version")
+        (length,) = struct.unpack(">I", lead[len(magic):])
+        if length > MAX_HEADER:
+            raise IntegrityError(name, f"header of {length} bytes (the limit is {MAX_HEADER})")
+        body = read_exactly(stream, length)
+        signature = read_exactly(stream, SIGNATURE)
+        if len(body) != length or len(signature) != SIGNATURE:
+            raise IntegrityError(name, "truncated header")
+        self._verify(name, lead + body, signature)
+        header = _load_json(name, body)
+        if not isinstance(header, dict):
+            raise IntegrityError(name, "header is not an object")
+        return header, hashlib.sha256(lead + body).digest()
 
 
 def _load_json(name: str, data: bytes) -> Any:
+    """Parse an object's JSON; nesting deeper than the interpreter's recursion limit
+    (about 1,000 levels; escale's own objects nest 5 deep) is a bad object, named."""
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise IntegrityError(name, f"not a valid object ({exc})") from exc
+    except RecursionError:
+        raise IntegrityError(name, "not a valid object (JSON nested too deeply)") from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -393,31 +432,87 @@ def parse_unseen(d: Any) -> dict[str, tuple[str, int]]:
     return {p: (a, s) for p, a, s in d}
 
 
+#: one snapshot entry line longer than this is malformed (a path is at most 4 KiB)
+MAX_ENTRY_LINE = 64 << 10
+
+
 @dataclass
 class Snapshot:
+    """A pusher's whole index at a seq: a small signed header (its seq, chain digest and
+    pull positions, and the entry count, byte size and SHA-256 of the body) followed by
+    the entries as JSON lines, sorted by path. Readers stream the body: memory does not
+    grow with the number of entries."""
+
     client: str
     seq: int
     digest: str
     deps: dict[str, int]
-    entries: list[Entry]
+    count: int = 0
+    size: int = 0
+    sha256: str = ""
+    #: versions the publisher received but did not apply: path -> (author, seq)
     unseen: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: the spooled, verified body (reader side)
+    body: BinaryIO | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"v": FORMAT_VERSION, "client": self.client, "seq": self.seq, "digest": self.digest,
-                "deps": self.deps, "entries": [e.to_dict() for e in self.entries], **unseen_dict(self.unseen)}
+                "deps": self.deps, "count": self.count, "size": self.size, "sha256": self.sha256,
+                **unseen_dict(self.unseen)}
+
+    @staticmethod
+    def encode_entries(entries: Iterable[Entry], out: BinaryIO) -> tuple[int, int, str]:
+        """Write entries (sorted by path) as the body; (count, size, sha256)."""
+        h, count, size = hashlib.sha256(), 0, 0
+        for e in entries:
+            line = json.dumps(e.to_dict(), sort_keys=True, separators=(",", ":")).encode() + b"\n"
+            h.update(line)
+            out.write(line)
+            count += 1
+            size += len(line)
+        return count, size, h.hexdigest()
 
     @classmethod
     def parse(cls, name: str, d: dict, cid: str) -> "Snapshot":
         try:
             if d.get("v") != FORMAT_VERSION:
                 raise ValueError(f"unsupported format version {d.get('v')!r}")
-            snap = cls(d["client"], int(d["seq"]), str(d["digest"]), parse_deps(d.get("deps", {})),
-                       [Entry.from_dict(e) for e in d["entries"]], parse_unseen(d.get("unseen", [])))
+            snap = cls(d["client"], d["seq"], str(d["digest"]), parse_deps(d.get("deps", {})), d["count"],
+                       d["size"], str(d["sha256"]), parse_unseen(d.get("unseen", [])))
+            if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                       for x in (snap.seq, snap.count, snap.size)):
+                raise ValueError("bad seq, count or size")
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(name, f"malformed snapshot: {exc}") from exc
         if snap.client != cid:
             raise IntegrityError(name, "snapshot of another client (moved or replayed under another name)")
         return snap
+
+    def entries(self, name: str, stop: Callable[[], None] = lambda: None) -> Iterable[Entry]:
+        """The body's entries, read one line at a time from the start; a malformed line,
+        a path out of order or a count that differs from the header's is an IntegrityError."""
+        assert self.body is not None
+        self.body.seek(0)
+        last, n = None, 0
+        while line := self.body.readline(MAX_ENTRY_LINE + 1):
+            if n % 4096 == 0:
+                stop()
+            if len(line) > MAX_ENTRY_LINE or not line.endswith(b"\n"):
+                raise IntegrityError(name, f"malformed snapshot: entry {n + 1} too long or cut")
+            try:
+                e = Entry.from_dict(_load_json(name, line))
+            except ValueError as exc:
+                raise IntegrityError(name, f"malformed snapshot: entry {n + 1}: {exc}") from exc
+            if last is not None and e.path <= last:
+                raise IntegrityError(name, f"malformed snapshot: entry {n + 1} out of path order")
+            last, n = e.path, n + 1
+            yield e
+        if n != self.count:
+            raise IntegrityError(name, f"malformed snapshot: {n} entries, its header says {self.count}")
+
+    def close(self) -> None:
+        if self.body is not None:
+            self.body.close()
 
 
 def list_relay(relay: Relay) -> RelayView:

@@ -142,6 +142,12 @@ class State:
         entries = (Entry.from_dict(json.loads(e)) for (e,) in self.db.execute("SELECT entry FROM base"))
         return {e.path: e for e in entries}
 
+    def base_rows(self) -> Iterator[tuple[str, Entry]]:
+        """The base one row at a time (memory does not grow with the base)."""
+        for (e,) in self.db.execute("SELECT entry FROM base"):
+            entry = Entry.from_dict(json.loads(e))
+            yield entry.path, entry
+
     def base_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM base").fetchone()[0]
 
@@ -187,6 +193,18 @@ class State:
     def wants(self) -> dict[str, tuple[Entry, str]]:
         wanted = ((Entry.from_dict(json.loads(e)), s) for e, s in self.db.execute("SELECT entry, supplier FROM wants"))
         return {e.path: (e, s) for e, s in wanted}
+
+    def wanted(self, path: str) -> tuple[Entry, str] | None:
+        row = self.db.execute("SELECT entry, supplier FROM wants WHERE path = ?", (db_key(path),)).fetchone()
+        return (Entry.from_dict(json.loads(row[0])), row[1]) if row else None
+
+    def want_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM wants").fetchone()[0]
+
+    def wants_page(self, limit: int) -> list[tuple[str, str, str]]:
+        """(path, digest, supplier) of the first ``limit`` wanted paths, in path order."""
+        rows = self.db.execute("SELECT entry, supplier FROM wants ORDER BY path LIMIT ?", (limit,))
+        return [(e.path, e.hash, s) for e, s in ((Entry.from_dict(json.loads(e)), s) for e, s in rows)]
 
     def want(self, entry: Entry, supplier: str) -> None:
         self.db.execute("REPLACE INTO wants VALUES (?, ?, ?)",

@@ -54,7 +54,7 @@ def read_exactly(stream: BinaryIO, n: int) -> bytes:
     """n bytes, or fewer only if the stream ended (callers treat that as truncation)."""
     chunks, left = [], n
     while left > 0:
-        data = stream.read(left)
+        data = stream.read(min(left, BLOCK))  # never ask for more than arrives: n may be hostile
         if not data:
             break
         chunks.append(data)

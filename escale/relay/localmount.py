@@ -35,6 +35,31 @@ TMP_MARK = ".escale-put-"
 #: temporary files older than this are leftovers of a killed writer
 STALE_TMP_SECONDS = 6 * 3600
 COPY_BUFFER = 1 << 20
+#: no escale object is deeper than b/<cid>/<seq>/<n>; a folder nested deeper than this
+#: is not ours, and walking it without bound would exhaust the stack or the time
+MAX_RELAY_DEPTH = 16
+
+
+def _walk(top: str | os.PathLike, onerror=None) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk`` without recursion and with a depth bound (3.11's walk recurses: a
+    folder a thousand levels deep is a RecursionError). Too deep is a RelayError."""
+    stack = [(os.fspath(top), 0)]
+    while stack:
+        dirpath, depth = stack.pop()
+        try:
+            entries = list(os.scandir(dirpath))
+        except OSError as exc:
+            if onerror is not None:
+                onerror(exc)
+            continue
+        dirs = sorted(e.name for e in entries if e.is_dir())  # as os.walk: symlinks listed, not entered
+        files = [e.name for e in entries if not e.is_dir()]
+        into = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        if into and depth >= MAX_RELAY_DEPTH:
+            raise RelayError(f"relay folder {os.path.join(dirpath, into[0])} is nested deeper than "
+                             f"{MAX_RELAY_DEPTH} levels: not an escale object; remove it")
+        yield dirpath, dirs, files
+        stack.extend((os.path.join(dirpath, d), depth + 1) for d in reversed(dirs) if d in into)
 
 
 #: errors of link()/renameat2() that mean "this file system cannot", not "the name is taken"
@@ -86,7 +111,7 @@ class LocalMount(Relay):
 
     def _remove_stale_temporaries(self) -> None:
         now = time.time()
-        for dirpath, _dirs, files in os.walk(self.root):
+        for dirpath, _dirs, files in _walk(self.root):
             for f in files:
                 if f.startswith(TMP_MARK):
                     p = os.path.join(dirpath, f)
@@ -107,7 +132,7 @@ class LocalMount(Relay):
             raise RelayError(f"cannot list relay folder {exc.filename or self.root}: {exc.strerror or exc}") \
                 from exc
 
-        for dirpath, dirs, files in os.walk(base, onerror=fail):
+        for dirpath, dirs, files in _walk(base, onerror=fail):
             dirs.sort()
             rel = os.path.relpath(dirpath, base)
             rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
@@ -229,7 +254,7 @@ class LocalMount(Relay):
         if folder:
             check_name(folder)
         removed = 0
-        for dirpath, _dirs, files in os.walk(start):
+        for dirpath, _dirs, files in _walk(start):
             rel = os.path.relpath(dirpath, self.root)
             rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
             for f in files:
