@@ -82,7 +82,7 @@ def user_step(rng: random.Random, oracle: Oracle, client) -> str:
     """One thing a user does on one machine, recorded in the oracle."""
     files = user_files(client.folder)
     op = rng.choices(["create", "edit", "delete", "rename", "rmtree"], [4, 4, 2, 2, 0.5])[0]
-    if op in ("edit", "delete", "rename") and not files:
+    if op in ("edit", "delete", "rename", "rmtree") and not files:
         op = "create"
     if op == "create":
         target = client.folder / rng.choice(NAMES)
