@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 from escale import sqlitedbm
 from escale.errors import ConfigError, UnsafePath
+from escale.fsnames import is_state_name
 from escale.private import FILE_MODE, private_file
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,12 @@ def safe_join(root: str | os.PathLike[str], relpath: str) -> Path:
     Every path read from the relay must come through here. Rejected, with
     :class:`~escale.errors.UnsafePath`: non-strings, empty paths, absolute paths,
     Windows drive letters, backslashes, NUL, empty / ``.`` / ``..`` components, a
-    first component ``.escale`` (any case: escale's own state), and any existing
-    parent folder inside ``root`` that is a symlink (it could point anywhere).
-    ``root`` itself may be a symlink: the user chose it.
+    first component that some file system takes for ``.escale`` (escale's own state:
+    any letter case, NFC/NFD, trailing dots or spaces, ``ESCALE~1``… see
+    :func:`escale.fsnames.is_state_name`), and any existing parent folder inside
+    ``root`` that is a symlink (it could point anywhere). ``root`` itself may be a
+    symlink: the user chose it. This check alone is racy (a folder may become a link
+    right after it); the folder's writes never follow links (:mod:`escale.confined`).
     """
     if not isinstance(relpath, str):
         raise UnsafePath(repr(relpath), "path is not a string")
@@ -104,8 +108,9 @@ def safe_join(root: str | os.PathLike[str], relpath: str) -> Path:
             raise UnsafePath(relpath, "path has an empty component")
         if part in (".", ".."):
             raise UnsafePath(relpath, f"path has a {part!r} component")
-    if parts[0].lower() == STATE_DIR:
-        raise UnsafePath(relpath, f"path is inside escale's own {STATE_DIR}/ folder")
+    if is_state_name(parts[0]):
+        raise UnsafePath(relpath, f"path is inside escale's own {STATE_DIR}/ folder (on a file system that "
+                                  "ignores letter case, Unicode normalisation or trailing dots)")
     base = os.fspath(root)
     current = base
     for i, part in enumerate(parts[:-1]):
@@ -528,7 +533,7 @@ class AccessController:
         for entry in listing:
             name = entry.name
             child = f"{rel}/{name}" if rel else name
-            if not rel and name.lower() == STATE_DIR:
+            if not rel and is_state_name(name):
                 continue
             if TEMP_MARKER in name:
                 continue

@@ -208,6 +208,26 @@ class ChecksumCache:
                             self._cx.execute("ROLLBACK")
 
     # -- hashing
+    def digest_stream(self, stream: BinaryIO, relpath: str, st: os.stat_result) -> str:
+        """The digest of an open file whose status is ``st`` (taken from the open file).
+
+        The caller opened the very file it means (the synced folder checks device, inode,
+        size and mtime against its scan, and never opens through a link), so nothing here
+        reopens by name. If the file changes while it is read, FileChangedError: the next
+        scan sees the new version.
+        """
+        cached = self.lookup(relpath, *_signature(st))
+        if cached is not None:
+            return cached
+        before = _signature(os.fstat(stream.fileno()))
+        digest = hash_stream(stream, self.algorithm)
+        after = _signature(os.fstat(stream.fileno()))
+        if not before == after == _signature(st):
+            raise FileChangedError(errno.EAGAIN, "file changed while it was being hashed", relpath)
+        if abs(time.time_ns() - after[1]) >= self.racy_window_ns:
+            self.store(relpath, *after, digest)
+        return digest
+
     def digest_file(self, abs_path: str | os.PathLike[str], relpath: str,
                     st: os.stat_result) -> str:
         """The digest of the file, from the cache when ``st`` still describes it.
@@ -216,18 +236,20 @@ class ChecksumCache:
         file's size, mtime or inode changed while it was read (or since ``st``), it is
         read once more from a fresh stat; if it changes again, FileChangedError.
         The digest returned always describes the file as it was when last read.
+        A symbolic link at ``abs_path`` is never followed (OSError ELOOP).
         """
         cached = self.lookup(relpath, *_signature(st))
         if cached is not None:
             return cached
         expected = _signature(st)
         for attempt in (1, 2):
-            with open(abs_path, "rb") as stream:
+            fd = os.open(abs_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            with os.fdopen(fd, "rb") as stream:
                 before = _signature(os.fstat(stream.fileno()))
                 digest = hash_stream(stream, self.algorithm)
                 after = _signature(os.fstat(stream.fileno()))
             try:
-                now = _signature(os.stat(abs_path))  # replaced by a rename meanwhile?
+                now = _signature(os.lstat(abs_path))  # replaced by a rename meanwhile?
             except FileNotFoundError:
                 now = None
             if before == after == now == expected:

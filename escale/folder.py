@@ -6,10 +6,15 @@ the scan saw — so a local edit made during a download is never overwritten, an
 crash never leaves a partial file under a real name. A file that must go away is
 moved to the trash (``<folder>/.escale/trash/<UTC time>/<path>``), never unlinked.
 Nothing is ever written outside the folder: every relay-supplied path passes
-:func:`escale.access.safe_join`.
+:func:`escale.access.safe_join`, and every read, write, rename and delete goes through
+:class:`escale.confined.Tree` — descriptors opened component by component without following
+a link — so a folder or file swapped for a symbolic link meanwhile cannot redirect it.
+Names the file system takes for one (letter case, Unicode normalisation) are refused by
+name, never overwritten (:mod:`escale.fsnames`).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -18,11 +23,15 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from .access import safe_join
+from .checksum import FileChangedError
+from .confined import O_NEW, LinkInTree, Tree, same_file
 from .errors import EscaleError
+from .fsnames import FsRules, NameTwin, is_state_name
 from .index import DIR, FILE, MAX_INT, Entry, LocalFile
 from .stream import BLOCK
 
@@ -42,15 +51,63 @@ class ContentMismatch(EscaleError):
 
 
 class Folder:
-    def __init__(self, root: Path, algorithm: str, digest: Callable[[Path, str, os.stat_result], str]):
+    def __init__(self, root: Path, algorithm: str, digest: Callable[[BinaryIO, str, os.stat_result], str],
+                 rules: FsRules | None = None):
         self.root = Path(root)
         self.algorithm = algorithm
+        #: digest of an open file whose status is given (the checksum cache's digest_stream)
         self._digest = digest
+        self.tree = Tree(self.root)
         self.trash_root = self.root / META_DIR / TRASH
-        self._trash_batch: Path | None = None
+        self._trash_batch: str | None = None
         #: what the last scan could not read (relative path, "" for the folder itself →
         #: reason): whatever lies there is unknown this cycle, not deleted
         self.unreadable: dict[str, str] = {}
+        self._listings: dict[tuple[int, int], tuple[int, dict[str, list[str]]]] = {}
+        self.rules = FsRules()
+        self.set_rules(rules)
+
+    def set_rules(self, rules: FsRules | None) -> None:
+        """How this file system compares names (None: probe it in .escale/)."""
+        if rules is None:
+            try:
+                fd = self.tree.open_dir([META_DIR], create=True, mode=0o700)
+            except OSError as exc:
+                log.warning("cannot probe how %s compares names (%s); assuming exact names", self.root, exc)
+                rules = FsRules()
+            else:
+                try:
+                    rules = FsRules.probe(fd)
+                finally:
+                    os.close(fd)
+        self.rules = rules
+        self.tree.check = None if rules.exact else self._check_spelling
+
+    def _check_spelling(self, fd: int, name: str, relpath: str) -> None:
+        """Refuse ``name`` if the folder holds it under another spelling (a twin)."""
+        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
+        cached = self._listings.get(ident)
+        if cached is None or cached[0] != st.st_mtime_ns:
+            names: dict[str, list[str]] = {}
+            for n in os.listdir(fd):
+                names.setdefault(self.rules.key(n), []).append(n)
+            cached = self._listings[ident] = (st.st_mtime_ns, names)
+        spelled = cached[1].get(self.rules.key(name))
+        if spelled and not any(self.rules.same_name(name, n) for n in spelled):
+            head = relpath.rpartition("/")[0]
+            raise NameTwin(relpath, f"{head}/{spelled[0]}" if head else spelled[0])
+
+    @contextlib.contextmanager
+    def _at(self, relpath: str, create: bool = False) -> Iterator[tuple[int, str]]:
+        """The folder descriptor and last name of ``relpath``, reached without following links."""
+        try:
+            with self.tree.parent(relpath, create=create) as at:
+                yield at
+        except LinkInTree as exc:
+            raise LocalChanged(f"cannot use {relpath}: {exc}") from None
+        except NotADirectoryError:
+            raise LocalChanged(f"cannot use {relpath}: a file is in the way") from None
 
     # -- scanning --------------------------------------------------------------------------
     def scan(self, accept_file: Callable[[str], bool], accept_dir: Callable[[str], bool],
@@ -59,76 +116,100 @@ class Folder:
 
         ``descend`` says whether to walk into a folder (only exclusions stop a walk, so
         ``include directory = src/lib*`` still reaches ``src/library``); ``accept_dir``
-        whether the folder itself is synced.
+        whether the folder itself is synced. Folders are entered by descriptor, never
+        through a link.
         """
         descend = descend or accept_dir
         found: dict[str, LocalFile] = {}
         self.unreadable = {}
-        stack = [("", str(self.root))]
-        while stack:
-            rel, abspath = stack.pop()
-            try:
-                it = os.scandir(abspath)
-            except OSError as exc:
-                self.unreadable[rel] = exc.strerror or str(exc)
-                continue
-            with it:
-                for d in it:
-                    name = d.name
-                    relpath = f"{rel}/{name}" if rel else name
-                    if (not rel and name == META_DIR) or TMP_MARK in name:
-                        continue
-                    try:
-                        st = d.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    except OSError as exc:
-                        self.unreadable[relpath] = exc.strerror or str(exc)
-                        continue
-                    if stat.S_ISDIR(st.st_mode):
-                        if accept_dir(relpath):
-                            found[relpath] = LocalFile(relpath, DIR, 0, min(st.st_mtime_ns, MAX_INT), st.st_ino,
-                                                       stat.S_IMODE(st.st_mode) & 0o777)
-                        if descend(relpath):
-                            stack.append((relpath, d.path))
-                    elif stat.S_ISREG(st.st_mode):
-                        if accept_file(relpath):
-                            found[relpath] = LocalFile(relpath, FILE, st.st_size, min(st.st_mtime_ns, MAX_INT), st.st_ino,
-                                                       stat.S_IMODE(st.st_mode) & 0o777)
-                    else:
-                        log.debug("skipping %s: not a regular file or folder (symlinks are not synced)", relpath)
+
+        def unreadable(rel: str, exc: OSError) -> None:
+            self.unreadable[rel] = exc.strerror or str(exc)
+
+        for rel, _fd, entries in self.tree.walk(on_error=unreadable):
+            for d in list(entries):
+                relpath, st = d.path, d.st
+                name = relpath.rpartition("/")[2]
+                if (not rel and is_state_name(name)) or TMP_MARK in name:
+                    if not rel and name != META_DIR:
+                        log.warning("skipping %s: the name reaches escale's own %s/ folder on some file "
+                                    "systems", relpath, META_DIR)
+                    entries.remove(d)
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if accept_dir(relpath):
+                        found[relpath] = LocalFile(relpath, DIR, 0, min(st.st_mtime_ns, MAX_INT), st.st_ino,
+                                                   stat.S_IMODE(st.st_mode) & 0o777, dev=st.st_dev)
+                    if not descend(relpath):
+                        entries.remove(d)
+                elif stat.S_ISREG(st.st_mode):
+                    if accept_file(relpath):
+                        found[relpath] = LocalFile(relpath, FILE, st.st_size, min(st.st_mtime_ns, MAX_INT),
+                                                   st.st_ino, stat.S_IMODE(st.st_mode) & 0o777, dev=st.st_dev)
+                else:
+                    log.debug("skipping %s: not a regular file or folder (symlinks are not synced)", relpath)
         return found
+
+    def open_read(self, lf: LocalFile) -> BinaryIO:
+        """Open the very file the scan saw as ``lf`` (same device, inode, size, mtime),
+        never through a link; FileChangedError if something else is there now."""
+        try:
+            with self.tree.parent(lf.path) as (fd, name):
+                f = self.tree.open_file(fd, name, lf.path)
+        except LinkInTree as exc:
+            raise FileChangedError(errno.ELOOP, str(exc), lf.path) from None
+        try:
+            st = os.fstat(f.fileno())
+            if not same_file(st, lf.dev, lf.inode, lf.size, lf.mtime_ns):
+                raise FileChangedError(errno.EAGAIN, "not the file the scan saw (replaced or changed)", lf.path)
+        except BaseException:
+            f.close()
+            raise
+        return f
 
     def fill_hash(self, lf: LocalFile) -> LocalFile:
         if lf.kind == FILE and lf.hash is None:
-            p = self.root / lf.path
-            lf.hash = self._digest(p, lf.path, os.stat(p, follow_symlinks=False))
+            with self.open_read(lf) as f:
+                lf.hash = self._digest(f, lf.path, os.fstat(f.fileno()))
         return lf
+
+    def lstat(self, relpath: str) -> os.stat_result | None:
+        """The path's own status (a link is not followed), or None when absent."""
+        with self._at(relpath) as (fd, name):
+            try:
+                return os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
 
     def stat_one(self, relpath: str) -> LocalFile | None:
         """Current state of one path (with digest), or None."""
-        p = safe_join(self.root, relpath)
+        safe_join(self.root, relpath)
         try:
-            st = os.stat(p, follow_symlinks=False)
+            st = self.lstat(relpath)  # LocalChanged if a folder above it is a link or a file
         except FileNotFoundError:
             return None
+        if st is None:
+            return None
         if stat.S_ISDIR(st.st_mode):
-            return LocalFile(relpath, DIR, 0, min(st.st_mtime_ns, MAX_INT), st.st_ino, stat.S_IMODE(st.st_mode) & 0o777)
+            return LocalFile(relpath, DIR, 0, min(st.st_mtime_ns, MAX_INT), st.st_ino, stat.S_IMODE(st.st_mode) & 0o777,
+                             dev=st.st_dev)
         if stat.S_ISREG(st.st_mode):
             return self.fill_hash(LocalFile(relpath, FILE, st.st_size, min(st.st_mtime_ns, MAX_INT), st.st_ino,
-                                            stat.S_IMODE(st.st_mode) & 0o777))
+                                            stat.S_IMODE(st.st_mode) & 0o777, dev=st.st_dev))
         return LocalFile(relpath, "other")
 
     def remove_temporaries(self) -> int:
         """Delete temporary files a killed run left beside their targets (they are ours by name)."""
         n = 0
-        for dirpath, dirs, files in os.walk(self.root):
-            if dirpath == str(self.root) and META_DIR in dirs:
-                dirs.remove(META_DIR)
-            for f in files:
-                if f.startswith(TMP_MARK) or (f.startswith(".") and TMP_MARK in f):
+        for rel, fd, entries in self.tree.walk():
+            for d in list(entries):
+                name = d.path.rpartition("/")[2]
+                if not rel and name == META_DIR:
+                    entries.remove(d)
+                elif stat.S_ISREG(d.st.st_mode) and (name.startswith(TMP_MARK) or
+                                                      (name.startswith(".") and TMP_MARK in name)):
                     try:
-                        os.unlink(os.path.join(dirpath, f))
+                        os.unlink(name, dir_fd=fd)
                         n += 1
                     except OSError:
                         pass
@@ -137,17 +218,21 @@ class Folder:
         return n
 
     # -- writing ---------------------------------------------------------------------------
-    def _unchanged(self, relpath: str, expect: LocalFile | None) -> bool:
-        p = self.root / relpath
+    @staticmethod
+    def _unchanged_at(fd: int, name: str, expect: LocalFile | None) -> bool:
         try:
-            st = os.stat(p, follow_symlinks=False)
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             return expect is None
         if expect is None:
             return False
         if expect.kind == DIR:
             return stat.S_ISDIR(st.st_mode)
-        return expect.same_stat(st)
+        return stat.S_ISREG(st.st_mode) and expect.same_stat(st)
+
+    def _unchanged(self, relpath: str, expect: LocalFile | None) -> bool:
+        with self._at(relpath) as (fd, name):
+            return self._unchanged_at(fd, name, expect)
 
     def fetch(self, target: str, entry: Entry, source: BinaryIO | None, expect: LocalFile | None,
               copy_from: str | None = None, whole: bool = False) -> None:
@@ -157,89 +242,100 @@ class Folder:
         ``whole``: the source is the file's own object, which must end right there (reading
         its end also authenticates an encrypted object's final chunk).
         """
-        dest = safe_join(self.root, target)
-        self.make_parents(target)
-        tmp = dest.parent / f"{TMP_MARK}{uuid.uuid4().hex}"
-        h = hashlib.new(self.algorithm)
-        size = 0
-        try:
-            with open(tmp, "xb") as out:
-                src = source if copy_from is None else open(safe_join(self.root, copy_from), "rb")
-                try:
-                    left = entry.size
-                    while left > 0:
-                        data = src.read(min(BLOCK, left))
-                        if not data:
-                            break
-                        h.update(data)
-                        out.write(data)
-                        size += len(data)
-                        left -= len(data)
-                    if whole and src.read(1):
-                        raise ContentMismatch(f"content of {target} is longer than announced")
-                finally:
-                    if copy_from is not None:
-                        src.close()
-                out.flush()
-                os.fsync(out.fileno())
-            if size != entry.size or h.hexdigest() != entry.hash:
-                raise ContentMismatch(f"content of {target} does not match its announced digest/size")
-            os.chmod(tmp, entry.mode & 0o777)
-            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
-            if not self._unchanged(target, expect):
-                raise LocalChanged(f"{target} changed here during the download; kept the local version")
-            if expect is not None and expect.kind == FILE:
-                self._keep_in_trash(target, dest)
-            os.replace(tmp, dest)
-        finally:
+        safe_join(self.root, target)
+        with self._at(target, create=True) as (fd, name):
+            tmp = f"{TMP_MARK}{uuid.uuid4().hex}"
+            h = hashlib.new(self.algorithm)
+            size = 0
             try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+                with os.fdopen(os.open(tmp, O_NEW, 0o600, dir_fd=fd), "wb") as out:
+                    src = source if copy_from is None else self._open_local(copy_from)
+                    try:
+                        left = entry.size
+                        while left > 0:
+                            data = src.read(min(BLOCK, left))
+                            if not data:
+                                break
+                            h.update(data)
+                            out.write(data)
+                            size += len(data)
+                            left -= len(data)
+                        if whole and src.read(1):
+                            raise ContentMismatch(f"content of {target} is longer than announced")
+                    finally:
+                        if copy_from is not None:
+                            src.close()
+                    out.flush()
+                    if size != entry.size or h.hexdigest() != entry.hash:
+                        raise ContentMismatch(f"content of {target} does not match its announced digest/size")
+                    os.fchmod(out.fileno(), entry.mode & 0o777)
+                    os.fsync(out.fileno())
+                    os.utime(out.fileno(), ns=(entry.mtime_ns, entry.mtime_ns))
+                if not self._unchanged_at(fd, name, expect):
+                    raise LocalChanged(f"{target} changed here during the download; kept the local version")
+                if expect is not None and expect.kind == FILE:
+                    self._keep_in_trash(target, fd, name)
+                os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=fd)
+
+    def _open_local(self, relpath: str) -> BinaryIO:
+        safe_join(self.root, relpath)
+        try:
+            return self.tree.open_read(relpath)
+        except LinkInTree as exc:
+            raise LocalChanged(f"cannot read {relpath}: {exc}") from None
 
     def move(self, source: str, source_expect: LocalFile | None, target: str, entry: Entry,
              expect: LocalFile | None) -> None:
         """Complete a rename: move the local file ``source`` (whose digest is entry's) to ``target``."""
-        src = safe_join(self.root, source)
-        dest = safe_join(self.root, target)
-        if source_expect is None or source_expect.hash != entry.hash or not self._unchanged(source, source_expect):
+        safe_join(self.root, source)
+        safe_join(self.root, target)
+        if source_expect is None or source_expect.hash != entry.hash:
             raise LocalChanged(f"{source} changed here; cannot complete its rename to {target}")
-        self.make_parents(target)
-        if not self._unchanged(target, expect):
-            raise LocalChanged(f"{target} changed here during the sync; kept the local version")
-        os.chmod(src, entry.mode & 0o777)
-        os.utime(src, ns=(entry.mtime_ns, entry.mtime_ns))
-        os.replace(src, dest)
+        with self._at(source) as (sfd, sname), self._at(target, create=True) as (tfd, tname):
+            if not self._unchanged_at(sfd, sname, source_expect):
+                raise LocalChanged(f"{source} changed here; cannot complete its rename to {target}")
+            if not self._unchanged_at(tfd, tname, expect):
+                raise LocalChanged(f"{target} changed here during the sync; kept the local version")
+            with self.tree.open_file(sfd, sname, source) as f:
+                if not source_expect.same_stat(os.fstat(f.fileno())):
+                    raise LocalChanged(f"{source} changed here; cannot complete its rename to {target}")
+                os.fchmod(f.fileno(), entry.mode & 0o777)
+                os.utime(f.fileno(), ns=(entry.mtime_ns, entry.mtime_ns))
+            os.replace(sname, tname, src_dir_fd=sfd, dst_dir_fd=tfd)
 
     def make_parents(self, relpath: str) -> None:
         """Create the folders above a path (already checked by safe_join)."""
-        parent = relpath.rpartition("/")[0]
-        if parent:
-            dest = self.root / parent
-            if not dest.is_dir():
-                if dest.exists() or dest.is_symlink():
-                    raise LocalChanged(f"cannot create folder {parent}: a file is in the way")
-                dest.mkdir(parents=True, exist_ok=True)
+        with self._at(relpath, create=True):
+            pass
 
     def make_dir(self, relpath: str, mode: int) -> None:
-        dest = safe_join(self.root, relpath)
-        self.make_parents(relpath)
-        try:
-            dest.mkdir()
-        except FileExistsError:
-            if not dest.is_dir():
-                raise LocalChanged(f"cannot create folder {relpath}: a file is in the way") from None
-        os.chmod(dest, (mode & 0o777) | 0o700)
+        safe_join(self.root, relpath)
+        with self._at(relpath, create=True) as (fd, name):
+            try:
+                os.mkdir(name, 0o700, dir_fd=fd)
+            except FileExistsError:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise LocalChanged(f"cannot create folder {relpath}: a file is in the way") from None
+            self.tree.chmod(fd, name, (mode & 0o777) | 0o700, relpath)
 
     def set_mode(self, relpath: str, mode: int) -> None:
-        dest = safe_join(self.root, relpath)
-        os.chmod(dest, (mode & 0o777) | (0o700 if dest.is_dir() else 0))
+        safe_join(self.root, relpath)
+        with self._at(relpath) as (fd, name):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                raise LocalChanged(f"{relpath} is not a regular file or folder; its mode is left alone")
+            self.tree.chmod(fd, name, (mode & 0o777) | (0o700 if stat.S_ISDIR(st.st_mode) else 0), relpath)
 
     def remove_dir(self, relpath: str) -> bool:
         """Remove a synced folder only if empty (its files were handled one by one)."""
-        dest = safe_join(self.root, relpath)
+        safe_join(self.root, relpath)
         try:
-            dest.rmdir()
+            with self._at(relpath) as (fd, name):
+                os.rmdir(name, dir_fd=fd)
             return True
         except FileNotFoundError:
             return True
@@ -251,51 +347,85 @@ class Folder:
 
     def displace(self, relpath: str, target: str | None, expect: LocalFile | None) -> None:
         """Move a local file to a conflict name (target) or into the trash (target None)."""
-        src = safe_join(self.root, relpath)
-        if not self._unchanged(relpath, expect):
-            raise LocalChanged(f"{relpath} changed here while syncing; kept it")
-        if target is None:
-            dest = self._trash_path(relpath)
-        else:
-            dest = safe_join(self.root, target)
-            self.make_parents(target)
-            if dest.exists():
-                dest = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:6]}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
-        log.info("moved %s to %s", relpath, dest.relative_to(self.root))
+        safe_join(self.root, relpath)
+        with self._at(relpath) as (fd, name):
+            if not self._unchanged_at(fd, name, expect):
+                raise LocalChanged(f"{relpath} changed here while syncing; kept it")
+            if target is None:
+                with self._trash_dir(relpath) as (tfd, tname):
+                    os.replace(name, tname, src_dir_fd=fd, dst_dir_fd=tfd)
+                    shown = f"{META_DIR}/{TRASH}/{self._trash_batch}/{relpath}"
+            else:
+                safe_join(self.root, target)
+                with self._at(target, create=True) as (tfd, tname):
+                    if _exists_at(tfd, tname):
+                        tname = f"{tname}.{uuid.uuid4().hex[:6]}"
+                    os.replace(name, tname, src_dir_fd=fd, dst_dir_fd=tfd)
+                    shown = f"{target.rpartition('/')[0]}/{tname}".lstrip("/")
+        log.info("moved %s to %s", relpath, shown)
 
-    def _keep_in_trash(self, relpath: str, path: Path) -> None:
+    def _keep_in_trash(self, relpath: str, fd: int, name: str) -> None:
         """A copy of a file about to be replaced (a hard link: no data is copied)."""
-        dest = self._trash_path(relpath)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, dest)
-        except OSError:  # no hard links here (another filesystem type): copy
-            shutil.copy2(path, dest)
+        with self._trash_dir(relpath) as (tfd, tname):
+            try:
+                os.link(name, tname, src_dir_fd=fd, dst_dir_fd=tfd, follow_symlinks=False)
+            except OSError:  # no hard links here (another filesystem type): copy
+                with self.tree.open_file(fd, name, relpath) as src, \
+                        os.fdopen(os.open(tname, O_NEW, 0o600, dir_fd=tfd), "wb") as out:
+                    shutil.copyfileobj(src, out, BLOCK)
+                    st = os.fstat(src.fileno())
+                    os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
+                    out.flush()
+                    os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
 
     # -- trash -----------------------------------------------------------------------------
-    def _trash_path(self, relpath: str) -> Path:
+    @contextlib.contextmanager
+    def _trash_dir(self, relpath: str) -> Iterator[tuple[int, str]]:
+        """The folder descriptor and name where ``relpath`` goes in this batch's trash."""
         if self._trash_batch is None:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-            self._trash_batch = self.trash_root / f"{stamp}-{uuid.uuid4().hex[:4]}"
-        dest = self._trash_batch.joinpath(*relpath.split("/"))
-        return dest
+            self._trash_batch = f"{stamp}-{uuid.uuid4().hex[:4]}"
+        parts = [META_DIR, TRASH, self._trash_batch, *relpath.split("/")]
+        fd = self.tree.open_dir(parts[:-1], create=True, mode=0o700)
+        try:
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
 
     def end_batch(self) -> None:
         self._trash_batch = None
 
     def purge_trash(self, retention_days: float) -> int:
-        """Delete trash batches older than the retention time."""
-        if not self.trash_root.is_dir():
+        """Delete trash batches older than the retention time (never through a link)."""
+        try:
+            fd = self.tree.open_dir([META_DIR, TRASH])
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.warning("cannot purge trash %s: %s", self.trash_root, exc)
             return 0
         limit = time.time() - retention_days * 86400
         n = 0
-        for batch in self.trash_root.iterdir():
-            try:
-                if batch.stat().st_mtime < limit:
-                    shutil.rmtree(batch) if batch.is_dir() else batch.unlink()
-                    n += 1
-            except OSError as exc:
-                log.warning("cannot purge trash %s: %s", batch, exc)
+        try:
+            for batch in os.listdir(fd):
+                try:
+                    st = os.stat(batch, dir_fd=fd, follow_symlinks=False)
+                    if st.st_mtime < limit:
+                        if stat.S_ISDIR(st.st_mode):
+                            shutil.rmtree(batch, dir_fd=fd)
+                        else:
+                            os.unlink(batch, dir_fd=fd)
+                        n += 1
+                except OSError as exc:
+                    log.warning("cannot purge trash %s/%s: %s", self.trash_root, batch, exc)
+        finally:
+            os.close(fd)
         return n
+
+
+def _exists_at(fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False

@@ -98,6 +98,8 @@ class LocalFile:
     inode: int = 0
     mode: int = 0o644
     hash: str | None = field(default=None, compare=False)
+    #: the device the scan found it on (with the inode: the very file, for opening it again)
+    dev: int = field(default=0, compare=False)
 
     @property
     def version(self) -> str | None:

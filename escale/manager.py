@@ -10,6 +10,7 @@ folder changes go through :mod:`escale.folder`; relay objects through
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import heapq
 import hmac
@@ -33,6 +34,7 @@ from .errors import (ConfigError, EscaleError, IntegrityError, ObjectExists, Quo
                      RelayObjectMissing, Terminated, UnsafePath, WrongPassphrase)
 from .filters import Filter
 from .folder import ContentMismatch, Folder, LocalChanged
+from .fsnames import NameTwin
 from .index import DIR, DIR_VERSION, FILE, GONE, MAX_INT, Entry, LocalFile
 from .junk import Junk, drop_strangers
 from .labels import MAX_LABEL, labels, printable
@@ -175,6 +177,7 @@ class Manager:
         self.store = ObjectStore(self.relay, self.cipher)
         self._problems: list[str] = []  # integrity errors met outside a cycle's report
         self._pos: dict[str, int] = {}  # pull positions during a cycle
+        self._scanned: dict[str, LocalFile] = {}  # the last push scan
         self._lock = InstanceLock(self.state_dir, self.name)
         self._names: dict[str, str] = {}
         self._junk = Junk()  # objects of no member, this cycle
@@ -236,7 +239,7 @@ class Manager:
             self.cache = ChecksumCache(cache_path, self.algorithm)
             root = Path(self.repository.path)
             root.mkdir(parents=True, exist_ok=True)
-            self.folder = Folder(root, self.algorithm, self.cache.digest_file)
+            self.folder = Folder(root, self.algorithm, self.cache.digest_stream)
             self.folder.remove_temporaries()
             if self._enc_name == "off":
                 log.warning("%s: encryption is off: the relay sees file names and contents", self.name)
@@ -917,6 +920,9 @@ class Manager:
             self._execute(plan, e, local, source, copy_from, report, move=move)
             if wanted is not None:
                 self.state.unwant(e.path)
+        except NameTwin as exc:  # the file system takes it for another file here: never overwrite that
+            report.error(f"relay object {objname}: {e.path}: {exc}")
+            self.state.hold(e)
             if self._failures.pop(e.path, None) is not None:
                 self.state.resolve(e.path)
         except OSError as exc:  # escale may not write here (permissions, read-only, full disk)
@@ -1025,7 +1031,9 @@ class Manager:
                            "that version is not written")
 
     def _cache_written(self, relpath: str, e: Entry) -> None:
-        st = os.stat(self.folder.root / relpath, follow_symlinks=False)
+        st = self.folder.lstat(relpath)
+        if st is None:
+            return
         self.cache.store(relpath, st.st_size, min(st.st_mtime_ns, MAX_INT), st.st_ino, e.hash)
 
     def _publish_wants(self, view: RelayView) -> None:
@@ -1053,6 +1061,7 @@ class Manager:
             return self.filter.may_descend(path)
 
         scan = self.folder.scan(self.filter.accepts_file, self.filter.accepts_dir, descend)
+        self._scanned = scan  # what is sent is opened again as the very file the scan saw
         unsettled: set[str] = set()  # there but unreadable or changing: neither sent nor deleted
         blind = self.folder.unreadable  # what the scan could not even list
         for rel, why in sorted(blind.items()):
@@ -1235,8 +1244,10 @@ class Manager:
                     if item.data == NONE:
                         kept.append(item)
                         continue
-                    path = self.folder.root / item.entry.path
+                    path = self._scanned.get(item.entry.path)
                     try:
+                        if path is None or path.kind != FILE:
+                            raise FileNotFoundError(errno.ENOENT, "not found by the scan", item.entry.path)
                         if item.data == BLOB:
                             item.blob = blob_no
                             ok = self._put_blob(blob_name(self.me, seq, blob_no), path, item.entry)
@@ -1284,8 +1295,8 @@ class Manager:
             if self.tq.quota is not None:
                 self.relay.delete(reservation_name(self.me))
 
-    def _spool(self, spool: BinaryIO, path: Path, e: Entry) -> bool:
-        with open(path, "rb") as f:
+    def _spool(self, spool: BinaryIO, path: LocalFile, e: Entry) -> bool:
+        with self.folder.open_read(path) as f:
             reader = HashingReader(f, self.algorithm)
             n = copy_exactly(reader, spool, e.size)
             extra = f.read(1)
@@ -1303,8 +1314,8 @@ class Manager:
         return tqdm.wrapattr(stream, "read", total=total, desc=desc[-40:], unit="B", unit_scale=True,
                              unit_divisor=1024, leave=False)
 
-    def _put_blob(self, name: str, path: Path, e: Entry) -> bool:
-        with open(path, "rb") as f, self._bar(_Stoppable(f, self._check_stop), e.size, f"send {e.path}") as shown:
+    def _put_blob(self, name: str, path: LocalFile, e: Entry) -> bool:
+        with self.folder.open_read(path) as f, self._bar(_Stoppable(f, self._check_stop), e.size, f"send {e.path}") as shown:
             reader = HashingReader(shown, self.algorithm)
             self.relay.put(name, self.cipher.encrypt(name, reader, e.size), size=self.cipher.size_on_relay(e.size))
         if reader.count != e.size or reader.hexdigest() != e.hash:

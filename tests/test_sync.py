@@ -183,7 +183,7 @@ def test_changed_during_download_is_not_overwritten(cluster):
     root = cluster.base / "f"
     root.mkdir()
     (root / "t.txt").write_text("local")
-    folder = Folder(root, "sha256", lambda p, r, st: hashlib.sha256(p.read_bytes()).hexdigest())
+    folder = Folder(root, "sha256", lambda f, r, st: hashlib.sha256(f.read()).hexdigest())
     expect = folder.stat_one("t.txt")
     (root / "t.txt").write_text("changed meanwhile")
     data = b"incoming"

@@ -13,19 +13,28 @@ free, by the first of these the file system supports (found at the first such pu
    then ``rename(tmp, name)`` over the empty file we own. The name is taken atomically,
    but between the two steps a reader may see an empty object, and a crash between them
    leaves one: this mode is declared ``atomic_create=False`` and logged once.
+
+Whoever can change the relay folder could put symbolic links in it (``a/`` or
+``u/<id>/`` pointing into a client's home); every operation therefore goes through
+descriptors opened without following links (:mod:`escale.confined`), and a link found
+anywhere inside the relay is a RelayError naming it. The relay folder itself may be a
+link: the user chose it.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+from ..confined import O_NEW, Found, LinkInTree, Tree
 from ..errors import ObjectExists, RelayError, RelayObjectMissing, SourceError
 from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
 
@@ -40,43 +49,21 @@ COPY_BUFFER = 1 << 20
 MAX_RELAY_DEPTH = 16
 
 
-def _walk(top: str | os.PathLike, onerror=None) -> Iterator[tuple[str, list[str], list[str]]]:
-    """``os.walk`` without recursion and with a depth bound (3.11's walk recurses: a
-    folder a thousand levels deep is a RecursionError). Too deep is a RelayError."""
-    stack = [(os.fspath(top), 0)]
-    while stack:
-        dirpath, depth = stack.pop()
-        try:
-            entries = list(os.scandir(dirpath))
-        except OSError as exc:
-            if onerror is not None:
-                onerror(exc)
-            continue
-        dirs = sorted(e.name for e in entries if e.is_dir())  # as os.walk: symlinks listed, not entered
-        files = [e.name for e in entries if not e.is_dir()]
-        into = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
-        if into and depth >= MAX_RELAY_DEPTH:
-            raise RelayError(f"relay folder {os.path.join(dirpath, into[0])} is nested deeper than "
-                             f"{MAX_RELAY_DEPTH} levels: not an escale object; remove it")
-        yield dirpath, dirs, files
-        stack.extend((os.path.join(dirpath, d), depth + 1) for d in reversed(dirs) if d in into)
-
-
 #: errors of link()/renameat2() that mean "this file system cannot", not "the name is taken"
 _UNSUPPORTED = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EINVAL,
                 errno.EXDEV, errno.EACCES}
-_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+_RENAME_NOREPLACE = 1
 
 
-def _rename_noreplace(src: Path, dst: Path) -> None:
-    """``renameat2(src, dst, RENAME_NOREPLACE)``; OSError(ENOSYS) where libc lacks it."""
+def _rename_noreplace(fd: int, src: str, dst: str) -> None:
+    """``renameat2(fd, src, fd, dst, RENAME_NOREPLACE)``; OSError(ENOSYS) where libc lacks it."""
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (AttributeError, OSError):
         raise OSError(errno.ENOSYS, "renameat2 is not available") from None
-    if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) != 0:
+    if fn(fd, os.fsencode(src), fd, os.fsencode(dst), _RENAME_NOREPLACE) != 0:
         e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), str(dst))
+        raise OSError(e, os.strerror(e), dst)
 
 
 def _read_source(stream: BinaryIO, name: str) -> bytes:
@@ -94,6 +81,7 @@ class LocalMount(Relay):
         super().__init__(address)
         path = address[len("file://"):] if address.startswith("file://") else address
         self.root = Path(os.path.expanduser(path))
+        self._tree = Tree(self.root)
         #: how create-if-absent is done here: "link", "noreplace" or "claim" (see the module doc)
         self.create_mode: str | None = None if hard_links is not False else "noreplace"
 
@@ -109,96 +97,117 @@ class LocalMount(Relay):
     def _path(self, name: str) -> Path:
         return self.root.joinpath(*check_name(name).split("/"))
 
+    @contextlib.contextmanager
+    def _at(self, name: str, create: bool = False) -> Iterator[tuple[int, str]]:
+        """The descriptor of the folder holding object ``name``, and its last name — reached
+        without following any link inside the relay (:mod:`escale.confined`)."""
+        check_name(name)
+        try:
+            with self._tree.parent(name, create=create, mode=0o777) as at:
+                yield at
+        except LinkInTree as exc:
+            raise self._link_error(exc) from None
+
+    def _link_error(self, exc: LinkInTree) -> RelayError:
+        return RelayError(f"relay folder {self.root}: {exc.relpath} {exc.what}; escale never follows "
+                          "links inside a relay (someone changed the relay folder)")
+
+    def _walk(self, top: str = "") -> Iterator[tuple[str, int, list[Found]]]:
+        """Every folder of the relay under ``top``; a link anywhere is a RelayError naming it,
+        an unreadable folder a RelayError too (never skipped silently)."""
+        def fail(rel: str, exc: OSError) -> None:
+            if isinstance(exc, LinkInTree):
+                raise self._link_error(exc)
+            if isinstance(exc, FileNotFoundError):
+                return  # removed while we listed (a pruned empty folder), or nothing there yet
+            raise RelayError(f"cannot list relay folder {self.root}/{rel}: {exc.strerror or exc}") from exc
+
+        for rel, fd, entries in self._tree.walk(top.split("/") if top else (), on_error=fail):
+            depth = rel.count("/") + 1 if rel else 0
+            for e in entries:
+                if stat.S_ISLNK(e.st.st_mode):
+                    raise self._link_error(LinkInTree(e.path, "is a symbolic link"))
+                if stat.S_ISDIR(e.st.st_mode) and depth >= MAX_RELAY_DEPTH:
+                    raise RelayError(f"relay folder {self.root}/{e.path} is nested deeper than "
+                                     f"{MAX_RELAY_DEPTH} levels: not an escale object; remove it")
+            yield rel, fd, entries
+
     def _remove_stale_temporaries(self) -> None:
         now = time.time()
-        for dirpath, _dirs, files in _walk(self.root):
-            for f in files:
-                if f.startswith(TMP_MARK):
-                    p = os.path.join(dirpath, f)
-                    try:
-                        if now - os.stat(p).st_mtime > STALE_TMP_SECONDS:
-                            os.unlink(p)
-                    except OSError:
-                        pass
+        for _rel, fd, entries in self._walk():
+            for e in entries:
+                name = e.path.rpartition("/")[2]
+                if name.startswith(TMP_MARK) and stat.S_ISREG(e.st.st_mode) and now - e.st.st_mtime > STALE_TMP_SECONDS:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=fd)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.root.is_dir():
             raise RelayError(f"relay folder {self.root} is missing")
-        base = str(self.root)
-
-        def fail(exc: OSError) -> None:  # os.walk would skip an unreadable folder silently
-            if isinstance(exc, FileNotFoundError) and exc.filename != base:
-                return  # removed while we listed (a pruned empty folder)
-            raise RelayError(f"cannot list relay folder {exc.filename or self.root}: {exc.strerror or exc}") \
-                from exc
-
-        for dirpath, dirs, files in _walk(base, onerror=fail):
-            dirs.sort()
-            rel = os.path.relpath(dirpath, base)
-            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-            for f in sorted(files):
-                if f.startswith(TMP_MARK):
-                    continue
-                name = rel + f
-                if not name.startswith(prefix):
-                    continue
-                try:
-                    st = os.stat(os.path.join(dirpath, f))
-                except FileNotFoundError:
-                    continue  # deleted while we listed
-                except OSError as exc:
-                    raise RelayError(f"cannot read relay object {name}: {exc.strerror or exc}") from exc
-                yield ObjectInfo(name, st.st_size, st.st_mtime)
+        found = []
+        for _rel, _fd, entries in self._walk():
+            for e in entries:
+                name = e.path.rpartition("/")[2]
+                if stat.S_ISREG(e.st.st_mode) and not name.startswith(TMP_MARK) and e.path.startswith(prefix):
+                    found.append(ObjectInfo(e.path, e.st.st_size, e.st.st_mtime))
+        found.sort(key=lambda i: i.name)
+        yield from found
 
     def stat(self, name: str) -> ObjectInfo | None:
         try:
-            st = self._path(name).stat()
+            with self._at(name) as (fd, last):
+                st = os.stat(last, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise RelayError(f"cannot read relay object {name}: {exc}") from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise self._link_error(LinkInTree(name, "is a symbolic link"))
         return ObjectInfo(name, st.st_size, st.st_mtime)
 
     def get(self, name: str) -> BinaryIO:
         try:
-            return open(self._path(name), "rb")
+            with self._at(name) as (fd, last):
+                return self._tree.open_file(fd, last, name)
+        except LinkInTree as exc:
+            raise self._link_error(exc) from None
         except FileNotFoundError as exc:
             raise RelayObjectMissing(f"relay object {name} is missing") from exc
         except OSError as exc:
             raise RelayError(f"cannot read relay object {name}: {exc}") from exc
 
     def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
-        target = self._path(name)
-        # the target's name is in the temporary's, so its writer can find it after a crash
-        tmp = target.parent / f"{TMP_MARK}{target.name}.{uuid.uuid4().hex}"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "xb") as out:
-                n = 0
-                while chunk := _read_source(stream, name):
-                    out.write(chunk)
-                    n += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            if create_only:
-                self._create(tmp, target, name)
-            else:
-                os.replace(tmp, target)
-            return n
+            with self._at(name, create=True) as (fd, last):
+                # the target's name is in the temporary's, so its writer can find it after a crash
+                tmp = f"{TMP_MARK}{last}.{uuid.uuid4().hex}"
+                try:
+                    with os.fdopen(os.open(tmp, O_NEW, 0o644, dir_fd=fd), "wb") as out:
+                        n = 0
+                        while chunk := _read_source(stream, name):
+                            out.write(chunk)
+                            n += len(chunk)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    if create_only:
+                        self._create(fd, tmp, last, name)
+                    else:
+                        os.replace(tmp, last, src_dir_fd=fd, dst_dir_fd=fd)
+                    return n
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp, dir_fd=fd)
         except SourceError:
             raise
         except OSError as exc:
             raise RelayError(f"cannot write relay object {name}: {exc}") from exc
-        finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
 
-    def _create(self, tmp: Path, target: Path, name: str) -> None:
-        """Give the complete ``tmp`` the name ``target`` only if that name is free."""
+    def _create(self, fd: int, tmp: str, last: str, name: str) -> None:
+        """Give the complete ``tmp`` the name ``last`` (both in folder ``fd``) only if that name is free."""
         try:
             if self.create_mode in (None, "link"):
                 try:
-                    os.link(tmp, target)
+                    os.link(tmp, last, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
                     self.create_mode = "link"
                     return
                 except FileExistsError:
@@ -209,7 +218,7 @@ class LocalMount(Relay):
                     log.info("%s: no hard links here (%s); trying rename without replace", self.root, exc.strerror)
             if self.create_mode in (None, "link", "noreplace"):
                 try:
-                    _rename_noreplace(tmp, target)
+                    _rename_noreplace(fd, tmp, last)
                     self.create_mode = "noreplace"
                     return
                 except FileExistsError:
@@ -221,8 +230,8 @@ class LocalMount(Relay):
                                 "object only if absent claims its name first (a reader may see it empty "
                                 "for a moment)", self.root)
             self.create_mode = "claim"
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            os.replace(tmp, target)
+            os.close(os.open(last, O_NEW, 0o600, dir_fd=fd))
+            os.replace(tmp, last, src_dir_fd=fd, dst_dir_fd=fd)
         except FileExistsError as exc:
             raise ObjectExists(f"relay object {name} already exists") from exc
 
@@ -232,38 +241,39 @@ class LocalMount(Relay):
         return Capabilities(atomic_create=self.create_mode != "claim")
 
     def delete(self, name: str) -> None:
-        path = self._path(name)
+        parts = check_name(name).split("/")
         try:
-            path.unlink()
+            with self._at(name) as (fd, last):
+                st = os.stat(last, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    raise self._link_error(LinkInTree(name, "is a symbolic link"))
+                os.unlink(last, dir_fd=fd)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise RelayError(f"cannot delete relay object {name}: {exc}") from exc
         # prune now-empty folders up to the root, so the relay does not fill with them
-        parent = path.parent
-        while parent != self.root:
+        for depth in range(len(parts) - 1, 0, -1):
             try:
-                parent.rmdir()
+                with self._tree.parent("/".join(parts[:depth])) as (fd, last):
+                    os.rmdir(last, dir_fd=fd)  # never removes a link: rmdir refuses one
             except OSError:
                 break
-            parent = parent.parent
 
     def abort_incomplete(self, prefix: str) -> int:
         folder, _, _ = prefix.rpartition("/")
-        start = self.root.joinpath(*folder.split("/")) if folder else self.root
         if folder:
             check_name(folder)
         removed = 0
-        for dirpath, _dirs, files in _walk(start):
-            rel = os.path.relpath(dirpath, self.root)
-            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-            for f in files:
-                if not f.startswith(TMP_MARK):
+        for rel, fd, entries in self._walk(folder):
+            for e in entries:
+                f = e.path.rpartition("/")[2]
+                if not f.startswith(TMP_MARK) or not stat.S_ISREG(e.st.st_mode):
                     continue
-                target = rel + f[len(TMP_MARK):].rsplit(".", 1)[0]
+                target = (f"{rel}/" if rel else "") + f[len(TMP_MARK):].rsplit(".", 1)[0]
                 if target.startswith(prefix):
                     try:
-                        os.unlink(os.path.join(dirpath, f))
+                        os.unlink(f, dir_fd=fd)
                         removed += 1
                     except FileNotFoundError:
                         pass
