@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from escale import sqlitedbm
+from escale.confined import Tree
 from escale.errors import ConfigError, UnsafePath
 from escale.fsnames import is_state_name
 from escale.private import FILE_MODE, private_file
@@ -492,7 +493,11 @@ class AccessController:
             if not self.isWritable(filename):
                 raise PermissionError(f"{filename}: not writable in {self._mode} mode "
                                       f"(flags {self._attributes.table(filename)})")
-            target.unlink(missing_ok=True)
+            try:  # by descriptor: a folder swapped for a link meanwhile cannot redirect it
+                with Tree(self._path).parent(filename) as (fd, name):
+                    os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
 
         return Accessor(exists=lambda: os.path.lexists(target), delete=delete)
 

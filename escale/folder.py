@@ -235,9 +235,10 @@ class Folder:
             return self._unchanged_at(fd, name, expect)
 
     def fetch(self, target: str, entry: Entry, source: BinaryIO | None, expect: LocalFile | None,
-              copy_from: str | None = None, whole: bool = False) -> None:
+              copy_from: str | None = None, whole: bool = False) -> os.stat_result:
         """Write entry's content at target from ``source`` (exactly entry.size bytes read) or
         a local file ``copy_from``; verify, then rename into place if target is still ``expect``.
+        Returns the written file's status.
 
         ``whole``: the source is the file's own object, which must end right there (reading
         its end also authenticates an encrypted object's final chunk).
@@ -271,11 +272,13 @@ class Folder:
                     os.fchmod(out.fileno(), entry.mode & 0o777)
                     os.fsync(out.fileno())
                     os.utime(out.fileno(), ns=(entry.mtime_ns, entry.mtime_ns))
+                    written = os.fstat(out.fileno())
                 if not self._unchanged_at(fd, name, expect):
                     raise LocalChanged(f"{target} changed here during the download; kept the local version")
                 if expect is not None and expect.kind == FILE:
                     self._keep_in_trash(target, fd, name)
                 os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                return written
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=fd)
@@ -288,8 +291,9 @@ class Folder:
             raise LocalChanged(f"cannot read {relpath}: {exc}") from None
 
     def move(self, source: str, source_expect: LocalFile | None, target: str, entry: Entry,
-             expect: LocalFile | None) -> None:
-        """Complete a rename: move the local file ``source`` (whose digest is entry's) to ``target``."""
+             expect: LocalFile | None) -> os.stat_result:
+        """Complete a rename: move the local file ``source`` (whose digest is entry's) to ``target``;
+        returns its status."""
         safe_join(self.root, source)
         safe_join(self.root, target)
         if source_expect is None or source_expect.hash != entry.hash:
@@ -304,7 +308,9 @@ class Folder:
                     raise LocalChanged(f"{source} changed here; cannot complete its rename to {target}")
                 os.fchmod(f.fileno(), entry.mode & 0o777)
                 os.utime(f.fileno(), ns=(entry.mtime_ns, entry.mtime_ns))
+                written = os.fstat(f.fileno())
             os.replace(sname, tname, src_dir_fd=sfd, dst_dir_fd=tfd)
+            return written
 
     def make_parents(self, relpath: str) -> None:
         """Create the folders above a path (already checked by safe_join)."""
