@@ -31,7 +31,7 @@ import platformdirs
 
 from .encryption import TEXT_PREFIX, passphrase_file, passphrase_file_problem
 from .errors import ConfigError
-from .values import _FALSE, _TRUE, parse_bool, parse_size, parse_verify_ssl  # noqa: F401 - part of this module's interface
+from .values import _FALSE, _TRUE, parse_bool, parse_size, parse_verify_ssl  # noqa: F401 - re-exported
 from .relay import BACKENDS, backend_for, parse_address, split_network_address
 
 log = logging.getLogger(__name__)

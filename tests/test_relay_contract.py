@@ -417,3 +417,18 @@ def test_s3_5xx_and_resets(request, kind, tmp_path) -> None:
     for n in range(8):
         relay.delete(f"f/{n}")
     assert list(relay.list()) == []
+
+
+@pytest.mark.parametrize("kind", ["s3-moto"])
+def test_s3_versioned_bucket_is_warned_about(request, kind, tmp_path, caplog) -> None:
+    """Deleted objects stay as noncurrent versions that count against the provider's quota."""
+    server = server_of(request, kind)
+    bucket = f"versioned-{uuid.uuid4().hex[:8]}"
+    raw = server.client()
+    raw.create_bucket(Bucket=bucket)
+    raw.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    relay = S3(f"s3://{bucket}/x", **server.kwargs())
+    with caplog.at_level("WARNING", logger="escale.relay.s3"):
+        relay.open()
+    relay.close()
+    assert any("versioning enabled" in r.getMessage() and "noncurrent" in r.getMessage() for r in caplog.records)

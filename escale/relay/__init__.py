@@ -44,5 +44,5 @@ def backend_for(protocol: str) -> type[Relay] | None:
     return BACKENDS.get(protocol.lower())
 
 
-__all__ = ["BACKENDS", "LocalMount", "NetworkAddress", "redact", "split_network_address", "WebDAV", "ObjectInfo", "Relay", "S3", "Usage", "backend_for", "check_name",
-           "parse_address"]
+__all__ = ["BACKENDS", "LocalMount", "NetworkAddress", "ObjectInfo", "Relay", "S3", "Usage", "WebDAV",
+           "backend_for", "check_name", "parse_address", "redact", "split_network_address"]

@@ -316,12 +316,28 @@ class S3(Relay):
     def open(self) -> None:
         try:
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
-            return
         except Exception as exc:  # noqa: BLE001 - mapped below
             err = self._error(exc, f"bucket '{self.bucket}'")
             if not (self.create_bucket and self._is_missing_bucket(exc)):
                 raise err from None
-        self._create_bucket()
+            self._create_bucket()
+            return
+        self._warn_if_versioned()
+
+    def _warn_if_versioned(self) -> None:
+        """A versioned bucket keeps every deleted or replaced relay object as a noncurrent
+        version: it still costs storage and counts against the provider's quota, while
+        escale's own quota (from listings) sees it gone. Say so once, at connection."""
+        try:
+            status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+        except Exception:  # noqa: BLE001 - not every server answers it; nothing to warn about then
+            log.debug("%s: cannot read the versioning of bucket %s", self.where, self.bucket)
+            return
+        if status in ("Enabled", "Suspended"):
+            log.warning("bucket '%s' on %s has versioning %s: objects escale deletes stay as noncurrent "
+                        "versions and keep counting against the provider's quota; add a lifecycle rule "
+                        "that expires noncurrent versions (see docs/relays.md)", self.bucket, self.where,
+                        status.lower())
 
     def _is_missing_bucket(self, exc) -> bool:
         return _code(exc)[0] == "NoSuchBucket"
