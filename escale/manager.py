@@ -674,7 +674,7 @@ class Manager:
         """A file we could not write stays an error, every cycle, until it is written (or
         no longer wanted): a cycle that received nothing must not look like success."""
         for path, why in sorted(self._failures.items()):
-            if path not in self._wants:
+            if self.state.wanted(path) is None:
                 self.state.resolve(path)
             elif path not in self._failed_now:
                 report.error(f"{path}: still not written here ({why}); will retry")
