@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import configparser
 import difflib
-import hashlib
 import logging
 import math
 import os
@@ -29,8 +28,10 @@ from typing import Callable, TypeVar
 
 import platformdirs
 
+from .deletions import DEFAULT_MAX_DELETE, DeleteLimit
 from .encryption import TEXT_PREFIX, passphrase_file, passphrase_file_problem
 from .errors import ConfigError
+from .marker import FolderIdentity
 from .values import _FALSE, _TRUE, parse_bool, parse_size, parse_verify_ssl  # noqa: F401 - re-exported
 from .relay import BACKENDS, backend_for, parse_address, split_network_address
 
@@ -93,6 +94,7 @@ class RepositoryConfig:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
     trash_retention_days: float = DEFAULT_TRASH_RETENTION_DAYS
+    max_delete: DeleteLimit = field(default_factory=lambda: DeleteLimit.parse(DEFAULT_MAX_DELETE))
     timestamp: bool = True
     verbosity: int = 1
     options: dict[str, str] = field(default_factory=dict)
@@ -100,20 +102,16 @@ class RepositoryConfig:
     #: options (as written) whose secret is in the configuration file itself, not in a file
     inline_secrets: list[str] = field(default_factory=list, repr=False)
 
-    def state_dir(self) -> Path:
-        """Folder for this repository's local state (databases, trash, lock).
+    def state_root(self) -> Path:
+        """Base folder of the repositories' local state (``cache dir``, else the user
+        state folder); derived, never created here."""
+        return Path(self.cache_dir if self.cache_dir is not None else platformdirs.user_state_path("escale"))
 
-        It is keyed by both the configuration file and the section, so two
-        files or two sections never share state even when they use the same
-        names; it is derived, never created here (the manager creates it).
-        """
-        base = self.cache_dir if self.cache_dir is not None else platformdirs.user_state_path("escale")
-        if self.config_path is not None:
-            cfg = os.path.abspath(os.fspath(self.config_path))
-            top = f"{_sanitize(Path(cfg).stem)}-{_sha1(cfg)}"
-        else:
-            top = f"lib-{_sha1(os.fspath(self.local_path))}"
-        return Path(base) / top / f"{_sanitize(self.name)}-{_sha1(self.name)}"
+    def identity(self) -> FolderIdentity:
+        """Finds this repository's state folder from its synced folder's marker
+        (:mod:`escale.marker`): it follows the folder, not this file."""
+        return FolderIdentity(Path(self.local_path), self.relay_url, self.state_root(), repository=self.name,
+                              config_path=self.config_path)
 
 
 @dataclass
@@ -123,15 +121,6 @@ class Config:
     path: Path | None
     globals: GlobalConfig
     repositories: dict[str, RepositoryConfig]
-
-
-def _sha1(text: str) -> str:
-    return hashlib.sha1(os.fsencode(text)).hexdigest()[:8]
-
-
-def _sanitize(name: str) -> str:
-    """A file-name-safe rendering; the hash suffix keeps distinct names distinct."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "_"
 
 
 # --------------------------------------------------------------------------- option table
@@ -194,6 +183,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _o("password", "password", "secret", "secret file", "credential",
        "secret key", "secret access key", "aws secret access key"),
     _o("trash_retention", "trash retention", "trash days"),
+    _o("max_delete", "max delete", "max deletes"),
     _o("timestamp", "modification time", "timestamp", "mtime"),
     _o("verbosity", "verbosity", "verbosity level"),
     # kept for network relay backends (stored in RepositoryConfig.options)
@@ -959,6 +949,7 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
         user=user or None,
         password=password,
         trash_retention_days=sec.get("trash_retention", _parse_trash, DEFAULT_TRASH_RETENTION_DAYS),
+        max_delete=sec.get("max_delete", DeleteLimit.parse, DeleteLimit.parse(DEFAULT_MAX_DELETE)),
         timestamp=sec.get("timestamp", _parse_timestamp, True),
         verbosity=sec.get("verbosity", lambda t: _parse_int(t, 0), 1),
         options=options,

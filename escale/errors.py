@@ -35,6 +35,16 @@ class WrongPassphrase(ConfigError):
     """The passphrase or key does not open this repository (exit code 3)."""
 
 
+class FolderUnavailable(ConfigError):
+    """The synced folder (``local path``) is missing, lost its marker or was replaced:
+    the repository refuses to sync rather than publish its files as deleted (exit code 3)."""
+
+    def __init__(self, folder: object, message: str, *, path: object = None, section: str | None = None,
+                 option: str | None = "local path"):
+        self.folder = folder
+        super().__init__(f"local folder {folder} {message}", path=path, section=section, option=option)
+
+
 class RelayError(EscaleError):
     """The relay cannot be reached or fails (exit code 2)."""
 

@@ -30,14 +30,17 @@ from .checksum import ChecksumCache, FileChangedError
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .encryption import Cipher, Plain, StreamCipher, key_check, load_secret, master_key, new_kdf
-from .errors import (ConfigError, EscaleError, IntegrityError, ObjectExists, QuotaExceeded, RelayError,
-                     RelayObjectMissing, Terminated, UnsafePath, WrongPassphrase)
+from .errors import (ConfigError, EscaleError, FolderUnavailable, IntegrityError, ObjectExists, QuotaExceeded,
+                     RelayError, RelayObjectMissing, Terminated, UnsafePath, WrongPassphrase)
 from .filters import Filter
+from .deletions import (CONFIRMED_KEY, DEFAULT_MAX_DELETE, HELD_KEY, DeleteLimit, DeletionGuard, dump_paths,
+                        is_file_deletion, load_paths)
 from .folder import ContentMismatch, Folder, LocalChanged
 from .fsnames import NameTwin
 from .index import DIR, DIR_VERSION, FILE, GONE, MAX_INT, Entry, LocalFile
 from .junk import Junk, drop_strangers
 from .labels import MAX_LABEL, labels, printable
+from .marker import FolderIdentity, Marker, record_place
 from .names import db_key
 from .pacing import TimeQuotaController
 from .plan import (Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode, local_changes, reconcile,
@@ -116,6 +119,7 @@ class RepositoryStatus:
     quota: int | None
     members: list[MemberStatus]
     wanted_files: int
+    held_deletes: int = 0
 
 
 class Manager:
@@ -130,22 +134,29 @@ class Manager:
                  excludedirectory=None, waitonerror=(), verbosity=1, *, mode=None, quota=None,
                  maxpagesize=None, state_dir=None, trash_retention_days=30.0, name=None, push_only=False,
                  pull_only=False, passphrase=None, padding=False, strict_permissions=True, config_path=None,
+                 identity: FolderIdentity | None = None, max_delete: DeleteLimit | str | None = None,
                  **relay_args):
-        self.state_dir = Path(state_dir) if state_dir else None
         if isinstance(repository, AccessController):
             self.repository, self._access_args = repository, None
         else:
             if repository is None:
                 raise ConfigError("no local folder given (repository=...)", option="local path")
-            self.state_dir = self.state_dir or _default_state_dir(repository)
             self._access_args = dict(repository=name or str(repository), path=repository, mode=mode,
                                      push_only=push_only, pull_only=pull_only)
             self.repository = AccessController(persistent=None, **self._access_args)
-        self.state_dir = self.state_dir or _default_state_dir(self.repository.path)
         self.name = name or getattr(self.repository, "repository", None) or str(self.repository.path)
         self._flags: dict[str, tuple] = {}
         self.mode = self.repository.mode
         self.relay = self._make_relay(relay, address, directory, relay_args)
+        # the state folder follows the synced folder's marker (escale.marker), found at open
+        self._where = identity or FolderIdentity(
+            Path(self.repository.path), self.relay.address, _default_state_root() if not state_dir else None,
+            Path(state_dir) if state_dir else None, repository=self.name, config_path=config_path)
+        self.state_dir: Path | None = Path(state_dir) if state_dir else None
+        self._marker: Marker | None = None
+        self._deletions_held = False
+        self.deletions = DeletionGuard(max_delete if isinstance(max_delete, DeleteLimit)
+                                       else DeleteLimit.parse(max_delete or DEFAULT_MAX_DELETE))
         # encryption: a Cipher object (0.7 style), or a name with a passphrase; the key is
         # derived at connect time, with the KDF parameters from the repository header
         if isinstance(encryption, Cipher):
@@ -178,7 +189,7 @@ class Manager:
         self._problems: list[str] = []  # integrity errors met outside a cycle's report
         self._pos: dict[str, int] = {}  # pull positions during a cycle
         self._scanned: dict[str, LocalFile] = {}  # the last push scan
-        self._lock = InstanceLock(self.state_dir, self.name)
+        self._lock: InstanceLock | None = None
         self._names: dict[str, str] = {}
         self._junk = Junk()  # objects of no member, this cycle
         self._bad: dict[str, tuple[int, float]] = {}  # unreadable cards (in memory only)
@@ -204,7 +215,7 @@ class Manager:
                    include=cfg.include, exclude=cfg.exclude, count=cfg.puller_count, checksum=cfg.checksum,
                    checksum_cache=cfg.checksum_cache, includedirectory=cfg.include_directory,
                    excludedirectory=cfg.exclude_directory, quota=cfg.quota, maxpagesize=cfg.maxpagesize,
-                   state_dir=cfg.state_dir(), trash_retention_days=cfg.trash_retention_days,
+                   identity=cfg.identity(), max_delete=cfg.max_delete, trash_retention_days=cfg.trash_retention_days,
                    verbosity=cfg.verbosity, user=cfg.user, password=cfg.password, **cfg.options)
 
     @staticmethod
@@ -222,10 +233,20 @@ class Manager:
         return relay(addr, **relay_args)
 
     # -- life cycle ------------------------------------------------------------------------
+    def _find_state(self) -> None:
+        """Our state folder, from the synced folder's marker (created on first use);
+        refuses a folder this client synced that is now missing or unmarked."""
+        self.state_dir, self._marker = self._where.resolve()
+
     def open(self) -> None:
+        self._find_state()
+        self._lock = InstanceLock(self.state_dir, self.name)
         self._lock.acquire()
         try:
             self.state = State(self.state_dir)
+            record_place(self.state, self.repository.path, self._marker)
+            self._deletions_held = self.state.get(HELD_KEY) is not None
+            self._where.remember(self._marker)
             if self._access_args is not None:  # the per-file r/w table lives with the state
                 self.repository.close()
                 self.repository = AccessController(persistent=self.state_dir / "access.db", **self._access_args)
@@ -238,7 +259,6 @@ class Manager:
                 cache_path = Path(opt)
             self.cache = ChecksumCache(cache_path, self.algorithm)
             root = Path(self.repository.path)
-            root.mkdir(parents=True, exist_ok=True)
             self.folder = Folder(root, self.algorithm, self.cache.digest_stream)
             self.folder.remove_temporaries()
             if self._enc_name == "off":
@@ -262,7 +282,8 @@ class Manager:
         """Reach the relay: repository header, our member card, unfinished publications."""
         self.relay.open()
         self._ensure_header()
-        self._ensure_card()
+        if self.relay.stat(member_name(self.me)) is not None:
+            self._ensure_card()  # kept up to date; a new card waits for the cycle's name check
         self._recover_outbox()
         self.relay.delete(reservation_name(self.me))
         # interrupted uploads of our own objects (we are their only writer)
@@ -282,7 +303,8 @@ class Manager:
                 except Exception:  # closing must not hide the real error
                     log.debug("error while closing", exc_info=True)
         self.cache = self.state = None
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> "Manager":
         self.open()
@@ -315,6 +337,10 @@ class Manager:
                     report.relay_error = str(exc)
                     log.error("%s: relay failed: %s%s", self.name, exc, "" if once else "; retrying next cycle")
                     connected = False
+                except FolderUnavailable as exc:  # a disk unmounted under a running daemon: wait for it
+                    if once:
+                        raise
+                    report.error(str(exc))
                 except (ConfigError, Terminated):
                     raise
                 except IntegrityError as exc:  # e.g. an altered repository header
@@ -345,6 +371,7 @@ class Manager:
         our identity and pins, the relay, the key (from an existing header only)."""
         own_state = self.state is None
         if own_state:
+            self._find_state()
             self.state = State(self.state_dir)
             self._identity()
         try:
@@ -382,16 +409,20 @@ class Manager:
                                     len(view.updates.get(cid, {})), cid == self.me)
                        for cid in sorted(view.members)]
             return RepositoryStatus(self.name, self.relay.address, view.used, self.tq.quota, members,
-                                    self.state.want_count())
+                                    self.state.want_count(), len(self.held_deletions()))
 
     # -- the cycle -------------------------------------------------------------------------
     def cycle(self, report: CycleReport | None = None) -> CycleReport:
         report = report or CycleReport(self.name)
+        self._check_folder()
         view = list_relay(self.relay)
         self._problems = []
         self._junk = Junk()
-        self._read_cards(view)
+        self._read_cards(view, repair=False)
         drop_strangers(view, self._known, self._junk)
+        self._refuse_name_clash()
+        if self.me not in view.members:  # joining, or removed by hand: put it (back)
+            self._ensure_card()
         self._load_flags()
         if self.repository.may_pull():
             self.download(view, report)
@@ -412,6 +443,12 @@ class Manager:
         """A writer we follow: a valid member card, or a key pinned from one earlier."""
         return cid == self.me or cid in self._cards or self.state.pinned(cid) is not None
 
+    def _check_folder(self) -> None:
+        """The synced folder still carries its marker (one stat): an unmounted disk or a
+        renamed folder must not look like a folder whose files were all deleted."""
+        if self._marker is not None:
+            self._marker = self._where.check(self._marker)
+
     def _check_stop(self) -> None:
         if self.stop.is_set():
             raise Terminated(f"{self.name}: stopped")
@@ -423,6 +460,11 @@ class Manager:
         encrypted = self._enc_name != "off"
         master = None
         if self.relay.stat(HEADER_NAME) is None:
+            if self.state.get("repository_header") is not None:
+                raise RelayError(f"no repository header ({HEADER_NAME}) on {self.relay.address}, but this client "
+                                 "synced with it before: the relay looks unmounted or replaced. escale does not "
+                                 "create the repository again; mount or restore the relay (to start a new "
+                                 f"repository on purpose, remove this client's state folder {self.state_dir})")
             header = {"format": FORMAT_VERSION, "hash": self.algorithm, "encryption": self._enc_name}
             if encrypted and self._secret is not None:
                 header["kdf"] = new_kdf(self._secret)
@@ -523,6 +565,18 @@ class Manager:
         self._bad = {n: v for n, v in self._bad.items() if signer_of(n) in view.members}
         if repair and self.me not in view.members:  # e.g. removed by hand: put it back
             self._ensure_card()
+
+    def _refuse_name_clash(self) -> None:
+        """Two members with one client name would be told apart by nobody (forget, status,
+        conflict names): refused before our card is written."""
+        others = sorted(cid for cid, card in self._cards.items() if cid != self.me and card["name"] == self.clientname)
+        if others:
+            raise ConfigError(f"another member of the repository on {self.relay.address} already uses client name "
+                              f"'{self.clientname}' (member {others[0][:8]}; this client is {self.me[:8]}). If it "
+                              "is this folder's former identity (state folder removed, folder copied or restored "
+                              f"elsewhere), remove it with 'escalectl forget {self.clientname}'; otherwise give "
+                              "this section a different 'client name'", path=self._config_path, section=self.name,
+                              option="client name")
 
     def _problem(self, exc: Exception) -> None:
         log.error("%s: %s", self.name, exc)
@@ -1078,10 +1132,12 @@ class Manager:
                 report.error(f"{lf.path}: cannot read it ({exc.strerror or exc}); not sent until it can be read")
                 unsettled.add(lf.path)
         self.cache.prune(scan.keys())
+        self._check_folder()  # unmounted during the scan: what it missed is not deleted
         base = self.state.base()
         changes = local_changes(scan, base, me=self.me,
                                 in_scope=lambda p, k: p not in unsettled and not (blind and _within(p, blind))
                                 and self._scope_push(p, k))
+        changes = self._guard_deletions(changes, base, report)
         supplies = self._supplies(view, scan, base)
         items = [self._item(e) for e in changes] + supplies
         if not items:
@@ -1092,6 +1148,37 @@ class Manager:
                 report.waiting_for_room = True
                 break
         return report
+
+    def _guard_deletions(self, changes: list[Entry], base: dict[str, Entry], report: CycleReport) -> list[Entry]:
+        """Hold back a scan's deletions beyond ``max delete`` until the user confirms them
+        (escalectl confirm-deletes); everything else is published."""
+        gone = {e.path for e in changes if e.kind == GONE}
+        if not gone and not self._deletions_held:
+            return changes
+        confirmed = set(load_paths(self.state.get(CONFIRMED_KEY)))
+        synced = sum(1 for b in base.values() if b.kind == FILE)
+        kept, held = self.deletions.screen(changes, synced, confirmed & gone)
+        with self.state.transaction():
+            if confirmed and not confirmed <= gone:  # published, or the files came back
+                self.state.set(CONFIRMED_KEY, dump_paths(list(confirmed & gone)))
+            if held:
+                text = dump_paths([e.path for e in held], synced=synced, limit=str(self.deletions.limit))
+                if self.state.get(HELD_KEY) != text:
+                    self.state.set(HELD_KEY, text)
+            elif self._deletions_held:
+                self.state.unset(HELD_KEY)
+        self._deletions_held = bool(held)
+        if held:
+            files = sum(1 for e in held if is_file_deletion(e))
+            report.error(f"{files} local deletion(s) held back: this scan would delete {files} of the {synced} "
+                         f"synced files, more than 'max delete' = {self.deletions.limit} allows (an unmounted "
+                         f"disk or a mistake?). They are not published; everything else syncs. If you meant "
+                         f"it: escalectl confirm-deletes -r {self.name}; otherwise restore the files")
+        return kept
+
+    def held_deletions(self) -> list[str]:
+        """Paths whose deletion is held back (read from the state; safe while a daemon runs)."""
+        return load_paths(self.state.get(HELD_KEY)) if self.state is not None else []
 
     def _item(self, e: Entry, supply: bool = False) -> Item:
         if e.kind != FILE or (e.origin is not None and not supply):
@@ -1544,11 +1631,10 @@ def _default_client_name(section: str) -> str:
     return section if host in ("", "localhost") else host
 
 
-def _default_state_dir(local_path) -> Path:
+def _default_state_root() -> Path:
     import platformdirs
 
-    key = hashlib.sha1(str(Path(local_path).resolve()).encode()).hexdigest()[:12]
-    return Path(platformdirs.user_state_path("escale")) / f"lib-{key}"
+    return Path(platformdirs.user_state_path("escale"))
 
 
 # 0.7 had IndexManager for index-based relays; this protocol is always indexed.

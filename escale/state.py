@@ -95,6 +95,9 @@ class State:
     def set(self, key: str, value: str) -> None:
         self.db.execute("REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
+    def unset(self, key: str) -> None:
+        self.db.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     def client_id(self) -> str:
         """This client's random id on the relay (never the host name)."""
         cid = self.get("client_id")

@@ -3,7 +3,10 @@
 - ``access [-r NAME] FILE [MODIFIERS…]``: show or set per-file flags (escale 0.7's
   ``r+``/``r-``/``r?`` = may/may not be uploaded, ``w…`` = may be written locally).
 - ``status [-r NAME]``: members, pending updates and relay usage of each repository.
-- ``forget [-r NAME] CLIENT``: stop waiting for a client that will not come back.
+- ``forget [-r NAME] CLIENT``: stop waiting for a client that will not come back
+  (never the member running it: its other cards under the same name go).
+- ``confirm-deletes [-r NAME] [--dry-run]``: show the local deletions the mass-deletion
+  guard holds back, and let the next cycle publish them.
 """
 from __future__ import annotations
 
@@ -35,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("forget", help="stop waiting for a client that will not come back")
     f.add_argument("-r", "--repository", action="append", default=[], metavar="NAME")
     f.add_argument("client", help="the client name (as in its 'client name' option)")
+    d = sub.add_parser("confirm-deletes", help="show the deletions held back by 'max delete' and publish them")
+    d.add_argument("-r", "--repository", action="append", default=[], metavar="NAME")
+    d.add_argument("-n", "--dry-run", action="store_true", help="only show what is held back")
     return p
 
 
@@ -71,7 +77,7 @@ def cmd_access(cfg, args) -> int:
     except ValueError as exc:
         print(f"escalectl: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    state = repo.state_dir()
+    state, _marker = repo.identity().resolve()  # the flags follow the folder, not this file
     private_dir(state)
     with AccessAttributes(state / "access.db") as table:
         if "r" in changes:
@@ -100,6 +106,8 @@ def cmd_status(cfg, args) -> int:
             print(f"  {m.name:<20} {m.mode:<12} {m.pending_updates} update(s) pending{tag}")
         if st.wanted_files:
             print(f"  waiting for the contents of {st.wanted_files} file(s)")
+        if st.held_deletes:
+            print(f"  {st.held_deletes} local deletion(s) held back: see escalectl confirm-deletes -r {st.repository}")
     return code
 
 
@@ -108,20 +116,50 @@ def cmd_forget(cfg, args) -> int:
 
     code = EXIT_OK
     for repo in select(cfg, args.repository):
-        if args.client == repo.client_name:
-            print(f"escalectl: {repo.name}: '{args.client}' is this client", file=sys.stderr)
-            code = EXIT_CONFIG
-            continue
         try:
             removed = Manager.from_config(repo).forget(args.client)
         except EscaleError as exc:
             print(f"escalectl: {repo.name}: {exc}", file=sys.stderr)
             code = max(code, exc.exit_code)
             continue
-        print(f"{repo.name}: forgot {len(removed)} member(s) named {args.client}")
+        mine = " (never this client itself)" if args.client == repo.client_name else ""
+        print(f"{repo.name}: forgot {len(removed)} member(s) named {args.client}{mine}")
         if not removed:
             code = max(code, EXIT_FILES_FAILED)
     return code
+
+
+def cmd_confirm_deletes(cfg, args) -> int:
+    from ..deletions import CONFIRMED_KEY, HELD_KEY, dump_paths, load_paths
+    from ..marker import read_marker
+    from ..state import State
+
+    for repo in select(cfg, args.repository):
+        where = repo.identity()
+        if read_marker(where.root) is None:
+            print(f"{repo.name}: nothing held back (the folder has not been synced here)")
+            continue
+        state_dir, _marker = where.resolve()
+        if not (state_dir / "state.sqlite").exists():
+            print(f"{repo.name}: nothing held back")
+            continue
+        state = State(state_dir)
+        try:
+            held = load_paths(state.get(HELD_KEY))
+            if not held:
+                print(f"{repo.name}: nothing held back")
+                continue
+            print(f"{repo.name}: {len(held)} deletion(s) held back:")
+            for path in held:
+                print(f"  {path}")
+            if args.dry_run:
+                continue
+            with state.transaction():
+                state.set(CONFIRMED_KEY, dump_paths(sorted(set(held) | set(load_paths(state.get(CONFIRMED_KEY))))))
+            print(f"{repo.name}: confirmed; the next cycle publishes these deletions")
+        finally:
+            state.close()
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(-1)
     try:
         cfg = load_config(args.config)
-        return {"access": cmd_access, "status": cmd_status, "forget": cmd_forget}[args.command](cfg, args)
+        return {"access": cmd_access, "status": cmd_status, "forget": cmd_forget,
+                "confirm-deletes": cmd_confirm_deletes}[args.command](cfg, args)
     except ConfigError as exc:
         print(f"escalectl: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_once(managers: list[Manager], stopped: threading.Event) -> int:
+    """One cycle of each repository; one that refuses to run (e.g. its folder is
+    missing) does not stop the others. The exit code is the most serious one."""
     reports = []
+    failed = []
     for m in managers:
         if stopped.is_set():
             break
@@ -96,12 +99,13 @@ def run_once(managers: list[Manager], stopped: threading.Event) -> int:
             return EXIT_TERMINATED
         except EscaleError as exc:
             print(f"escale: {exc}", file=sys.stderr)
-            return exc.exit_code
+            failed.append(exc.exit_code)
+            continue
         print(report.summary())
         reports.append(report)
     if stopped.is_set():
         return EXIT_TERMINATED
-    return exit_code(reports)
+    return max([exit_code(reports), *failed])
 
 
 def run_forever(managers: list[Manager], stopped: threading.Event) -> int:

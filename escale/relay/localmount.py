@@ -86,8 +86,12 @@ class LocalMount(Relay):
         self.create_mode: str | None = None if hard_links is not False else "noreplace"
 
     def open(self) -> None:
+        if not self.root.parent.is_dir():  # an unmounted disk: never build a relay in its place
+            raise RelayError(f"cannot use relay folder {self.root}: its parent folder {self.root.parent} does "
+                             "not exist (is the disk mounted?); escale creates a relay folder only inside an "
+                             "existing folder")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(exist_ok=True)
         except OSError as exc:
             raise RelayError(f"cannot use relay folder {self.root}: {exc.strerror}") from exc
         if not os.access(self.root, os.W_OK | os.X_OK):
