@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import hashlib
 import logging
 import math
 import os

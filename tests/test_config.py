@@ -651,39 +651,30 @@ def test_aliases_are_unambiguous() -> None:
 # --------------------------------------------------------------------------- state dirs
 
 
-def test_state_dir_distinct_per_file_and_section(tmp_path: Path) -> None:
-    body = (section(local="/tmp/escale-t/a", relay="/tmp/escale-t/r", name="a", extra="client = a\n")
-            + section(local="/tmp/escale-t/b", relay="/tmp/escale-t/r", name="b", extra="client = b\n"))
-    c1 = parse_config_text(body, tmp_path / "one" / "escale.conf")
-    c2 = parse_config_text(body, tmp_path / "two" / "escale.conf")
-    dirs = {c.repositories[s].state_dir() for c in (c1, c2) for s in ("a", "b")}
-    assert len(dirs) == 4
-    a1 = c1.repositories["a"].state_dir()
-    assert a1.parent.name.startswith("escale-") and a1.name.startswith("a-")
-    # stable across loads
-    assert parse_config_text(body, tmp_path / "one" / "escale.conf").repositories["a"].state_dir() == a1
+def test_state_follows_the_folder_not_the_file(tmp_path: Path) -> None:
+    """The state folder comes from the synced folder's marker: the same folder through two
+    files (or two section names) is one state; another relay or folder is another."""
+    body = (section(local=f"{tmp_path}/a", relay=f"{tmp_path}/r", name="a", extra="client = a\n")
+            + section(local=f"{tmp_path}/b", relay=f"{tmp_path}/r", name="b", extra="client = b\n"))
+    text = f"cache dir = {tmp_path}/state\n" + body
+    c1 = parse_config_text(text, tmp_path / "one" / "escale.conf")
+    c2 = parse_config_text(text.replace("[a]", "[renamed]"), tmp_path / "two" / "escale.conf")
+    assert c1.repositories["a"].state_root() == tmp_path / "state"
+    a1, _ = c1.repositories["a"].identity().resolve()
+    a2, _ = c2.repositories["renamed"].identity().resolve()
+    b1, _ = c1.repositories["b"].identity().resolve()
+    assert a1 == a2 and a1 != b1 and a1.parent == tmp_path / "state"
+    assert (tmp_path / "a" / ".escale" / "folder.json").is_file()  # first use marks the folder
+    other_relay = parse_config_text(text.replace(f"{tmp_path}/r", f"{tmp_path}/r2"), tmp_path / "x.conf")
+    assert other_relay.repositories["a"].identity().resolve()[0] != a1
 
 
-def test_state_dir_base_and_sanitising(tmp_path: Path) -> None:
-    text = f"cache dir = {tmp_path}/state\n" + section(name="my docs/ü")
-    r = one(text, path=str(tmp_path / "my.conf"))
-    sd = r.state_dir()
-    assert sd.parent.parent == tmp_path / "state"
-    assert sd.parent.name.startswith("my-")
-    assert sd.name.startswith("my_docs__-") and len(sd.name.rsplit("-", 1)[1]) == 8
-    assert not sd.exists()  # derived, never created by the config layer
-
-
-def test_state_dir_default_base_and_library_use() -> None:
+def test_state_root_default_and_nothing_created_by_the_config_layer() -> None:
     import platformdirs
 
     r = one(section(), path=None)
-    assert r.config_path is None
-    sd = r.state_dir()
-    assert sd.parent.parent == platformdirs.user_state_path("escale")
-    assert sd.parent.name.startswith("lib-")
-    other = one(section(local="/tmp/escale-t/other"), path=None)
-    assert other.state_dir() != sd
+    assert r.state_root() == platformdirs.user_state_path("escale")
+    assert r.identity().root == r.local_path
 
 
 # --------------------------------------------------------------------------- search order
@@ -760,8 +751,8 @@ def test_config_module_writes_nothing_outside_tmp(fake_home: Path, tmp_path: Pat
         conf.write_text("# mine\n" + section())
         writes.clear()
         cfg = load_config()
-        cfg.repositories["repo"].state_dir()
-        parse_config_text(section(), None).repositories["repo"].state_dir()
+        cfg.repositories["repo"].identity()
+        parse_config_text(section(), None).repositories["repo"].state_root()
         assert writes == []
         set_option(conf, "repo", "refresh", "9")
         assert writes and all(w.startswith(str(tmp_path)) for w in writes)
@@ -904,3 +895,18 @@ def test_set_option_completes_a_broken_file(tmp_path: Path) -> None:
                              "local path = /tmp/escale-t/x\nrelay address = /tmp/escale-t/relay\n"
                              "encryption = off\n")
     assert load_config(f).repositories["r"].refresh == 4
+
+
+def test_max_delete_values() -> None:
+    from escale.deletions import DeleteLimit
+
+    assert one(section()).max_delete == DeleteLimit(50.0, None)
+    assert one(section(extra="max delete = 20%\n")).max_delete == DeleteLimit(20.0, None)
+    assert one(section(extra="max deletes = 300\n")).max_delete == DeleteLimit(None, 300)
+    assert one(section(extra="max delete = off\n")).max_delete == DeleteLimit(None, None)
+    assert "option 'max delete'" in error(section(extra="max delete = lots\n"))
+    assert "between 0% and 100%" in error(section(extra="max delete = 150%\n"))
+    limit = DeleteLimit(50.0, None)
+    assert not limit.exceeded(50, 60)  # the floor: 50 files or fewer are never held back
+    assert limit.exceeded(51, 100) and not limit.exceeded(51, 102)
+    assert DeleteLimit(None, 0).exceeded(1, 10**6) and not DeleteLimit(None, None).exceeded(10**6, 10**6)
