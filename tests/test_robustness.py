@@ -532,6 +532,7 @@ def test_library_manager_run(cluster, tmp_path):
 
     # address + directory: objects go under <address path>/<directory>
     absrelay = tmp_path / "abs"
+    absrelay.mkdir()  # a file:// relay folder is created only inside an existing folder
     folder2 = tmp_path / "lib-folder2"
     folder2.mkdir()
     (folder2 / "f.txt").write_text("sub relay")
