@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from .encryption import Cipher, Plain, StreamCipher, key_check, load_secret, master_key, new_kdf
 from .errors import (ConfigError, EscaleError, FolderUnavailable, IntegrityError, ObjectExists, QuotaExceeded,
                      RelayError, RelayObjectMissing, Terminated, UnsafePath, WrongPassphrase)
-from .filters import Filter
 from .deletions import (CONFIRMED_KEY, DEFAULT_MAX_DELETE, HELD_KEY, DeleteLimit, DeletionGuard, dump_paths,
                         is_file_deletion, load_paths)
+from .filters import Filter
 from .folder import ContentMismatch, Folder, LocalChanged
 from .fsnames import NameTwin
 from .index import DIR, DIR_VERSION, FILE, GONE, MAX_INT, Entry, LocalFile
