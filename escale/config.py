@@ -124,6 +124,11 @@ class Config:
     repositories: dict[str, RepositoryConfig]
 
 
+def _sanitize(name: str) -> str:
+    """A file-name-safe rendering of a section name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64] or "_"
+
+
 # --------------------------------------------------------------------------- option table
 
 GLOBAL, REPO, RELAY, OBSOLETE = "global", "repository", "relay", "obsolete"

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FolderUnavailable
+from .private import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +220,11 @@ class FolderIdentity:
         try:
             if index.exists() and index.read_text().strip() == marker.folder_id:
                 return
-            index.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(index.parent)
             tmp = index.with_name(index.name + f".{secrets.token_hex(4)}.tmp")
-            tmp.write_text(marker.folder_id + "\n")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(marker.folder_id + "\n")
             os.replace(tmp, index)
         except OSError as exc:
             log.warning("%s: cannot record the folder index %s: %s", self.repository, index, exc)

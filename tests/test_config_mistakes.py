@@ -92,7 +92,7 @@ PLAIN = {
     "include directory": "docs", "exclude directory": "build", "checksum": "sha512",
     "checksum cache": "no", "index": "topdir:2", "maxpagesize": "50MB", "encryption": "off",
     "user": "alice", "password": "s3cr3t", "trash retention": "7", "modification time": "yes",
-    "verbosity": "2", "strict permissions": "no",
+    "verbosity": "2", "strict permissions": "no", "max delete": "20%",
 }
 #: ... in an encrypted one ...
 SECRET = {"local path": "/tmp/escale-t/local", "relay address": "/tmp/escale-t/relay",
