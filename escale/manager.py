@@ -420,8 +420,8 @@ class Manager:
         self._junk = Junk()
         self._read_cards(view, repair=False)
         drop_strangers(view, self._known, self._junk)
-        self._refuse_name_clash()
-        if self.me not in view.members:  # joining, or removed by hand: put it (back)
+        if self.me not in view.members:  # joining (refused under a taken name), or removed by hand
+            self._refuse_name_clash()
             self._ensure_card()
         self._load_flags()
         if self.repository.may_pull():
