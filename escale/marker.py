@@ -18,6 +18,7 @@ as a new member, so two folders never run as one client.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,12 +29,15 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from .confined import O_NEW, LinkInTree, Tree
 from .errors import FolderUnavailable
+from .folder import TMP_MARK
+from .fsnames import STATE_DIR
 from .private import private_dir
 
 log = logging.getLogger(__name__)
 
-META_DIR = ".escale"
+META_DIR = STATE_DIR
 MARKER_NAME = "folder.json"
 #: the index from a configured (local path, relay) to the folder id last seen there
 INDEX_DIR = "folders"
@@ -59,52 +63,64 @@ def marker_path(root: Path) -> Path:
 
 
 def read_marker(root: Path) -> Marker | None:
-    """The marker of the folder at ``root``, or None (no folder, no marker, unreadable)."""
+    """The marker of the folder at ``root``, or None (no folder, no marker, unreadable,
+    or reached only through a link inside the folder: never followed)."""
     try:
-        fd = os.open(marker_path(root), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        with os.fdopen(fd, "rb", closefd=False) as f:
+        with Tree(root).open_read(f"{META_DIR}/{MARKER_NAME}") as f:
+            st = os.fstat(f.fileno())
             data = json.loads(f.read(4096) or b"{}")
-        folder_id = data.get("folder id") if isinstance(data, dict) else None
     except (OSError, ValueError):
         return None
-    finally:
-        os.close(fd)
+    folder_id = data.get("folder id") if isinstance(data, dict) else None
     if not isinstance(folder_id, str) or not folder_id or not folder_id.isalnum():
         return None
     return Marker(folder_id, st.st_dev, st.st_ino)
+
+
+def marker_status(root: Path) -> os.stat_result | None:
+    """The marker file's own status (one walk of two names, no link followed), or None."""
+    try:
+        return Tree(root).lstat(f"{META_DIR}/{MARKER_NAME}")
+    except OSError:
+        return None
 
 
 def write_marker(root: Path, *, replace: bool = False) -> Marker:
     """Create the folder (first use) and its marker with a new folder id (OSError if not).
 
     Without ``replace`` an existing marker wins (two processes starting at once agree
-    on one id); with it, a copied folder gets its own id.
+    on one id); with it, a copied folder gets its own id. Inside the folder everything
+    goes through descriptors that never follow a link (:mod:`escale.confined`): a
+    ``.escale`` that is a link is refused (LinkInTree), not written through.
     """
     root = Path(root)
-    (root / META_DIR).mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)  # the folder itself may be a link: the user chose it
     body = json.dumps({"folder id": secrets.token_hex(16), "note": _NOTE}, indent=1).encode()
-    tmp = root / META_DIR / f".{MARKER_NAME}.{secrets.token_hex(4)}.escale-tmp-"
-    with open(tmp, "xb") as f:
-        f.write(body + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
+    fd = Tree(root).open_dir([META_DIR], create=True, mode=0o700)
     try:
-        if replace:
-            os.replace(tmp, marker_path(root))
-        else:
-            try:
-                os.link(tmp, marker_path(root))
-            except FileExistsError:
-                pass
-            except OSError:  # no hard links here (exFAT, some network file systems)
-                if not marker_path(root).exists():
-                    os.replace(tmp, marker_path(root))
+        tmp = f".{MARKER_NAME}.{secrets.token_hex(4)}{TMP_MARK}"
+        with os.fdopen(os.open(tmp, O_NEW, 0o644, dir_fd=fd), "wb") as f:
+            f.write(body + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            if replace:
+                os.replace(tmp, MARKER_NAME, src_dir_fd=fd, dst_dir_fd=fd)
+            else:
+                try:
+                    os.link(tmp, MARKER_NAME, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+                except FileExistsError:
+                    pass
+                except OSError:  # no hard links here (exFAT, some network file systems)
+                    try:
+                        os.stat(MARKER_NAME, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        os.replace(tmp, MARKER_NAME, src_dir_fd=fd, dst_dir_fd=fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
     found = read_marker(root)
     if found is None:
         raise OSError(f"cannot read back {marker_path(root)}")
@@ -264,7 +280,7 @@ class FolderIdentity:
         """Per-cycle check (one stat): the folder still holds the marker it had at start;
         returns it (re-read if its file was replaced by one with the same id)."""
         try:
-            st = os.stat(marker_path(self.root), follow_symlinks=False)
+            st = marker_status(self.root)
         except OSError:
             st = None
         if st is not None and (st.st_dev, st.st_ino) == (expected.dev, expected.ino):
@@ -280,7 +296,8 @@ class FolderIdentity:
         try:
             return write_marker(self.root, replace=replace)
         except OSError as exc:
-            raise self._error(f"cannot be created or marked ({exc.strerror or exc})") from None
+            why = str(exc) if isinstance(exc, LinkInTree) else exc.strerror or exc
+            raise self._error(f"cannot be created or marked ({why})") from None
 
     def _original_of(self, place: FolderPlace, marker: Marker) -> str | None:
         """Where the folder this one was copied from is, or None if this is that folder."""

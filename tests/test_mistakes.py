@@ -70,6 +70,18 @@ def test_first_use_creates_the_folder_and_its_marker(cluster):
     assert len(marker["folder id"]) == 32
 
 
+def test_marker_is_never_written_through_a_link(cluster, tmp_path):
+    """A `.escale` that is a symbolic link (planted by another local user) is refused, not
+    followed: the marker is never written outside the synced folder."""
+    a = cluster.add("a")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (a.folder / ".escale").symlink_to(outside)
+    r = a.once(check=False)
+    assert r.code == 3 and "'local path'" in r.err and "symbolic link" in r.err, r
+    assert list(outside.iterdir()) == []
+
+
 def test_folder_vanishing_under_a_running_daemon_deletes_nothing(cluster):
     a, b = cluster.add("a"), cluster.add("b")
     for i in range(3):
