@@ -35,6 +35,7 @@ from .errors import ConfigError
 from .marker import FolderIdentity
 from .values import _FALSE, _TRUE, parse_bool, parse_size, parse_verify_ssl  # noqa: F401 - re-exported
 from .relay import BACKENDS, backend_for, parse_address, split_network_address
+from .repository_id import parse_id
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ class RepositoryConfig:
     maxpagesize: int = DEFAULT_MAXPAGESIZE
     encryption: str = "aes256gcm"
     passphrase: str | None = field(default=None, repr=False)
-    padding: bool = False
+    padding: bool = True
+    repository_id: str | None = None
     strict_permissions: bool = True
     user: str | None = None
     password: str | None = field(default=None, repr=False)
@@ -183,6 +185,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _o("encryption", "encryption"),
     _o("passphrase", "passphrase", "key"),
     _o("padding", "padding"),
+    _o("repository_id", "repository id"),
     _o("strict_permissions", "strict permissions"),
     _o("user", "user", "auth user", "host user", "relay user", "remote user",
        "access key", "access key id", "aws access key id"),
@@ -950,7 +953,8 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
         maxpagesize=sec.get("maxpagesize", _parse_positive_size, DEFAULT_MAXPAGESIZE),
         encryption=encryption,
         passphrase=passphrase_v.value if passphrase_v is not None else None,
-        padding=sec.get("padding", parse_bool, False),
+        padding=sec.get("padding", parse_bool, True),
+        repository_id=sec.get("repository_id", parse_id, None),
         strict_permissions=strict,
         user=user or None,
         password=password,

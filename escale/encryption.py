@@ -59,8 +59,9 @@ class Cipher(ABC):
     name = "abstract"
 
     @abstractmethod
-    def encrypt(self, obj_name: str, plaintext: BinaryIO, size: int) -> BinaryIO:
-        """A stream of the relay bytes for ``size`` bytes read from ``plaintext``."""
+    def encrypt(self, obj_name: str, plaintext: BinaryIO, size: int, pad_to: int = 0) -> BinaryIO:
+        """A stream of the relay bytes for ``size`` bytes read from ``plaintext``; with
+        padding, ``pad_to`` rounds the padded size up to a multiple of it."""
 
     @abstractmethod
     def decrypt(self, obj_name: str, ciphertext: BinaryIO) -> BinaryIO:
@@ -68,7 +69,7 @@ class Cipher(ABC):
         the bytes were not produced by this repository's key for this name."""
 
     @abstractmethod
-    def size_on_relay(self, plaintext_size: int) -> int:
+    def size_on_relay(self, plaintext_size: int, pad_to: int = 0) -> int:
         """Exact relay size of an object of this plaintext size (quota accounting)."""
 
 
@@ -77,13 +78,13 @@ class Plain(Cipher):
 
     name = "off"
 
-    def encrypt(self, obj_name: str, plaintext: BinaryIO, size: int) -> BinaryIO:
+    def encrypt(self, obj_name: str, plaintext: BinaryIO, size: int, pad_to: int = 0) -> BinaryIO:
         return plaintext
 
     def decrypt(self, obj_name: str, ciphertext: BinaryIO) -> BinaryIO:
         return ciphertext
 
-    def size_on_relay(self, plaintext_size: int) -> int:
+    def size_on_relay(self, plaintext_size: int, pad_to: int = 0) -> int:
         return plaintext_size
 
 
@@ -105,8 +106,8 @@ def padme(length: int) -> int:
 class StreamCipher(Cipher):
     """Chunked AEAD objects under a repository's master key."""
 
-    def __init__(self, master_key: bytes, algorithm: str = "aes256gcm", padding: bool = False,
-                 chunk_log2: int = DEFAULT_CHUNK_LOG2):
+    def __init__(self, master_key: bytes, algorithm: str = "aes256gcm", padding: bool = True,
+                 chunk_log2: int = DEFAULT_CHUNK_LOG2, *, repository: str = ""):
         if len(master_key) != 32:
             raise ValueError("the master key must be 32 bytes")
         if algorithm not in ALGORITHMS:
@@ -114,27 +115,33 @@ class StreamCipher(Cipher):
         self.name = algorithm
         self.padding = padding
         self.chunk_log2 = chunk_log2
-        self._content_key = hkdf(master_key, b"escale/v1/content")
+        # bound to the repository id: an object copied from another repository that
+        # shares the passphrase or key file fails to decrypt here
+        self._content_key = hkdf(master_key, b"escale/v2/content\x00" + repository.encode())
 
     def _key(self, salt: bytes, obj_name: str) -> bytes:
         return hkdf(self._content_key, b"escale/v1/object\x00" + obj_name.encode(), salt=salt)
 
-    def _plain_total(self, size: int) -> int:
+    def _plain_total(self, size: int, pad_to: int = 0) -> int:
         total = LENGTH.size + size
-        return padme(total) if self.padding else total
+        if self.padding:
+            total = padme(total)
+            if pad_to:  # a fixed size class (member cards: the name's length must not show)
+                total = max(total, -(-total // pad_to) * pad_to)
+        return total
 
-    def size_on_relay(self, plaintext_size: int) -> int:
-        total = self._plain_total(plaintext_size)
+    def size_on_relay(self, plaintext_size: int, pad_to: int = 0) -> int:
+        total = self._plain_total(plaintext_size, pad_to)
         chunks = max(1, -(-total // (1 << self.chunk_log2)))
         return HEADER_LEN + total + chunks * TAG
 
-    def encrypt(self, obj_name: str, plaintext: BinaryIO, size: int) -> BinaryIO:
+    def encrypt(self, obj_name: str, plaintext: BinaryIO, size: int, pad_to: int = 0) -> BinaryIO:
         alg_id, cls = ALGORITHMS[self.name]
         salt, prefix = os.urandom(16), os.urandom(7)
         header = HEADER.pack(MAGIC, VERSION, alg_id, self.chunk_log2, FLAG_PADDED if self.padding else 0,
                              salt, prefix)
         return _Encryptor(cls(self._key(salt, obj_name)), header + obj_name.encode(), header, prefix, plaintext,
-                          size, self._plain_total(size), 1 << self.chunk_log2)
+                          size, self._plain_total(size, pad_to), 1 << self.chunk_log2)
 
     def decrypt(self, obj_name: str, ciphertext: BinaryIO) -> BinaryIO:
         return _Decryptor(self, obj_name, ciphertext)
@@ -228,8 +235,9 @@ class _Decryptor(_ChunkStream):
             pt = self.aead.decrypt(_nonce(self.prefix, self.counter, last), ct, self.aad)
         except InvalidTag:
             if self.counter == 0:
-                raise IntegrityError(self.name, "authentication failed: forged, modified, made with another key, "
-                                                "or moved here from another name") from None
+                raise IntegrityError(self.name, "authentication failed: forged, modified, made with another key "
+                                                "or for another repository, or moved here from another "
+                                                "name") from None
             raise IntegrityError(self.name, f"authentication failed at chunk {self.counter}: modified, "
                                             "truncated or reordered") from None
         self.counter += 1
@@ -366,16 +374,17 @@ def master_key(secret: Secret, kdf: dict) -> bytes:
 
 def key_check(master: bytes, settings: dict) -> str:
     """A value stored in the repository header that tells a wrong key at once — and, as
-    it is a MAC over the header's settings (format, checksum, cipher), an altered header."""
-    check_key = hkdf(master, b"escale/v1/key-check")
-    fields = {k: settings.get(k) for k in ("format", "hash", "encryption")}
+    it is a MAC over the header's settings (format, repository id, checksum, cipher), an
+    altered header."""
+    check_key = hkdf(master, b"escale/v2/key-check")
+    fields = {k: settings.get(k) for k in ("format", "id", "hash", "encryption")}
     message = b"escale key check\x00" + json.dumps(fields, sort_keys=True).encode()
     return base64.b64encode(hmac.new(check_key, message, hashlib.sha256).digest()[:16]).decode()
 
 
-def make_cipher(name: str, master: bytes | None = None, padding: bool = False) -> Cipher:
+def make_cipher(name: str, master: bytes | None = None, padding: bool = True, repository: str = "") -> Cipher:
     if name == "off":
         return Plain()
     if master is None:
         raise ConfigError(f"encryption '{name}' needs a key", option="passphrase")
-    return StreamCipher(master, name, padding)
+    return StreamCipher(master, name, padding, repository=repository)

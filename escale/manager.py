@@ -43,6 +43,7 @@ from .labels import MAX_LABEL, labels, printable
 from .marker import FolderIdentity, Marker, record_place
 from .names import db_key
 from .pacing import TimeQuotaController
+from .repository_id import WrongRepository, check_pinned, is_id, new_id
 from .plan import (Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode, local_changes, reconcile,
                    saw, stamp)
 from .protocol import (BLOB, FORMAT_VERSION, HEADER_NAME, INLINE, NONE, SNAPSHOT_MAGIC, UPDATE_MAGIC, Item,
@@ -68,6 +69,8 @@ MAX_UPDATE_HEADER = 16 << 20
 #: a request names at most this many wanted files (the rest in later requests): it
 #: stays a small object however many entries a snapshot brought
 MAX_WANTS_PUBLISHED = 5000
+#: a running client re-signs its acknowledgements at least this often (its activity time)
+ACTIVITY_INTERVAL = 3600.0
 #: relay bytes one base entry takes in a snapshot (an upper estimate)
 SNAPSHOT_BYTES_PER_ENTRY = 320
 
@@ -109,12 +112,16 @@ class MemberStatus:
     mode: str
     pending_updates: int
     is_me: bool
+    #: the latest time this member signed (its acknowledgements' heartbeat, its newest
+    #: update): one whose time stops advancing is offline, or hidden by the relay
+    last_activity: float | None = None
 
 
 @dataclass(frozen=True)
 class RepositoryStatus:
     repository: str
     relay: str
+    repository_id: str | None
     used_bytes: int
     quota: int | None
     members: list[MemberStatus]
@@ -133,9 +140,9 @@ class Manager:
                  tq_controller=None, count=None, checksum=True, checksum_cache=None, includedirectory=None,
                  excludedirectory=None, waitonerror=(), verbosity=1, *, mode=None, quota=None,
                  maxpagesize=None, state_dir=None, trash_retention_days=30.0, name=None, push_only=False,
-                 pull_only=False, passphrase=None, padding=False, strict_permissions=True, config_path=None,
+                 pull_only=False, passphrase=None, padding=True, strict_permissions=True, config_path=None,
                  identity: FolderIdentity | None = None, max_delete: DeleteLimit | str | None = None,
-                 **relay_args):
+                 repository_id=None, **relay_args):
         if isinstance(repository, AccessController):
             self.repository, self._access_args = repository, None
         else:
@@ -170,6 +177,8 @@ class Manager:
         self._passphrase, self._padding, self._strict = passphrase, padding, strict_permissions
         self._config_path = config_path
         self._secret = None
+        self._pinned_id = repository_id  # the 'repository id' option, if set
+        self.repository_id: str | None = None  # from the header, once read
         self.clientname = clientname or _default_client_name(self.name)
         self.algorithm = "sha256" if checksum in (True, None) else str(checksum)
         self.filter = Filter(include or [], exclude or [], list(filetype or []), includedirectory or [],
@@ -211,6 +220,7 @@ class Manager:
         return cls(backend, repository=str(cfg.local_path), address=cfg.relay_url, name=cfg.name,
                    mode=cfg.mode, encryption=cfg.encryption, passphrase=cfg.passphrase, padding=cfg.padding,
                    strict_permissions=cfg.strict_permissions, config_path=cfg.config_path,
+                   repository_id=cfg.repository_id,
                    refresh=cfg.refresh, clientname=cfg.client_name, filetype=cfg.filetype,
                    include=cfg.include, exclude=cfg.exclude, count=cfg.puller_count, checksum=cfg.checksum,
                    checksum_cache=cfg.checksum_cache, includedirectory=cfg.include_directory,
@@ -406,10 +416,29 @@ class Manager:
             self._read_cards(view, repair=False)
             members = [MemberStatus(self._names.get(cid, "?") if cid in self._cards else "?",
                                     printable(str(self._cards.get(cid, {}).get("mode", "?")), 16),
-                                    len(view.updates.get(cid, {})), cid == self.me)
+                                    len(view.updates.get(cid, {})), cid == self.me, self._last_activity(view, cid))
                        for cid in sorted(view.members)]
-            return RepositoryStatus(self.name, self.relay.address, view.used, self.tq.quota, members,
-                                    self.state.want_count(), len(self.held_deletions()))
+            return RepositoryStatus(self.name, self.relay.address, self.repository_id, view.used, self.tq.quota,
+                                    members, self.state.want_count(), len(self.held_deletions()))
+
+    def _last_activity(self, view: RelayView, cid: str) -> float | None:
+        """The latest signed time of a member: its acknowledgements (rewritten at least
+        every ACTIVITY_INTERVAL while it runs) and its newest update."""
+        times = []
+        info = view.acks.get(cid)
+        ack = self._read_small(info.name, info) if info is not None else None
+        if isinstance(ack, dict) and isinstance(ack.get("time"), (int, float)):
+            times.append(float(ack["time"]))
+        seqs = view.updates.get(cid, {})
+        if seqs:
+            name = update_name(cid, max(seqs))
+            try:
+                header, _digest, stream = self.store.open_framed(name, UPDATE_MAGIC)
+                stream.close()
+                times.append(float(header.get("time", 0)))
+            except (IntegrityError, RelayObjectMissing, TypeError, ValueError) as exc:
+                log.info("%s: cannot read %s for its time: %s", self.name, name, exc)
+        return max(times) if times else None
 
     # -- the cycle -------------------------------------------------------------------------
     def cycle(self, report: CycleReport | None = None) -> CycleReport:
@@ -426,6 +455,8 @@ class Manager:
         self._load_flags()
         if self.repository.may_pull():
             self.download(view, report)
+        else:
+            self._write_ack()  # a heartbeat only
         if self.repository.may_push():
             if self.repository.may_pull():
                 view = list_relay(self.relay)
@@ -465,7 +496,13 @@ class Manager:
                                  "synced with it before: the relay looks unmounted or replaced. escale does not "
                                  "create the repository again; mount or restore the relay (to start a new "
                                  f"repository on purpose, remove this client's state folder {self.state_dir})")
-            header = {"format": FORMAT_VERSION, "hash": self.algorithm, "encryption": self._enc_name}
+            if self._pinned_id is not None:
+                raise WrongRepository(f"the relay {self.relay.address} holds no repository, but 'repository id' "
+                                      f"pins {self._pinned_id}: refusing to create a new one there (remove the "
+                                      "option to start a new repository)", path=self._config_path,
+                                      section=self.name, option="repository id")
+            header = {"format": FORMAT_VERSION, "id": new_id(), "hash": self.algorithm,
+                      "encryption": self._enc_name}
             if encrypted and self._secret is not None:
                 header["kdf"] = new_kdf(self._secret)
                 master = master_key(self._secret, header["kdf"])
@@ -479,8 +516,18 @@ class Manager:
             except ObjectExists:
                 pass  # another client created it first: use theirs
         found = self.store.get_header()
+        if isinstance(found, dict) and found.get("format") == 1:
+            raise WrongRepository(f"the repository on {self.relay.address} has format 1 (escale before repository "
+                                  "ids): its objects are not bound to one repository, and this version refuses "
+                                  "them. Let every client finish syncing with the old version, then point all "
+                                  "clients at a new, empty relay folder (docs/format.md, 'Format 1')",
+                                  path=self._config_path, section=self.name, option="relay address")
         if not isinstance(found, dict) or found.get("format") != FORMAT_VERSION:
             raise IntegrityError(HEADER_NAME, f"unsupported repository format {found!r:.80}")
+        if not is_id(found.get("id")):
+            raise IntegrityError(HEADER_NAME, f"no valid repository id ({found.get('id')!r:.40})")
+        check_pinned(found["id"], self._pinned_id, repository=self.name, address=self.relay.address,
+                     config_path=self._config_path)
         if not isinstance(found.get("hash"), str) or found["hash"] not in hashlib.algorithms_available \
                 or found["hash"].startswith("shake"):
             raise IntegrityError(HEADER_NAME, f"unusable checksum algorithm {found.get('hash')!r:.40}")
@@ -512,7 +559,10 @@ class Manager:
 
     def _pin_header(self, header: dict) -> None:
         """Remember the header as first seen; a later change is an attack (or a relay
-        swapped under us) and is refused before anything else happens."""
+        swapped under us) and is refused before anything else happens. Its repository
+        id is bound into every signature (and key) from here on."""
+        self.repository_id = header["id"]
+        self.store.repository = header["id"]
         canonical = json.dumps(header, sort_keys=True)
         pinned = self.state.get("repository_header")
         if pinned is None:
@@ -524,7 +574,7 @@ class Manager:
 
     def _use_key(self, master: bytes | None) -> None:
         if master is not None:
-            self.cipher = StreamCipher(master, self._enc_name, self._padding)
+            self.cipher = StreamCipher(master, self._enc_name, self._padding, repository=self.repository_id)
             self.store.cipher = self.cipher
 
     def _card(self) -> dict:
@@ -717,9 +767,7 @@ class Manager:
                 self._drain(pusher, queues, report, causal=False)
             except IntegrityError as exc:
                 self._fail(pusher, queues, {}, exc, report)
-        if self.state.applied() != applied_before or self.relay.stat(ack_name(self.me)) is None:
-            acks = {p: [s, d] for p, (s, d) in self.state.applied().items()}
-            self.store.put_json(ack_name(self.me), {"v": FORMAT_VERSION, "acks": acks})
+        self._write_ack(force=self.state.applied() != applied_before)
         self._publish_wants(view)
         self._report_failures(report)
         return report
@@ -732,6 +780,17 @@ class Manager:
                 self.state.resolve(path)
             elif path not in self._failed_now:
                 report.error(f"{path}: still not written here ({why}); will retry")
+
+    def _write_ack(self, force: bool = False) -> None:
+        """Our acknowledgements, with a signed time: rewritten when they change, and at
+        least every ACTIVITY_INTERVAL as a heartbeat others see in ``escalectl status``."""
+        last = float(self.state.get("ack_time", "0"))
+        if not force and time.time() - last < ACTIVITY_INTERVAL and self.relay.stat(ack_name(self.me)) is not None:
+            return
+        now = time.time()
+        acks = {p: [s, d] for p, (s, d) in self.state.applied().items()}
+        self.store.put_json(ack_name(self.me), {"v": FORMAT_VERSION, "acks": acks, "time": now})
+        self.state.set("ack_time", str(now))
 
     def _check_history(self, pusher: str, view: RelayView, have: int) -> list[int]:
         """The pusher's update seqs on the relay, after checking the relay did not replay a

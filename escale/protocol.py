@@ -39,7 +39,8 @@ from .stream import BLOCK, ChainStream, read_exactly
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+#: 2: a random repository id in the header, bound into every key and signature
+FORMAT_VERSION = 2
 HEADER_NAME = "escale.json"
 UPDATE_MAGIC = b"ESCU\x01"
 SNAPSHOT_MAGIC = b"ESCS\x02"  # 2: entries streamed as JSON lines after the header
@@ -54,6 +55,9 @@ MAX_CARD = 64 << 10
 MAX_OBJECT = 64 << 30
 SMALL_MAGIC = b"ESCJ\x01"
 SIGNATURE = 64
+#: member cards are padded to a multiple of this (with padding on), so a card's size
+#: does not tell the length of its client's name
+CARD_PAD = 1024
 _CID = r"[0-9a-f]{16}"
 _CID_RE = re.compile(rf"^{_CID}$")
 _NAME_RE = re.compile(rf"^(?:(?P<kind>[mjasqr])/(?P<cid>{_CID})"
@@ -141,8 +145,10 @@ def signer_of(name: str) -> str | None:
     return m["cid"] or m["ucid"] or m["bcid"]
 
 
-def _signed_message(name: str, body: bytes) -> bytes:
-    return b"escale/v1/signature\x00" + name.encode() + b"\x00" + body
+def _signed_message(repository: str, name: str, body: bytes) -> bytes:
+    """What a signature covers: the repository id (an object copied from another
+    repository is refused even with the same key), the object's name and its bytes."""
+    return b"escale/v2/signature\x00" + repository.encode() + b"\x00" + name.encode() + b"\x00" + body
 
 
 class ObjectStore:
@@ -154,20 +160,23 @@ class ObjectStore:
     """
 
     def __init__(self, relay: Relay, cipher: Cipher, signer: Ed25519PrivateKey | None = None,
-                 keys: Callable[[str], bytes | None] = lambda cid: None):
+                 keys: Callable[[str], bytes | None] = lambda cid: None, repository: str = ""):
         self.relay = relay
         self.cipher = cipher
         self.signer = signer
         self.keys = keys
+        #: the repository id from the header (bound into every signature)
+        self.repository = repository
 
     def _put(self, name: str, plaintext: bytes, create_only: bool = False) -> int:
-        return self.relay.put(name, self.cipher.encrypt(name, io.BytesIO(plaintext), len(plaintext)),
+        pad_to = CARD_PAD if name.startswith("m/") else 0
+        return self.relay.put(name, self.cipher.encrypt(name, io.BytesIO(plaintext), len(plaintext), pad_to),
                               create_only=create_only)
 
     def _sign(self, name: str, body: bytes) -> bytes:
         if self.signer is None:
             raise RuntimeError("no signing key")
-        return self.signer.sign(_signed_message(name, body))
+        return self.signer.sign(_signed_message(self.repository, name, body))
 
     def _verify(self, name: str, body: bytes, signature: bytes, key: bytes | None = None) -> None:
         cid = signer_of(name)
@@ -175,10 +184,11 @@ class ObjectStore:
         if key is None:
             raise IntegrityError(name, "signed by a client with no member card here (unknown writer)")
         try:
-            Ed25519PublicKey.from_public_bytes(key).verify(signature, _signed_message(name, body))
+            Ed25519PublicKey.from_public_bytes(key).verify(signature, _signed_message(self.repository, name, body))
         except (InvalidSignature, ValueError):
-            raise IntegrityError(name, f"bad signature: not written by client {cid} "
-                                       "(forged, or another client posing as it)") from None
+            raise IntegrityError(name, f"bad signature: not written by client {cid} for this repository "
+                                       "(forged, copied from another repository, or another client posing "
+                                       "as it)") from None
 
     # -- the repository header: plain JSON, readable before any key exists --------------
     def put_header(self, value: Any) -> int:

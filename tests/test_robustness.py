@@ -291,7 +291,9 @@ def _forge(cluster: Cluster, cid: str, seq: int, prev: str, files: list[tuple[st
     # for the path checks (without the key the signature check refuses the object first)
     owner = next(c for c in cluster.clients.values() if meta(c)["client_id"] == cid)
     state = State(state_db(owner).parent)
-    store = ObjectStore(relay, Plain(), state.signing_key())
+    import json
+    repo_id = json.loads((cluster.relay / "escale.json").read_text())["id"]
+    store = ObjectStore(relay, Plain(), state.signing_key(), repository=repo_id)
     state.close()
     now = time.time_ns()
     items = [Item(Entry(path, FILE, hashlib.sha256(data).hexdigest(), len(data), now, 0o644, None, cid), INLINE)

@@ -216,7 +216,7 @@ def test_a_member_cannot_publish_as_another(secure):
     relay = LocalMount(f"file://{secure.relay}")
     relay.open()
     mallory = Ed25519PrivateKey.generate()
-    store = ObjectStore(relay, StreamCipher(master), mallory)
+    store = ObjectStore(relay, StreamCipher(master, repository=header["id"]), mallory, repository=header["id"])
     cid = cid_of(secure, a)
     data = b"mallory was here"
     item = Item(Entry("planted.txt", FILE, hashlib.sha256(data).hexdigest(), len(data), time.time_ns(), 0o644,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .. import __version__
@@ -101,14 +102,27 @@ def cmd_status(cfg, args) -> int:
             continue
         quota = f" of {st.quota} (quota)" if st.quota else ""
         print(f"[{st.repository}] relay {st.relay}: {st.used_bytes} bytes in use{quota}")
+        print(f"  repository id {st.repository_id}")
         for m in st.members:
             tag = " (this client)" if m.is_me else ""
-            print(f"  {m.name:<20} {m.mode:<12} {m.pending_updates} update(s) pending{tag}")
+            print(f"  {m.name:<20} {m.mode:<12} {m.pending_updates} update(s) pending, "
+                  f"last signed activity {_when(m.last_activity)}{tag}")
         if st.wanted_files:
             print(f"  waiting for the contents of {st.wanted_files} file(s)")
         if st.held_deletes:
             print(f"  {st.held_deletes} local deletion(s) held back: see escalectl confirm-deletes -r {st.repository}")
     return code
+
+
+def _when(t: float | None) -> str:
+    """A member's last signed activity, in UTC and as an age: an age that keeps growing
+    while that member runs means the relay is hiding it (or it is offline)."""
+    if t is None:
+        return "unknown"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+    age = max(0, int(time.time() - t))
+    ago = f"{age} s" if age < 120 else f"{age // 60} min" if age < 7200 else f"{age // 3600} h"
+    return f"{stamp} ({ago} ago)"
 
 
 def cmd_forget(cfg, args) -> int:
