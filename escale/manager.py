@@ -42,6 +42,7 @@ from .junk import Junk, drop_strangers
 from .labels import MAX_LABEL, labels, printable
 from .marker import FolderIdentity, Marker, record_place
 from .names import db_key
+from .outbox import Outbox
 from .pacing import TimeQuotaController
 from .repository_id import WrongRepository, check_pinned, is_id, new_id
 from .plan import (Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode, local_changes, reconcile,
@@ -199,6 +200,7 @@ class Manager:
         self._pos: dict[str, int] = {}  # pull positions during a cycle
         self._scanned: dict[str, LocalFile] = {}  # the last push scan
         self._lock: InstanceLock | None = None
+        self._outbox: Outbox | None = None  # in the state folder, once it is found
         self._names: dict[str, str] = {}
         self._junk = Junk()  # objects of no member, this cycle
         self._bad: dict[str, tuple[int, float]] = {}  # unreadable cards (in memory only)
@@ -247,6 +249,7 @@ class Manager:
         """Our state folder, from the synced folder's marker (created on first use);
         refuses a folder this client synced that is now missing or unmarked."""
         self.state_dir, self._marker = self._where.resolve()
+        self._outbox = Outbox(self.state_dir)
 
     def open(self) -> None:
         self._find_state()
@@ -702,6 +705,7 @@ class Manager:
         self._snapshots: list[Snapshot] = []
         self._failures = self.state.failures()  # files we could not write, cycles ago
         self._failed_now: set[str] = set()
+        self._reask = False
         try:
             return self._download(view, report)
         finally:
@@ -768,6 +772,7 @@ class Manager:
             except IntegrityError as exc:
                 self._fail(pusher, queues, {}, exc, report)
         self._write_ack(force=self.state.applied() != applied_before)
+        self._compare_acks(view)
         self._publish_wants(view)
         self._report_failures(report)
         return report
@@ -1062,6 +1067,7 @@ class Manager:
 
     def _want(self, e: Entry, supplier: str) -> None:
         self.state.want(e, supplier)
+        self._reask = True  # (again): a new request, with a new counter
 
     def _local_source(self, e: Entry) -> str | None:
         """A local file holding exactly e's content (renames travel without content)."""
@@ -1152,10 +1158,14 @@ class Manager:
     def _publish_wants(self, view: RelayView) -> None:
         wants = self.state.wants_page(MAX_WANTS_PUBLISHED)  # the rest once these arrive
         key = repr(wants)
-        if key == self.state.get("wants_published", "[]") and (bool(wants) == (self.me in view.requests)):
+        if key == self.state.get("wants_published", "[]") and (bool(wants) == (self.me in view.requests)) \
+                and not (wants and self._reask):
             return
         if wants:
-            self.store.put_json(request_name(self.me), {"v": FORMAT_VERSION, "wants": [
+            # the counter lets suppliers tell a replayed old request from a new one
+            n = self.state.mark("request_counter") + 1
+            self.state.raise_mark("request_counter", n)
+            self.store.put_json(request_name(self.me), {"v": FORMAT_VERSION, "n": n, "wants": [
                 {"path": p, "hash": h, "supplier": s} for p, h, s in wants]})
         else:
             self.relay.delete(request_name(self.me))
@@ -1255,6 +1265,9 @@ class Manager:
             req = self._read_small(info.name, info)
             if not isinstance(req, dict) or not isinstance(req.get("wants"), list):
                 continue
+            n = req.get("n")
+            if not isinstance(n, int) or isinstance(n, bool) or self._replayed_request(info, n):
+                continue
             acked = self._acked_seq(view, cid)
             for w in req["wants"]:
                 if not isinstance(w, dict) or w.get("supplier") != self.me:
@@ -1266,16 +1279,60 @@ class Manager:
                 sent = self.state.get(f"supplied:{cid}:{db_key(path)}:{digest}")
                 if sent is not None and acked < int(sent):
                     continue  # already on its way
+                if self.state.mark(f"answered:{cid}:{db_key(path)}:{digest}") >= n:
+                    continue  # this request was answered: only a newer one asks again
                 b = base.get(path)
                 e = b if b is not None and b.kind == FILE and b.hash == digest else \
                     Entry(path, FILE, digest, lf.size, lf.mtime_ns, lf.mode, None, self.me)
                 if path in seen:
-                    seen[path].requesters.append(cid)
+                    seen[path].requesters.append((cid, n))
                     continue
                 seen[path] = self._item(e, supply=True)
-                seen[path].requesters.append(cid)
+                seen[path].requesters.append((cid, n))
                 items.append(seen[path])
         return items
+
+    def _replayed_request(self, info, n: int) -> bool:
+        """A request whose counter is below the newest seen from its client — or equal
+        to it in another object (its client never rewrites a counter) — is an old one
+        the relay replays: reported, and it costs nothing."""
+        cid = info.name.split("/")[1]
+        last = self.state.get(f"request:{cid}")
+        if last is not None:
+            seen_n, size, mtime = json.loads(last)
+            if n < seen_n or (n == seen_n and (size, mtime) != (info.size, info.mtime)):
+                self._problem(IntegrityError(info.name, f"an old request (counter {n}, newest seen {seen_n}) "
+                                                        "replayed by the relay; ignored"))
+                return True
+            if n == seen_n:
+                return False
+        self.state.set(f"request:{cid}", json.dumps([n, info.size, info.mtime]))
+        return False
+
+    def _ack_entry(self, view: RelayView, cid: str, pusher: str) -> tuple[int, str] | None:
+        """(seq, digest) of ``pusher``'s update that ``cid`` says it applied last."""
+        info = view.acks.get(cid)
+        ack = self._read_small(info.name, info) if info else None
+        try:
+            seq, digest = ack["acks"][pusher]
+            return int(seq), str(digest)
+        except (TypeError, KeyError, ValueError):
+            return None
+
+    def _compare_acks(self, view: RelayView) -> None:
+        """Report every member that applied another content than we did under one
+        (pusher, seq): the relay forked that pusher's history between us."""
+        mine = self.state.applied()
+        for cid in sorted(view.acks):
+            if cid == self.me:
+                continue
+            for pusher, (seq, digest) in mine.items():
+                theirs = self._ack_entry(view, cid, pusher)
+                if pusher != cid and theirs is not None and theirs[0] == seq and theirs[1] != digest:
+                    self._problem(IntegrityError(update_name(pusher, seq), f"{self.name_of(cid)} applied another "
+                                                 f"content under this name than this client did (digest "
+                                                 f"{theirs[1][:12]}…, ours {digest[:12]}…): a fork of "
+                                                 f"{self.name_of(pusher)}'s history"))
 
     def _acked_seq(self, view: RelayView, cid: str) -> int:
         info = view.acks.get(cid)
@@ -1365,6 +1422,8 @@ class Manager:
         except QuotaExceeded as exc:  # the storage itself is full (e.g. WebDAV 507)
             log.info("%s: %s; waiting for room", self.name, exc)
             seq = self.state.own_seq + 1
+            if self._outbox.head(seq) is not None:
+                return False  # the update itself was being written: its seq is spent, retried as is
             for info in list(self.relay.list(f"b/{self.me}/{seq}/")):
                 self.relay.delete(info.name)
             self.relay.abort_incomplete(f"b/{self.me}/{seq}/")
@@ -1374,6 +1433,8 @@ class Manager:
             return False
 
     def _publish_batch(self, items: list[Item], report: CycleReport) -> bool:
+        if self.state.outbox():  # an update whose write failed: finish it before any other
+            self._recover_outbox()
         seq = self.state.own_seq + 1
         estimate = sum(self.cipher.size_on_relay(i.entry.size) for i in items if i.data != NONE)
         estimate += self.cipher.size_on_relay(self._frame_size(len(items)))
@@ -1385,7 +1446,7 @@ class Manager:
                 self.state.set_outbox(seq, time.time())
             kept: list[Item] = []
             blob_no = 0
-            with tempfile.TemporaryFile(dir=self.state_dir, prefix="spool-") as spool:
+            with self._outbox.new_body(seq) as spool:
                 for item in items:
                     if item.data == NONE:
                         kept.append(item)
@@ -1414,6 +1475,7 @@ class Manager:
                 if not kept:
                     with self.state.transaction():
                         self.state.clear_outbox(seq)
+                    self._outbox.discard(seq)
                     return True
                 kept = [i if i.supply else Item(replace(i.entry, seq=seq), i.data, i.blob, i.supply) for i in kept]
                 deps, unseen = self._horizon()
@@ -1421,18 +1483,11 @@ class Manager:
                                       self.count, kept, deps, unseen)
                 head = ObjectStore.encode_header(UPDATE_MAGIC, header.to_dict())
                 body_size = spool.seek(0, os.SEEK_END)
+                self._outbox.seal(seq, head, spool)  # from here on, seq is spent (escale/outbox.py)
                 spool.seek(0)
                 written = self.store.put_framed(update_name(self.me, seq), head, [spool], body_size)
-            digest = hashlib.sha256(head).hexdigest()
             size = written + sum(self.cipher.size_on_relay(i.entry.size) for i in kept if i.data == BLOB)
-            with self.state.transaction():
-                for item in kept:
-                    if not item.supply:
-                        self.state.remember(item.entry)
-                    for cid in item.requesters:  # answered: not again until that client acks it
-                        self.state.set(f"supplied:{cid}:{db_key(item.entry.path)}:{item.entry.hash}", str(seq))
-                self.state.add_published(Published(seq, digest, header.pullers, self.count, size))
-                self.state.clear_outbox(seq)
+            self._published(seq, head, header, size, kept)
             report.sent += sum(1 for i in kept if i.entry.kind == FILE and not i.supply)
             report.deleted += sum(1 for i in kept if i.entry.kind == GONE)
             log.info("%s: published update %d (%d entries, %d bytes)", self.name, seq, len(kept), size)
@@ -1517,28 +1572,44 @@ class Manager:
                 continue
         return total
 
+    def _published(self, seq: int, head: bytes, header: UpdateHeader, size: int, items: list[Item]) -> None:
+        """Record update ``seq`` as on the relay (and drop its local copy)."""
+        digest = hashlib.sha256(head).hexdigest()
+        with self.state.transaction():
+            for item in items:
+                if not item.supply:
+                    self.state.remember(item.entry)
+                for cid, n in item.requesters:  # answered: not again until that client acks it,
+                    self.state.set(f"supplied:{cid}:{db_key(item.entry.path)}:{item.entry.hash}", str(seq))
+                    self.state.raise_mark(f"answered:{cid}:{db_key(item.entry.path)}:{item.entry.hash}", n)  # nor asks anew
+            self.state.add_published(Published(seq, digest, header.pullers, header.count, size))
+            self.state.clear_outbox(seq)
+        self._outbox.discard(seq)
+
     def _recover_outbox(self) -> None:
-        """Finish or roll back an update a killed run was publishing."""
-        for seq in self.state.outbox():
+        """Finish an update whose write failed or was interrupted — with exactly the bytes
+        sealed before it left (never another update under its seq: a relay that kept
+        the first attempt would otherwise fork our history) — or roll back one that never
+        left."""
+        for seq in sorted(self.state.outbox()):
             name = update_name(self.me, seq)
-            if seq > self.state.own_seq and self.relay.stat(name) is not None:
-                header, digest, stream = self.store.open_framed(name, UPDATE_MAGIC)
-                stream.close()
-                h = UpdateHeader.parse(name, header, self.me, seq)
-                size = sum(i.size for i in self.relay.list(f"b/{self.me}/{seq}/")) + self.relay.stat(name).size
-                with self.state.transaction():
-                    for item in h.items:
-                        if not item.supply:
-                            self.state.remember(item.entry)
-                    self.state.add_published(Published(seq, digest.hex(), h.pullers, h.count, size))
-                    self.state.clear_outbox(seq)
-                log.info("%s: completed update %d interrupted by a crash", self.name, seq)
+            head = self._outbox.head(seq)
+            if seq > self.state.own_seq and head is not None:
+                h = UpdateHeader.parse(name, json.loads(head[len(UPDATE_MAGIC) + 4:]), self.me, seq)
+                with self._outbox.body(seq) as body:
+                    body_size = body.seek(0, os.SEEK_END)
+                    body.seek(0)
+                    written = self.store.put_framed(name, head, [body], body_size)
+                size = written + sum(i.size for i in self.relay.list(f"b/{self.me}/{seq}/"))
+                self._published(seq, head, h, size, h.items)
+                log.info("%s: completed update %d, whose write had failed or was interrupted", self.name, seq)
             else:
                 for info in list(self.relay.list(f"b/{self.me}/{seq}/")):
                     self.relay.delete(info.name)
                 with self.state.transaction():
                     self.state.clear_outbox(seq)
-                log.info("%s: rolled back update %d interrupted by a crash", self.name, seq)
+                self._outbox.discard(seq)
+                log.info("%s: rolled back update %d interrupted before it was sent", self.name, seq)
 
     # -- collection of acknowledged updates ---------------------------------------------------
     def _collect(self, view: RelayView) -> int:
@@ -1554,9 +1625,19 @@ class Manager:
         if not published:
             return 0
         acks: dict[str, int] = {}
+        ours = {p.seq: p.digest for p in published}
         for cid in view.acks:
             if cid != self.me:
                 acked, mark = self._acked_seq(view, cid), self.state.mark(f"ack:{cid}")
+                theirs = self._ack_entry(view, cid, self.me)
+                if theirs is not None and theirs[0] in ours and theirs[1] != ours[theirs[0]]:
+                    self._problem(IntegrityError(ack_name(cid), f"{self.name_of(cid)} applied our update "
+                                                 f"{theirs[0]} with another content (digest {theirs[1][:12]}…, "
+                                                 f"ours {ours[theirs[0]][:12]}…): a fork of this client's history "
+                                                 "(a relay serving a version we never finished, or our state "
+                                                 "restored from a backup); not collected"))
+                    acks[cid] = theirs[0] - 1
+                    continue
                 if acked < mark:
                     self._problem(IntegrityError(ack_name(cid), f"went back from seq {mark} to {acked}: an old "
                                                                 "acknowledgement replayed by the relay"))

@@ -355,8 +355,8 @@ class Item:
     data: str = NONE       # INLINE (in the update body), BLOB (own object) or NONE
     blob: int | None = None
     supply: bool = False   # answers a request: only clients that asked apply it
-    #: (publisher's bookkeeping, not written) the clients whose request this answers
-    requesters: list[str] = field(default_factory=list, compare=False, repr=False)
+    #: (publisher's bookkeeping, not written) (client, request counter) of the requests this answers
+    requesters: list[tuple[str, int]] = field(default_factory=list, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         d = {"e": self.entry.to_dict(), "d": self.data}
