@@ -48,8 +48,14 @@ def test_status_lists_members_and_pending_updates(cluster):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("[repo] relay file://")
-    assert any(line.split()[:2] == ["a", "shared"] and "1 update(s) pending (this client)" in line for line in lines)
+    assert any(line.split()[:2] == ["a", "shared"] and "1 update(s) pending," in line
+               and line.endswith("(this client)") for line in lines)
     assert any(line.split()[:2] == ["b", "shared"] and "0 update(s)" in line for line in lines)
+    # the repository id (to pin in a joining client's config), and each member's latest
+    # signed activity (a member whose time stops advancing is offline or hidden by the relay)
+    import json
+    assert lines[1].split() == ["repository", "id", json.loads((cluster.relay / "escale.json").read_text())["id"]]
+    assert all("last signed activity 20" in line and " s ago)" in line for line in lines[2:4]), lines
 
 
 def test_forget_lets_updates_be_collected_without_a_dead_puller(cluster):
