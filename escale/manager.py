@@ -459,7 +459,7 @@ class Manager:
         if self.repository.may_pull():
             self.download(view, report)
         else:
-            self._write_ack()  # a heartbeat only
+            self._write_ack(present=self.me in view.acks)  # a heartbeat only
         if self.repository.may_push():
             if self.repository.may_pull():
                 view = list_relay(self.relay)
@@ -786,11 +786,12 @@ class Manager:
             elif path not in self._failed_now:
                 report.error(f"{path}: still not written here ({why}); will retry")
 
-    def _write_ack(self, force: bool = False) -> None:
+    def _write_ack(self, force: bool = False, present: bool | None = None) -> None:
         """Our acknowledgements, with a signed time: rewritten when they change, and at
         least every ACTIVITY_INTERVAL as a heartbeat others see in ``escalectl status``."""
         last = float(self.state.get("ack_time", "0"))
-        if not force and time.time() - last < ACTIVITY_INTERVAL and self.relay.stat(ack_name(self.me)) is not None:
+        if not force and time.time() - last < ACTIVITY_INTERVAL and (
+                present if present is not None else self.relay.stat(ack_name(self.me)) is not None):
             return
         now = time.time()
         acks = {p: [s, d] for p, (s, d) in self.state.applied().items()}
@@ -1162,8 +1163,9 @@ class Manager:
                 and not (wants and self._reask):
             return
         if wants:
-            # the counter lets suppliers tell a replayed old request from a new one
-            n = self.state.mark("request_counter") + 1
+            # the counter lets suppliers tell a replayed old request from a new one; it
+            # follows the clock too, so a client whose state was reset does not go back
+            n = max(self.state.mark("request_counter") + 1, int(time.time() * 1000))
             self.state.raise_mark("request_counter", n)
             self.store.put_json(request_name(self.me), {"v": FORMAT_VERSION, "n": n, "wants": [
                 {"path": p, "hash": h, "supplier": s} for p, h, s in wants]})

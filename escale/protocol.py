@@ -176,6 +176,8 @@ class ObjectStore:
     def _sign(self, name: str, body: bytes) -> bytes:
         if self.signer is None:
             raise RuntimeError("no signing key")
+        if not self.repository:
+            raise RuntimeError("no repository id yet: the header must be read before anything is signed")
         return self.signer.sign(_signed_message(self.repository, name, body))
 
     def _verify(self, name: str, body: bytes, signature: bytes, key: bytes | None = None) -> None:
