@@ -1604,7 +1604,8 @@ class Manager:
                     written = self.store.put_framed(name, head, [body], body_size)
                 size = written + sum(i.size for i in self.relay.list(f"b/{self.me}/{seq}/"))
                 self._published(seq, head, h, size, h.items)
-                log.info("%s: completed update %d, whose write had failed or was interrupted", self.name, seq)
+                log.info("%s: completed update %d interrupted by a crash or a failed write (sent again as "
+                         "sealed)", self.name, seq)
             else:
                 for info in list(self.relay.list(f"b/{self.me}/{seq}/")):
                     self.relay.delete(info.name)
