@@ -257,6 +257,7 @@ class Manager:
         self._lock.acquire()
         try:
             self.state = State(self.state_dir)
+            self._outbox.tighten()
             record_place(self.state, self.repository.path, self._marker)
             self._deletions_held = self.state.get(HELD_KEY) is not None
             self._where.remember(self._marker)

@@ -26,10 +26,25 @@ class Outbox:
     def _path(self, seq: int, part: str) -> Path:
         return self.dir / f"{seq}.{part}"
 
+    def tighten(self) -> None:
+        """Make an outbox left open by an older version private again."""
+        if self.dir.is_dir():
+            os.chmod(self.dir, 0o700)
+            for f in self.dir.iterdir():
+                os.chmod(f, 0o600)
+
+    def _private(self, path: Path) -> int:
+        """A new file only this user can read (the state folder is private whatever the
+        umask: an update's body holds file contents in plaintext)."""
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        return fd
+
     def new_body(self, seq: int) -> BinaryIO:
         """A fresh, empty body spool for update ``seq`` (read and write)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        return open(self._path(seq, "body"), "w+b")
+        return os.fdopen(self._private(self._path(seq, "body")), "w+b")
 
     def body(self, seq: int) -> BinaryIO:
         return open(self._path(seq, "body"), "rb")
@@ -39,7 +54,7 @@ class Outbox:
         body.flush()
         os.fsync(body.fileno())
         tmp = self._path(seq, "head.tmp")
-        with open(tmp, "wb") as f:
+        with os.fdopen(self._private(tmp), "wb") as f:
             f.write(head)
             f.flush()
             os.fsync(f.fileno())

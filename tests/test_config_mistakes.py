@@ -93,6 +93,7 @@ PLAIN = {
     "checksum cache": "no", "index": "topdir:2", "maxpagesize": "50MB", "encryption": "off",
     "user": "alice", "password": "s3cr3t", "trash retention": "7", "modification time": "yes",
     "verbosity": "2", "strict permissions": "no", "max delete": "20%",
+    "repository id": "0123456789abcdef0123456789abcdef",
 }
 #: ... in an encrypted one ...
 SECRET = {"local path": "/tmp/escale-t/local", "relay address": "/tmp/escale-t/relay",
