@@ -28,8 +28,8 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
         missing.append(p)
         p = p.parent
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    for d in (path, *missing):
-        _restrict(d, DIR_MODE)
+    for d in (path, *missing):  # mkdir gives missing parents the umask's mode, not ours
+        _restrict(d, DIR_MODE, created=d in missing)
     return path
 
 
@@ -48,7 +48,7 @@ def private_file(path: str | os.PathLike[str], create: bool = True) -> Path:
     return path
 
 
-def _restrict(p: Path, mode: int) -> None:
+def _restrict(p: Path, mode: int, created: bool = False) -> None:
     current = p.stat().st_mode & 0o7777
     if current == mode:
         return
@@ -57,5 +57,5 @@ def _restrict(p: Path, mode: int) -> None:
     except OSError as exc:  # not ours (a shared folder): say so, the sync itself can go on
         log.warning("cannot make %s private to this user (mode %o): %s", p, current, exc.strerror or exc)
         return
-    if current & 0o077:
+    if current & 0o077 and not created:
         log.info("%s was open to other users (mode %o); now %o", p, current, mode)
