@@ -59,9 +59,34 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RelayOption:
+    """An option a backend declares for its section of the configuration file.
+
+    The configuration (:mod:`escale.config`) registers the options of every backend, so
+    adding a backend never means editing the option table. The value reaches the
+    backend's constructor as the keyword ``field``; ``parse`` turns the text into that
+    value and raises ValueError with a message a user can act on (the configuration
+    names the file, section and option around it). Several backends may declare the
+    same option (TLS, retries) with the same field and aliases.
+    """
+
+    field: str
+    #: spellings accepted in a configuration file; the first is the one shown
+    aliases: tuple[str, ...]
+    parse: Callable[[str], object] | None = None
+    #: never logged or shown (a token, a key file's passphrase)
+    secret: bool = False
+    doc: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.aliases[0]
 
 
 @dataclass(frozen=True)
@@ -110,6 +135,9 @@ class Relay(ABC):
 
     #: URL schemes this backend serves, e.g. ("file",)
     schemes: tuple[str, ...] = ()
+    #: options of this backend's sections (registered by :mod:`escale.config`)
+    options: tuple[RelayOption, ...] = ()
+
     @property
     def capabilities(self) -> Capabilities:
         """What this backend guarantees here (a backend that probes refines it)."""
