@@ -7,6 +7,8 @@
   (never the member running it: its other cards under the same name go).
 - ``confirm-deletes [-r NAME] [--dry-run]``: show the local deletions the mass-deletion
   guard holds back, and let the next cycle publish them.
+- ``backup [-r NAME] ARCHIVE`` / ``restore [-r NAME] [--force] ARCHIVE``: the relay's
+  objects to a tar archive and back (:mod:`escale.backup`).
 """
 from __future__ import annotations
 
@@ -42,7 +44,56 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("confirm-deletes", help="show the deletions held back by 'max delete' and publish them")
     d.add_argument("-r", "--repository", action="append", default=[], metavar="NAME")
     d.add_argument("-n", "--dry-run", action="store_true", help="only show what is held back")
+    b = sub.add_parser("backup", help="save the relay's objects to a tar archive (.tar, .tar.gz, .tar.bz2, .tar.xz)")
+    b.add_argument("-r", "--repository", metavar="NAME", help="repository (section); needed if there are several")
+    b.add_argument("archive", help="archive to create; without a tar ending, .tar.bz2 is appended")
+    r = sub.add_parser("restore", help="put the objects of a backup archive back on the relay")
+    r.add_argument("-r", "--repository", metavar="NAME", help="repository (section); needed if there are several")
+    r.add_argument("--force", action="store_true", help="write over a relay that is not empty")
+    r.add_argument("archive", help="archive made by escalectl backup")
     return p
+
+
+def _one(cfg, name: str | None):
+    """The one repository a command acts on: named with -r, or the only section."""
+    repos = select(cfg, [name] if name else [])
+    if len(repos) != 1:
+        raise ConfigError(f"{'no repository' if not repos else 'several repositories'} in the configuration "
+                          f"({', '.join(r.name for r in repos) or 'none'}): name one with -r", path=cfg.path)
+    return repos[0]
+
+
+def _relay(repo):
+    """The repository's relay, built exactly as the daemon builds it."""
+    from ..manager import Manager
+
+    return Manager.from_config(repo).relay
+
+
+def cmd_backup(cfg, args) -> int:
+    from ..backup import backup
+
+    repo = _one(cfg, args.repository)
+    relay = _relay(repo)
+    with relay:
+        rep = backup(relay, args.archive)
+    note = " (the relay was still changing: each object as it was when read)" if rep.unsettled else ""
+    print(f"{repo.name}: saved {rep.objects} object(s), {rep.bytes} bytes, to {rep.archive}{note}")
+    return EXIT_OK
+
+
+def cmd_restore(cfg, args) -> int:
+    from ..backup import restore
+
+    repo = _one(cfg, args.repository)
+    relay = _relay(repo)
+    with relay:
+        rep = restore(relay, args.archive, force=args.force)
+    extra = f", {rep.present} already there" if rep.present else ""
+    extra += f", {len(rep.replaced)} replaced" if rep.replaced else ""
+    print(f"{repo.name}: restored {rep.objects} object(s), {rep.bytes} bytes, from {rep.archive}{extra}; "
+          "every object checked against the archive's manifest")
+    return EXIT_OK
 
 
 def _locate(cfg, resource: str, name: str | None):
@@ -182,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         return {"access": cmd_access, "status": cmd_status, "forget": cmd_forget,
-                "confirm-deletes": cmd_confirm_deletes}[args.command](cfg, args)
+                "confirm-deletes": cmd_confirm_deletes, "backup": cmd_backup, "restore": cmd_restore}[args.command](cfg, args)
     except ConfigError as exc:
         print(f"escalectl: {exc}", file=sys.stderr)
         return EXIT_CONFIG
