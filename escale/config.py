@@ -7,6 +7,11 @@ the process. Every option of escale 0.7 is still recognised under all of its
 aliases so that old files keep loading; options that no longer mean anything
 are accepted with a warning instead of an error.
 
+Relay backends declare their own options (:attr:`escale.relay.base.Relay.options`); the
+option table here is the core one, and :func:`option_table` adds the options of every
+backend registered in :data:`escale.relay.BACKENDS`, so a new backend needs no change here.
+A backend's own rules (an S3 bucket name) are its :meth:`~escale.relay.base.Relay.check_config`.
+
 Everything a user can get wrong ends in a :class:`~escale.errors.ConfigError`
 naming the file, the section, the option and the bad value (never the value of
 a secret), so the CLI can exit with code 3 and a message that can be acted on.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import functools
 import hashlib
 import logging
 import math
@@ -100,7 +106,9 @@ class RepositoryConfig:
     max_delete: DeleteLimit = field(default_factory=lambda: DeleteLimit.parse(DEFAULT_MAX_DELETE))
     timestamp: bool = True
     verbosity: int = 1
-    options: dict[str, str] = field(default_factory=dict)
+    #: keywords for the relay backend: ``port`` and the backend's declared options, parsed
+    #: (repr=False: a backend's option may be secret)
+    options: dict[str, object] = field(default_factory=dict, repr=False)
     cache_dir: Path | None = None
     #: options (as written) whose secret is in the configuration file itself, not in a file
     inline_secrets: list[str] = field(default_factory=list, repr=False)
@@ -141,14 +149,22 @@ class OptionSpec:
     """One option: its field name, every accepted spelling and where it may appear.
 
     ``scope`` is GLOBAL (before the first section only), REPO (a repository
-    field, inheritable from the global part), RELAY (kept verbatim in
-    ``RepositoryConfig.options`` for network backends) or OBSOLETE (0.7 option,
-    accepted with a warning and ignored).
+    field, inheritable from the global part), RELAY (declared by relay backends,
+    :attr:`escale.relay.base.Relay.options`; parsed with ``parse`` and passed to the
+    backend as the keyword ``field`` through ``RepositoryConfig.options``) or OBSOLETE
+    (0.7 option, accepted with a warning and ignored).
     """
 
     field: str
     aliases: tuple[str, ...]
     scope: str = REPO
+    #: RELAY: text -> value for the backend's keyword (raises ValueError); None keeps the text
+    parse: Callable[[str], object] | None = None
+    #: never shown in messages (a token, a key)
+    secret: bool = False
+    doc: str = ""
+    #: RELAY: the backend classes that declare the option, in registration order
+    backends: tuple[type, ...] = ()
 
     @property
     def name(self) -> str:
@@ -159,7 +175,8 @@ def _o(fieldname: str, *aliases: str, scope: str = REPO) -> OptionSpec:
     return OptionSpec(fieldname, aliases, scope)
 
 
-OPTIONS: tuple[OptionSpec, ...] = (
+#: options escale itself reads; relay backends declare theirs (:func:`option_table` adds them)
+CORE_OPTIONS: tuple[OptionSpec, ...] = (
     # repository options
     _o("local_path", "local path", "path"),
     _o("relay_address", "relay address", "host address", "remote address", "address"),
@@ -195,21 +212,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
     _o("max_delete", "max delete", "max deletes"),
     _o("timestamp", "modification time", "timestamp", "mtime"),
     _o("verbosity", "verbosity", "verbosity level"),
-    # kept for network relay backends (stored in RepositoryConfig.options)
-    _o("ssl_version", "ssl version", scope=RELAY),
-    _o("verify_ssl", "verify ssl", scope=RELAY),
-    _o("certfile", "certfile", "cert file", "certificate", scope=RELAY),
-    _o("keyfile", "keyfile", "key file", "private key", scope=RELAY),
-    _o("max_retries", "max retries", scope=RELAY),
-    _o("rclone_binary", "rclone binary", scope=RELAY),
-    _o("drive_binary", "drive binary", scope=RELAY),
-    # s3 relays (checked here, passed to the backend as keywords)
-    _o("endpoint", "endpoint", "endpoint url", "s3 endpoint", scope=RELAY),
-    _o("region", "region", "region name", "aws region", scope=RELAY),
-    _o("profile", "profile", "aws profile", scope=RELAY),
-    _o("create_bucket", "create bucket", scope=RELAY),
-    _o("part_size", "part size", "multipart part size", scope=RELAY),
-    # escale 0.7 options that no longer mean anything: warned about, ignored
+    # escale 0.7 options that no longer mean anything: warned about, ignored. A backend
+    # that declares one of these (every spelling) takes it over (see _relay_specs).
+    _o("ssl_version", "ssl version", scope=OBSOLETE),  # TLS versions are negotiated
+    _o("rclone_binary", "rclone binary", scope=OBSOLETE),  # until an rclone backend declares it
+    _o("drive_binary", "drive binary", scope=OBSOLETE),  # the odeke-em tool; Drive is reached by its API
     _o("lock_timeout", "lock timeout", scope=OBSOLETE),
     _o("min_split_size", "min split size", "split size", "split", scope=OBSOLETE),
     _o("max_pending_transfers", "max pending transfers", scope=OBSOLETE),
@@ -241,28 +248,91 @@ def _display(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", name).strip().lower()
 
 
-def _build_alias_map() -> dict[str, OptionSpec]:
+def backend_label(cls: type) -> str:
+    """How messages and docs name a backend: its scheme that matches its class name
+    (``webdav`` for WebDAV, ``s3``), else its first scheme (``file``)."""
+    schemes = tuple(getattr(cls, "schemes", ()))
+    own = cls.__name__.lower()
+    return own if own in schemes else (schemes[0] if schemes else own)
+
+
+def _relay_specs(backends: tuple[type, ...], core: tuple[OptionSpec, ...]) -> list[OptionSpec]:
+    """One RELAY spec per option the backends declare; a declaration shared by several
+    backends must agree on field and spellings (a programming error otherwise)."""
+    core_fields = {spec.field for spec in core if spec.scope != OBSOLETE}
+    merged: dict[str, OptionSpec] = {}
+    for cls in backends:
+        for opt in getattr(cls, "options", ()):
+            where = f"{cls.__name__}.options: {opt.name!r}"
+            if opt.field in core_fields:
+                raise AssertionError(f"{where} reuses the field {opt.field!r} of a core option")
+            known = merged.get(opt.field)
+            if known is None:
+                merged[opt.field] = OptionSpec(opt.field, tuple(opt.aliases), RELAY, opt.parse, opt.secret,
+                                               opt.doc, (cls,))
+            elif known.aliases != tuple(opt.aliases) or known.secret != opt.secret:
+                raise AssertionError(f"{where} is declared by {known.backends[0].__name__} with other "
+                                     "spellings or secrecy; declare it once and share it")
+            elif cls not in known.backends:
+                merged[opt.field] = OptionSpec(known.field, known.aliases, RELAY, known.parse, known.secret,
+                                               known.doc, known.backends + (cls,))
+    return list(merged.values())
+
+
+@functools.lru_cache(maxsize=None)
+def _tables(backends: tuple[type, ...]) -> tuple[tuple[OptionSpec, ...], dict[str, OptionSpec]]:
+    relay = _relay_specs(backends, CORE_OPTIONS)
+    relay_keys = {_key(a) for spec in relay for a in spec.aliases}
+    specs: list[OptionSpec] = []
+    for spec in CORE_OPTIONS:
+        taken = {_key(a) for a in spec.aliases} & relay_keys
+        if taken and spec.scope == OBSOLETE:
+            if len(taken) != len(spec.aliases):
+                raise AssertionError(f"a backend takes over the 0.7 option {spec.name!r}: it must declare "
+                                     f"every spelling of it ({', '.join(spec.aliases)})")
+            continue  # a backend gives this 0.7 option a meaning again
+        specs.append(spec)
+    specs.extend(relay)
     table: dict[str, OptionSpec] = {}
-    for spec in OPTIONS:
+    for spec in specs:
         for alias in spec.aliases:
             k = _key(alias)
             if k in table and table[k] is not spec:
                 raise AssertionError(f"alias {alias!r} is ambiguous")  # programming error
             table[k] = spec
-    return table
+    return tuple(specs), table
 
 
-_ALIASES = _build_alias_map()
-ALL_ALIASES: tuple[str, ...] = tuple(a for spec in OPTIONS for a in spec.aliases)
+def _registered() -> tuple[type, ...]:
+    """The backend classes of :data:`escale.relay.BACKENDS`, each once, in order."""
+    return tuple(dict.fromkeys(BACKENDS.values()))
+
+
+def option_table() -> tuple[OptionSpec, ...]:
+    """Every option: the core table plus the options of every registered backend."""
+    return _tables(_registered())[0]
 
 
 def lookup_option(name: str) -> OptionSpec | None:
     """The option a (possibly differently spelt) name refers to, or None."""
-    return _ALIASES.get(_key(name))
+    return _tables(_registered())[1].get(_key(name))
+
+
+def all_aliases() -> tuple[str, ...]:
+    return tuple(a for spec in option_table() for a in spec.aliases)
+
+
+def __getattr__(name: str) -> object:
+    # OPTIONS and ALL_ALIASES follow the registered backends (a test may register one)
+    if name == "OPTIONS":
+        return option_table()
+    if name == "ALL_ALIASES":
+        return all_aliases()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _suggest(name: str) -> str:
-    close = difflib.get_close_matches(_display(name), ALL_ALIASES, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(_display(name), all_aliases(), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
@@ -444,67 +514,6 @@ def _parse_port(text: str) -> int:
     return n
 
 
-# s3 relay options: each checked, then kept in RepositoryConfig.options as normalised text
-S3_MIN_PART_SIZE = 5 * 2**20
-S3_MAX_PART_SIZE = 5 * 2**30
-_S3_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{2,254}")
-
-
-def _parse_endpoint(text: str) -> str:
-    from urllib.parse import urlsplit
-
-    t = text.strip()
-    try:
-        parts = urlsplit(t)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError as exc:
-        raise ValueError(f"not a URL ({exc})") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an http:// or https:// URL, e.g. http://127.0.0.1:8333")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError("an endpoint is scheme://host[:port][/path], without query or credentials")
-    return t.rstrip("/")
-
-
-def _parse_token(what: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        t = text.strip()
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", t):
-            raise ValueError(f"a {what} is a single word of letters, digits, '.', '_' or '-'")
-        return t
-    return parse
-
-
-def _parse_bool_text(text: str) -> str:
-    return "yes" if parse_bool(text) else "no"
-
-
-def _parse_verify_ssl_text(text: str) -> str:
-    """'verify ssl', checked by the one parser the backends use (strict booleans or an
-    existing CA bundle), so a typo is a configuration error, not a CA-bundle path."""
-    value = parse_verify_ssl(text)
-    return value if isinstance(value, str) else ("yes" if value else "no")
-
-
-def _parse_part_size(text: str) -> str:
-    n = parse_size(text)
-    if not S3_MIN_PART_SIZE <= n <= S3_MAX_PART_SIZE:
-        raise ValueError("a part size is between 5MiB and 5GiB (S3's limits)")
-    return f"{n}B"
-
-
-#: relay option field -> (parser giving the text passed to the backend, protocols it applies to;
-#: () = every network relay)
-_RELAY_CHECKS: dict[str, tuple[Callable[[str], str], tuple[str, ...]]] = {
-    "endpoint": (_parse_endpoint, ("s3",)),
-    "region": (_parse_token("region"), ("s3",)),
-    "profile": (_parse_token("profile name"), ("s3",)),
-    "create_bucket": (_parse_bool_text, ("s3",)),
-    "part_size": (_parse_part_size, ("s3",)),
-    "verify_ssl": (_parse_verify_ssl_text, ()),  # () = every network relay
-}
-
-
 # --------------------------------------------------------------------------- reading the file
 
 _GLOBAL_HEADER = "\x00escale-global\x00"
@@ -531,7 +540,7 @@ def _where(section: str | None) -> str:
 
 def _bad(v: _Value, reason: str, path: Path | None) -> ConfigError:
     spec = lookup_option(v.option)
-    shown = "<hidden>" if spec is not None and spec.field in _SECRET_FIELDS else v.value
+    shown = "<hidden>" if spec is not None and (spec.secret or spec.field in _SECRET_FIELDS) else v.value
     return ConfigError(f"bad value '{shown}'{_where(v.section)}: {reason}",
                        path=path, section=v.section, option=v.option)
 
@@ -637,7 +646,7 @@ class _Section:
     def required(self, name: str) -> _Value:
         v = self.raw(name)
         if v is None:
-            spec = next(s for s in OPTIONS if s.field == name)
+            spec = next(s for s in option_table() if s.field == name)
             raise ConfigError(f"missing required option '{spec.name}'", path=self.path, section=self.name)
         return v
 
@@ -649,7 +658,7 @@ class _Section:
 _ADDRESS_USER, _ADDRESS_PASSWORD = "\0user", "\0password"
 
 
-def _relay_location(sec: _Section) -> tuple[str, str, dict[str, str]]:
+def _relay_location(sec: _Section) -> tuple[str, str, dict[str, object]]:
     """(relay URL, protocol, extra options) from the address, directory and port options."""
     addr_v = sec.required("relay_address")
     try:
@@ -662,7 +671,7 @@ def _relay_location(sec: _Section) -> tuple[str, str, dict[str, str]]:
     if backend_for(protocol) is None:
         raise sec.error(addr_v, f"no relay backend for '{protocol}' yet "
                                 f"(available: {', '.join(sorted(BACKENDS))})")
-    extra: dict[str, str] = {}
+    extra: dict[str, object] = {}
     port = sec.get("port", _parse_port, None)
     if addr_port is not None:
         if port is not None and port != int(addr_port):
@@ -768,29 +777,38 @@ def _resolve_password(v: _Value, user: str | None, path: Path | None,
     return None, first, False
 
 
-def _check_s3(sec: _Section, user: str | None, password: str | None) -> None:
-    """An s3 address names a bucket, has no port, and credentials come in pairs."""
-    addr_v = sec.required("relay_address")
-    rest = addr_v.value.strip().split("://", 1)[-1]
-    netloc = rest.split("/", 1)[0]
-    bucket, _, port = netloc.partition(":")
-    if not bucket:
-        raise sec.error(addr_v, f"relay address '{addr_v.value.strip()}' has no bucket; "
-                                "write s3://bucket or s3://bucket/prefix")
-    if not _S3_BUCKET_RE.fullmatch(bucket):
-        raise sec.error(addr_v, f"'{bucket}' is not a bucket name (3 to 255 lowercase letters, digits, "
-                                "'.', '-' or '_')")
-    if port:
-        raise sec.error(addr_v, "an s3 address is s3://bucket/prefix, without a port; put the server's "
-                                "host and port in 'endpoint', e.g. endpoint = http://host:8333")
-    port_v = sec.raw("port")
-    if port_v is not None:
-        raise sec.error(port_v, "an s3 relay has no port; put it in 'endpoint', e.g. http://host:8333")
-    if (user is None) != (password is None):
-        missing = "secret key" if password is None else "access key"
-        raise ConfigError(f"'{missing}' is missing: give both 'access key' and 'secret key', or neither "
-                          "to use the AWS credential chain (environment, ~/.aws, instance role)",
-                          path=sec.path, section=sec.name, option=missing)
+def _relay_options(sec: _Section, backend: type, options: dict[str, object], inline_secrets: list[str]) -> None:
+    """Parse the section's relay options into ``options`` (the backend's keywords).
+
+    Every option is checked with its declared parser, even one that belongs to another
+    backend (a bad value is an error wherever it is); one that does not belong to this
+    section's backend is then ignored, with a warning naming the backends it is for when
+    the section itself sets it (one inherited from the global part may be for others).
+    """
+    for spec in option_table():
+        if spec.scope != RELAY or (v := sec.raw(spec.field)) is None:
+            continue
+        parse = spec.parse
+        if backend in spec.backends:  # the section's own backend's parser
+            parse = next((o.parse for o in backend.options if o.field == spec.field), parse)
+        value = sec.get(spec.field, parse or str.strip, None)
+        if backend not in spec.backends:
+            owners = "/".join(sorted({backend_label(cls) for cls in spec.backends}))
+            (log.warning if v.section is not None else log.info)(
+                "[%s] option '%s' only applies to %s relays; ignored", sec.name, v.option, owners)
+            continue
+        options[spec.field] = value
+        if spec.secret:
+            inline_secrets.append(v.option)
+
+
+def _backend_error(sec: _Section, exc: ConfigError) -> ConfigError:
+    """A backend's refusal (:meth:`Relay.check_config`), placed at the option as written."""
+    spec = lookup_option(exc.option) if exc.option else lookup_option("relay address")
+    v = sec.raw(spec.field) if spec is not None else None
+    if v is not None:
+        return sec.error(v, exc.detail)
+    return ConfigError(exc.detail, path=sec.path, section=sec.name, option=exc.option or "relay address")
 
 
 def _not_a_folder(p: Path) -> Path | None:
@@ -911,25 +929,16 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
         elif (problem := passphrase_file_problem(passphrase_v.value, path)) is not None:
             raise sec.error(passphrase_v, problem)
 
-    if protocol == "s3":
-        _check_s3(sec, user, password)
-    for spec in OPTIONS:
-        if spec.scope == RELAY and (rv := sec.raw(spec.field)) is not None:
-            check = _RELAY_CHECKS.get(spec.field)
-            if check is not None:
-                value = sec.get(spec.field, check[0], "")
-                if check[1] and protocol not in check[1]:
-                    log.warning("[%s] option '%s' only applies to %s relays; ignored", name, rv.option,
-                                "/".join(check[1]))
-                    continue
-                options[spec.field] = value
-                if check[1]:
-                    continue
-            else:
-                options[spec.field] = rv.value.strip()
-            if protocol == "file":
-                log.info("[%s] option '%s' is kept for network relays; it has no effect on a file relay",
-                         name, rv.option)
+    backend = backend_for(protocol)
+    assert backend is not None  # _relay_location refused unknown protocols
+    _relay_options(sec, backend, options, inline_secrets)
+    try:
+        backend.check_config(sec.required("relay_address").value, user=user, password=password,
+                             options=options)
+    except ConfigError as exc:
+        raise _backend_error(sec, exc) from None
+    except ValueError as exc:
+        raise sec.error(sec.required("relay_address"), str(exc)) from None
 
     return RepositoryConfig(
         name=name,

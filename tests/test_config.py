@@ -168,7 +168,7 @@ def test_relay_overlapping_local_folder_refused() -> None:
 
 
 def test_all_fields_through_aliases(tmp_path: Path) -> None:
-    text = section(extra="""\
+    text = section(relay="https://dav.example.org/escale", extra="""\
 client = laptop
 synchronization mode = protective
 refresh = 12.5
@@ -217,8 +217,9 @@ max retries = 5
     assert r.trash_retention_days == 0.0
     assert r.timestamp is False
     assert r.verbosity == 2
-    assert r.options == {"port": "2121", "verify_ssl": "no", "certfile": "/etc/ssl/client.pem",
-                         "keyfile": "/etc/ssl/client.key", "max_retries": "5"}
+    # the WebDAV backend's options (escale.relay.options), parsed by their declared parsers
+    assert r.options == {"port": "2121", "verify_ssl": False, "certfile": "/etc/ssl/client.pem",
+                         "keyfile": "/etc/ssl/client.key", "max_retries": 5}
     assert "s3cr3t" not in repr(r)
 
 
@@ -360,8 +361,9 @@ relay directory = docs
 """))
     assert r.relay_url == "s3://escale-relay/some/prefix/docs" and r.relay_protocol == "s3"
     assert (r.user, r.password) == ("AKIDEXAMPLE", "s3cr3t")
+    # parsed by the parsers S3 declares (escale.relay.s3.S3.options)
     assert r.options == {"endpoint": "http://127.0.0.1:8333", "region": "eu-west-3", "profile": "work",
-                         "create_bucket": "yes", "part_size": f"{8 * 2**20}B"}
+                         "create_bucket": True, "part_size": 8 * 2**20}
     assert "s3cr3t" not in repr(r)
     # what Manager.from_config does with them
     from escale.relay.s3 import S3 as Backend
@@ -442,7 +444,7 @@ def test_s3_options_ignored_with_a_warning_elsewhere(caplog: pytest.LogCaptureFi
 
 def test_s3_options_inherited_from_the_global_part() -> None:
     text = "endpoint = http://127.0.0.1:8333\ncreate bucket = on\n" + section(relay=S3)
-    assert one(text).options == {"endpoint": "http://127.0.0.1:8333", "create_bucket": "yes"}
+    assert one(text).options == {"endpoint": "http://127.0.0.1:8333", "create_bucket": True}
 
 
 # --------------------------------------------------------------------------- credentials
@@ -636,9 +638,16 @@ def test_obsolete_global_option_warns_once(caplog: pytest.LogCaptureFixture) -> 
     assert caplog.text.count("option 'keep alive' is obsolete and ignored") == 1
 
 
-def test_relay_options_kept() -> None:
-    r = one(section(extra="ssl version = TLSv1.2\nrclone binary = /usr/bin/rclone\nkeyfile = /k\n"))
-    assert r.options == {"ssl_version": "TLSv1.2", "rclone_binary": "/usr/bin/rclone", "keyfile": "/k"}
+def test_relay_options_go_to_the_backend_that_declares_them(caplog: pytest.LogCaptureFixture) -> None:
+    extra = "ssl version = TLSv1.2\nrclone binary = /usr/bin/rclone\nkeyfile = /k\ncertfile = /c\n"
+    r = one(section(relay="https://dav.example.org/x", extra=extra))
+    assert r.options == {"keyfile": "/k", "certfile": "/c"}
+    with caplog.at_level(logging.WARNING, logger="escale.config"):
+        r = one(section(extra=extra))  # a file relay: a copied 0.7 file still loads
+    assert r.options == {}
+    assert "option 'keyfile' only applies to webdav relays; ignored" in caplog.text
+    assert "option 'ssl version' is obsolete and ignored" in caplog.text
+    assert "option 'rclone binary' is obsolete and ignored" in caplog.text
 
 
 def test_aliases_are_unambiguous() -> None:

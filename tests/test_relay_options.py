@@ -105,7 +105,7 @@ def test_verify_ssl_is_strict_and_the_same_for_every_backend(backend: str, tmp_p
 def test_verify_ssl_typo_is_refused_when_the_configuration_is_read() -> None:
     with pytest.raises(ConfigError, match="verify ssl"):
         config("https://host/dav", "verify ssl = flase\n")
-    assert config("https://host/dav", "verify ssl = off\n").options["verify_ssl"] == "no"
+    assert config("https://host/dav", "verify ssl = off\n").options["verify_ssl"] is False
 
 
 # ------------------------------------------------------------------ a Nextcloud-like server

@@ -59,7 +59,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,17 @@ class Relay(ABC):
     def capabilities(self) -> Capabilities:
         """What this backend guarantees here (a backend that probes refines it)."""
         return Capabilities()
+
+    @classmethod
+    def check_config(cls, address: str, *, user: str | None, password: str | None,
+                     options: Mapping[str, object]) -> None:
+        """Refuse, when the configuration is read, a section this backend could never use.
+
+        ``address`` is the ``relay address`` as written, ``options`` the parsed values of
+        this backend's options (and ``port``). Raises ConfigError with ``option`` set to
+        the option at fault (ValueError: the relay address); the configuration adds the
+        file and section. Nothing here connects: this runs on every start and edit.
+        """
 
     def __init__(self, address: str):
         self.address = address

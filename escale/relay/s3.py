@@ -4,7 +4,8 @@ Works with AWS S3 and S3-compatible servers (SeaweedFS, MinIO, Ceph, Garage,
 Backblaze, Wasabi, moto…) through boto3. Every relay object is the S3 object
 ``prefix/name`` in ``bucket``.
 
-Options (``RepositoryConfig.options`` keywords, or Python keywords):
+Options (declared in :attr:`S3.options`, registered by the configuration, which passes
+them parsed as keywords; Python callers may pass text or values):
 
 ``endpoint``       URL of a non-AWS server, e.g. ``http://127.0.0.1:8333``; path-style
                    addressing is then used (``http://host/bucket/key``), which every
@@ -72,18 +73,21 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 import threading
 import time
 import uuid
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Mapping
+from urllib.parse import urlsplit
 
 from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExists, QuotaExceeded, RelayError,
                       RelayObjectMissing, SourceError)
 from ..values import parse_bool, parse_size, parse_verify_ssl
-from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
+from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
+from .options import MAX_RETRIES, VERIFY_SSL
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,42 @@ for _name in ("botocore", "boto3", "s3transfer"):
         _lg.setLevel(logging.WARNING)
 
 
+#: a bucket name as S3-compatible servers accept it (AWS is stricter: 3 to 63 characters)
+BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{2,254}")
+
+
+def parse_endpoint(text: str) -> str:
+    """``endpoint``: an http(s) URL without query or credentials, no trailing '/'."""
+    t = text.strip()
+    try:
+        parts = urlsplit(t)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL, e.g. http://127.0.0.1:8333")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("an endpoint is scheme://host[:port][/path], without query or credentials")
+    return t.rstrip("/")
+
+
+def _parse_word(what: str):
+    def parse(text: str) -> str:
+        t = text.strip()
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", t):
+            raise ValueError(f"a {what} is a single word of letters, digits, '.', '_' or '-'")
+        return t
+    return parse
+
+
+def parse_part_size(text: str) -> int:
+    """``part size``: a size within S3's limits for a multipart part."""
+    n = parse_size(text)
+    if not MIN_PART_SIZE <= n <= MAX_PART_SIZE:
+        raise ValueError("a part size is between 5MiB and 5GiB (S3's limits)")
+    return n
+
+
 def _as_bool(value, option: str) -> bool:
     if isinstance(value, bool) or value is None:
         return bool(value)
@@ -135,16 +175,10 @@ def _as_bool(value, option: str) -> bool:
 def _as_part_size(value) -> int:
     if value in (None, ""):
         return DEFAULT_PART_SIZE
-    if isinstance(value, int):
-        n = value
-    else:
-        try:
-            n = parse_size(str(value).strip())
-        except ValueError as exc:
-            raise ConfigError(str(exc), option="part size") from None
-    if not MIN_PART_SIZE <= n <= MAX_PART_SIZE:
-        raise ConfigError(f"part size {n} is outside 5 MiB … 5 GiB (S3's limits)", option="part size")
-    return n
+    try:
+        return parse_part_size(f"{value}B" if isinstance(value, int) else str(value))
+    except ValueError as exc:
+        raise ConfigError(str(exc), option="part size") from None
 
 
 def _concurrency(part_size: int) -> int:
@@ -220,6 +254,45 @@ def _multipart_etag(parts: list[dict]) -> str:
 
 class S3(Relay):
     schemes = ("s3",)
+    options = (
+        RelayOption("endpoint", ("endpoint", "endpoint url", "s3 endpoint"), parse_endpoint,
+                    doc="http(s)://host[:port] of an S3-compatible server (SeaweedFS, MinIO, Ceph, Garage…); "
+                        "path-style addressing is then used; default: AWS S3"),
+        RelayOption("region", ("region", "region name", "aws region"), _parse_word("region"),
+                    doc="region name, e.g. eu-west-3; default: the AWS chain's, else us-east-1"),
+        RelayOption("profile", ("profile", "aws profile"), _parse_word("profile name"),
+                    doc="a profile of ~/.aws/config and ~/.aws/credentials"),
+        RelayOption("create_bucket", ("create bucket",), parse_bool,
+                    doc="create the bucket when it does not exist (default no: a missing bucket is an error)"),
+        RelayOption("part_size", ("part size", "multipart part size"), parse_part_size,
+                    doc="size of the parts of a multipart upload, 5MiB to 5GiB (default 16MiB)"),
+        VERIFY_SSL,
+        MAX_RETRIES,
+    )
+
+    @classmethod
+    def check_config(cls, address: str, *, user: str | None, password: str | None,
+                     options: Mapping[str, object]) -> None:
+        """An s3 address names a bucket and has no port, and credentials come in pairs."""
+        rest = address.strip().split("://", 1)[-1]
+        bucket, _, port = rest.split("/", 1)[0].partition(":")
+        if not bucket:
+            raise ConfigError(f"relay address '{address.strip()}' has no bucket; write s3://bucket or "
+                              "s3://bucket/prefix", option="relay address")
+        if not BUCKET_RE.fullmatch(bucket):
+            raise ConfigError(f"'{bucket}' is not a bucket name (3 to 255 lowercase letters, digits, '.', '-' "
+                              "or '_')", option="relay address")
+        if port:
+            raise ConfigError("an s3 address is s3://bucket/prefix, without a port; put the server's host and "
+                              "port in 'endpoint', e.g. endpoint = http://host:8333", option="relay address")
+        if options.get("port") is not None:
+            raise ConfigError("an s3 relay has no port; put it in 'endpoint', e.g. http://host:8333",
+                              option="port")
+        if (user is None) != (password is None):
+            missing = "secret key" if password is None else "access key"
+            raise ConfigError(f"'{missing}' is missing: give both 'access key' and 'secret key', or neither "
+                              "to use the AWS credential chain (environment, ~/.aws, instance role)",
+                              option=missing)
 
     def __init__(self, address: str, user: str | None = None, password: str | None = None, *,
                  endpoint: str | None = None, region: str | None = None, profile: str | None = None,

@@ -93,6 +93,7 @@ from ..errors import (AuthenticationError, ConfigError, ObjectExists, QuotaExcee
 from ..values import parse_verify_ssl
 from .address import redact, split_network_address
 from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
+from .options import MAX_RETRIES, TLS
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +425,7 @@ def _version_stamp(lastmod: float, etag: str | None) -> float:
 
 class WebDAV(Relay):
     schemes = ("http", "https", "webdav", "webdavs")
+    options = (*TLS, MAX_RETRIES)
 
     def __init__(self, address: str, user: str | None = None, password: str | None = None,
                  verify_ssl: str | bool | None = None, certfile: str | None = None, keyfile: str | None = None,
@@ -484,8 +486,7 @@ class WebDAV(Relay):
             raise ConfigError(f"WebDAV timeout must be a number of seconds > 0, not {t!r}") from None
         self.timeout = (min(10.0, t), t)
         for k in options:
-            if k not in ("ssl_version",):
-                log.debug("%s: option %s is not used by the WebDAV relay", self.address, k)
+            log.debug("%s: option %s is not used by the WebDAV relay", self.address, k)
         self._session: requests.Session | None = None
         self._known: set[str] = set()  # collections known to exist ("" is the base)
         self._href_base: str | None = None  # the base's path as the server's hrefs spell it
