@@ -264,10 +264,17 @@ class ObjectStore:
 
         The header's signature is checked on its bytes before they are parsed.
         """
+        header, digest, _size, stream = self.open_frame(name, magic)
+        return header, digest, stream
+
+    def open_frame(self, name: str, magic: bytes) -> tuple[dict, bytes, int, BinaryIO]:
+        """As :meth:`open_framed`, with the byte size of the signed head (magic, length,
+        JSON) as well: with the body size the header announces it gives the object's exact
+        size on the relay (:meth:`framed_size`)."""
         stream = self.cipher.decrypt(name, self.relay.get(name))
         try:
-            header, digest = self._read_header(name, magic, stream)
-            return header, digest, stream
+            header, digest, size = self._read_header(name, magic, stream)
+            return header, digest, size, stream
         except BaseException:
             stream.close()
             raise
@@ -286,7 +293,7 @@ class ObjectStore:
         ``stop`` is called between blocks (it raises to interrupt a long copy).
         """
         with self.cipher.decrypt(name, self.relay.get(name)) as stream:
-            header, digest = self._read_header(name, magic, stream)
+            header, digest, _head = self._read_header(name, magic, stream)
             size, sha256 = body(header)
             if not (isinstance(size, int) and 0 <= size <= MAX_OBJECT):
                 raise IntegrityError(name, f"announces a body of {size!r} bytes")
@@ -314,7 +321,7 @@ class ObjectStore:
                 raise
         return header, digest, spool
 
-    def _read_header(self, name: str, magic: bytes, stream: BinaryIO) -> tuple[dict, bytes]:
+    def _read_header(self, name: str, magic: bytes, stream: BinaryIO) -> tuple[dict, bytes, int]:
         lead = read_exactly(stream, len(magic) + 4)
         if len(lead) < len(magic) + 4 or lead[:len(magic)] != magic:
             raise IntegrityError(name, "not an escale object of this kind/version")
@@ -329,7 +336,101 @@ class ObjectStore:
         header = _load_json(name, body)
         if not isinstance(header, dict):
             raise IntegrityError(name, "header is not an object")
-        return header, hashlib.sha256(lead + body).digest()
+        return header, hashlib.sha256(lead + body).digest(), len(lead) + length
+
+
+    # -- the documents, read and checked the one way every reader uses -------------------
+    def update_header(self, name: str, cid: str, seq: int) -> tuple["UpdateHeader", bytes, int]:
+        """An update's signed header only: (header, frame digest, expected relay size).
+        The body is not read (``escalectl check`` without ``--read-data``)."""
+        d, digest, head, stream = self.open_frame(name, UPDATE_MAGIC)
+        stream.close()
+        h = UpdateHeader.parse(name, d, cid, seq)
+        return h, digest, self.framed_size(head, h.inline_size())
+
+    def read_update(self, name: str, cid: str, seq: int, spool_dir: str | os.PathLike,
+                    stop: Callable[[], None] = lambda: None) -> tuple["UpdateHeader", bytes, BinaryIO]:
+        """A whole update, verified (signature, every AEAD chunk, exact length) and its
+        body spooled: (header, frame digest, body). Caller closes the body."""
+        parsed: list[UpdateHeader] = []
+
+        def body(d: dict) -> tuple[int, None]:
+            parsed.append(UpdateHeader.parse(name, d, cid, seq))
+            return parsed[0].inline_size(), None
+
+        _d, digest, spool = self.fetch_framed(name, UPDATE_MAGIC, body, spool_dir, stop)
+        return parsed[0], digest, spool
+
+    def snapshot_header(self, name: str, cid: str) -> tuple["Snapshot", int]:
+        """A snapshot's signed header only, and the object's expected relay size."""
+        d, _digest, head, stream = self.open_frame(name, SNAPSHOT_MAGIC)
+        stream.close()
+        snap = Snapshot.parse(name, d, cid)
+        return snap, self.framed_size(head, snap.size)
+
+    def read_snapshot(self, name: str, cid: str, spool_dir: str | os.PathLike,
+                      stop: Callable[[], None] = lambda: None) -> "Snapshot":
+        """A whole snapshot, its body verified (size and SHA-256 from the signed header)
+        and spooled; its entries are checked as they are read (:meth:`Snapshot.entries`)."""
+        parsed: list[Snapshot] = []
+
+        def body(d: dict) -> tuple[int, str]:
+            parsed.append(Snapshot.parse(name, d, cid))
+            return parsed[0].size, parsed[0].sha256
+
+        _d, _digest, spool = self.fetch_framed(name, SNAPSHOT_MAGIC, body, spool_dir, stop)
+        parsed[0].body = spool
+        return parsed[0]
+
+
+def parse_acks(name: str, value: Any) -> dict[str, tuple[int, str]]:
+    """An acknowledgement document: ``{pusher: (seq, frame digest hex)}``."""
+    try:
+        if not isinstance(value, dict) or value.get("v") != FORMAT_VERSION:
+            raise ValueError(f"unsupported format version {value.get('v') if isinstance(value, dict) else value!r:.20}")
+        acks = value["acks"]
+        if not isinstance(acks, dict):
+            raise ValueError("acks is not an object")
+        out = {}
+        for pusher, pos in acks.items():
+            if not (isinstance(pusher, str) and _CID_RE.match(pusher) and isinstance(pos, list) and len(pos) == 2
+                    and isinstance(pos[0], int) and not isinstance(pos[0], bool) and pos[0] >= 0
+                    and isinstance(pos[1], str)):
+                raise ValueError(f"bad position for {str(pusher)[:16]!r}")
+            out[pusher] = (pos[0], pos[1])
+        if not isinstance(value.get("time", 0), (int, float)):
+            raise ValueError("bad time")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(name, f"malformed acknowledgements: {exc}") from None
+    return out
+
+
+def parse_request(name: str, value: Any) -> tuple[int, list[dict]]:
+    """A request document: (counter, wants), each want ``{path, hash, supplier}``."""
+    try:
+        if not isinstance(value, dict) or value.get("v") != FORMAT_VERSION:
+            raise ValueError("unsupported format version")
+        n, wants = value["n"], value["wants"]
+        if not isinstance(n, int) or isinstance(n, bool) or not isinstance(wants, list):
+            raise ValueError("bad counter or list of wants")
+        for w in wants:
+            if not (isinstance(w, dict) and isinstance(w.get("path"), str) and isinstance(w.get("hash"), str)
+                    and isinstance(w.get("supplier"), str) and _CID_RE.match(w["supplier"])):
+                raise ValueError("bad want")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(name, f"malformed request: {exc}") from None
+    return n, wants
+
+
+def parse_reservation(name: str, value: Any) -> tuple[int, float]:
+    """A quota reservation: (bytes, time)."""
+    try:
+        size, when = int(value["bytes"]), float(value["time"])
+        if size < 0:
+            raise ValueError("negative size")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(name, f"malformed reservation: {exc}") from None
+    return size, when
 
 
 def _load_json(name: str, data: bytes) -> Any:
@@ -394,6 +495,10 @@ class UpdateHeader:
     deps: dict[str, int] = field(default_factory=dict)  # publisher's pull positions
     #: versions the publisher received but did not apply: path -> (author, seq)
     unseen: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def inline_size(self) -> int:
+        """The body's size: the inline contents, in item order."""
+        return sum(i.entry.size for i in self.items if i.data == INLINE)
 
     def to_dict(self) -> dict:
         return {"v": FORMAT_VERSION, "client": self.client, "seq": self.seq, "prev": self.prev,

@@ -9,6 +9,8 @@
   guard holds back, and let the next cycle publish them.
 - ``backup [-r NAME] ARCHIVE`` / ``restore [-r NAME] [--force] ARCHIVE``: the relay's
   objects to a tar archive and back (:mod:`escale.backup`).
+- ``check [-r NAME] [--read-data]``: verify every object on the relay, report every
+  problem by name (:mod:`escale.check`); exit 1 if there is any.
 """
 from __future__ import annotations
 
@@ -51,7 +53,39 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-r", "--repository", metavar="NAME", help="repository (section); needed if there are several")
     r.add_argument("--force", action="store_true", help="write over a relay that is not empty")
     r.add_argument("archive", help="archive made by escalectl backup")
+    k = sub.add_parser("check", help="verify every object on the relay (signatures, chains, sizes; "
+                                     "--read-data: every byte)")
+    k.add_argument("-r", "--repository", action="append", default=[], metavar="NAME")
+    k.add_argument("--read-data", action="store_true", help="read every object whole: AEAD, file digests, "
+                                                            "snapshot entries")
+    k.add_argument("-v", "--verbose", action="store_true", help="also show notes (members not met yet, uploads "
+                                                                "in progress)")
     return p
+
+
+def cmd_check(cfg, args) -> int:
+    from ..check import check
+    from ..manager import Manager
+
+    code = EXIT_OK
+    for repo in select(cfg, args.repository):
+        try:
+            rep = check(Manager.from_config(repo), read_data=args.read_data)
+        except EscaleError as exc:
+            print(f"escalectl: {repo.name}: {exc}", file=sys.stderr)
+            code = max(code, exc.exit_code)
+            continue
+        for p in rep.problems:
+            print(f"{repo.name}: {p}")
+        if args.verbose:
+            for n in rep.notes:
+                print(f"{repo.name}: note: {n}")
+        what = "every byte read" if args.read_data else "headers, sizes and small objects read"
+        verdict = "no problem found" if rep.ok else f"{len(rep.problems)} problem(s)"
+        print(f"{repo.name}: checked {rep.objects} object(s) ({what}, {rep.read} bytes): {verdict}")
+        if not rep.ok:
+            code = max(code, EXIT_FILES_FAILED)
+    return code
 
 
 def _one(cfg, name: str | None):
@@ -233,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         return {"access": cmd_access, "status": cmd_status, "forget": cmd_forget,
-                "confirm-deletes": cmd_confirm_deletes, "backup": cmd_backup, "restore": cmd_restore}[args.command](cfg, args)
+                "confirm-deletes": cmd_confirm_deletes, "backup": cmd_backup, "restore": cmd_restore,
+                "check": cmd_check}[args.command](cfg, args)
     except ConfigError as exc:
         print(f"escalectl: {exc}", file=sys.stderr)
         return EXIT_CONFIG
