@@ -250,6 +250,7 @@ class Manager:
         refuses a folder this client synced that is now missing or unmarked."""
         self.state_dir, self._marker = self._where.resolve()
         self._outbox = Outbox(self.state_dir)
+        self.relay.use_state_dir(self.state_dir, self.name)  # e.g. where a Drive token lives
 
     def open(self) -> None:
         self._find_state()

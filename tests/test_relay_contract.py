@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from escale.errors import ObjectExists, RelayObjectMissing, SourceError
-from escale.relay import S3, LocalMount, WebDAV
+from escale.relay import S3, GoogleDrive, LocalMount, WebDAV
 from escale.relay.base import Relay
 from servers_webdav import FaultProxy
 from servers_s3 import FaultProxy as S3FaultProxy
 
 KINDS = ["file", "file-nolinks", "webdav-wsgidav", "webdav-apache", "webdav-rclone",
-         "s3-seaweedfs", "s3-moto", "s3-rclone"]
+         "s3-seaweedfs", "s3-moto", "s3-rclone", "gdrive"]
 WEBDAV_KINDS = [k for k in KINDS if k.startswith("webdav-")]
 S3_KINDS = [k for k in KINDS if k.startswith("s3-")]
 #: servers that honour conditional writes (rclone ignores If-None-Match on WebDAV and S3)
@@ -54,6 +54,10 @@ def make_relay(request, kind: str, tmp_path, *, via: str | None = None, **extra)
         if via:
             address = via + address[len(server.url):]
         relay = WebDAV(address, **{**kwargs, **extra})
+    elif kind == "gdrive":
+        server = server_of(request, kind)
+        address, _conf, kwargs = server.new()
+        relay = GoogleDrive(address, **{**kwargs, **extra})
     else:
         server = server_of(request, kind)
         address, _conf, kwargs = server.new()
@@ -213,7 +217,7 @@ def test_non_empty_folder_is_never_deleted(request, kind, tmp_path) -> None:
 
 
 def _listing_case(kind: str):
-    heavy = kind.startswith("webdav-") or kind == "s3-moto"  # 1,001 puts: seconds on these
+    heavy = kind.startswith("webdav-") or kind in ("s3-moto", "gdrive")  # 1,001 puts: seconds on these
     return pytest.param(kind, marks=pytest.mark.slow) if heavy else kind
 
 

@@ -2,7 +2,8 @@
 
 ``file:///abs/path`` (or a bare absolute path) selects :class:`LocalMount`;
 ``http(s)://host[:port]/path`` and ``webdav(s)://…`` (= https) select :class:`WebDAV`;
-``s3://bucket/prefix`` selects :class:`S3`.
+``s3://bucket/prefix`` selects :class:`S3`; ``gdrive:///folder`` (``google://``,
+``googledrive://``) selects :class:`GoogleDrive`.
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from .base import ObjectInfo, Relay, Usage, check_name
 from .localmount import LocalMount
 from .webdav import WebDAV
 from .s3 import S3  # boto3 itself is imported when an s3 relay is first used
+from .gdrive import GoogleDrive  # googleapiclient itself is imported when a Drive relay is opened
 
 #: scheme -> backend class; network backends register here as they land
 BACKENDS: dict[str, type[Relay]] = {s: cls for cls in (LocalMount, WebDAV) for s in cls.schemes}
 BACKENDS.update({s: S3 for s in S3.schemes})
+BACKENDS.update({s: GoogleDrive for s in GoogleDrive.schemes})
 
 
 def parse_address(addr: str, multi_path_protocols=()) -> tuple[str, str, str | None, str]:
@@ -44,5 +47,5 @@ def backend_for(protocol: str) -> type[Relay] | None:
     return BACKENDS.get(protocol.lower())
 
 
-__all__ = ["BACKENDS", "LocalMount", "NetworkAddress", "ObjectInfo", "Relay", "S3", "Usage", "WebDAV",
+__all__ = ["BACKENDS", "GoogleDrive", "LocalMount", "NetworkAddress", "ObjectInfo", "Relay", "S3", "Usage", "WebDAV",
            "backend_for", "check_name", "parse_address", "redact", "split_network_address"]

@@ -160,6 +160,10 @@ class Relay(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.address!r})"
 
+    def use_state_dir(self, state_dir, repository: str | None = None) -> None:
+        """The repository's private state folder, given before :meth:`open`: where a backend
+        keeps what belongs to this client (an OAuth token, upload sessions). Most need none."""
+
     def open(self) -> None:
         """Connect and check the relay is usable (raises RelayError)."""
 
