@@ -528,7 +528,8 @@ class _Handler(BaseHTTPRequestHandler):
             key = self.drive.service_keys[claims["iss"]]
             key.verify(base64.urlsafe_b64decode(pad(sig)), f"{head}.{body}".encode(), padding.PKCS1v15(),
                        hashes.SHA256())
-            if claims["exp"] < time.time() or claims["aud"] != self.drive.url + "token":
+            if claims["exp"] < time.time() or claims["aud"] not in (self.drive.url + "token",
+                                                                   "https://oauth2.googleapis.com/token"):
                 raise ValueError("expired or wrong audience")
         except Exception:  # noqa: BLE001 - any bad assertion
             return self._send(400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})

@@ -1,0 +1,362 @@
+"""The Google Drive relay against the local Drive v3 server (tests/servers_drive.py):
+Drive's own semantics (duplicate names, ids, non-atomic create), resumable transfers,
+rate limits, tokens, quota, scopes, and the light import."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from escale.errors import AuthenticationError, ObjectExists, QuotaExceeded, RelayObjectMissing
+from escale.relay import GoogleDrive
+from escale.relay.gdrive import SESSIONS_NAME, TOKEN_NAME
+from servers_drive import SCOPE_APPDATA, SCOPE_FILE
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+def relay_of(request, server, address=None, **kw) -> GoogleDrive:
+    addr, _conf, kwargs = server.new()
+    relay = GoogleDrive(address or addr, **{**kwargs, **kw})
+    relay._backoff = lambda attempt, retry_after: min(0.05, retry_after or 0.05)  # quick; policy tested below
+    relay.open()
+    request.addfinalizer(relay.close)
+    return relay
+
+
+def twin(request, relay: GoogleDrive, **kw) -> GoogleDrive:
+    """A second client on the same relay folder (its own connection and caches)."""
+    other = GoogleDrive(relay.address, api_endpoint=relay.endpoint, token_file=str(relay.token_file), **kw)
+    other._backoff = relay._backoff
+    other.open()
+    request.addfinalizer(other.close)
+    return other
+
+
+def read(relay, name) -> bytes:
+    with relay.get(name) as f:
+        return f.read()
+
+
+def folder_files(server, relay):
+    return [f for f in server.children(relay.folder_id)]
+
+
+def test_import_is_light() -> None:
+    """No google library is loaded by importing the relays, only when a Drive relay opens."""
+    code = "import escale.relay, escale.config, sys; bad = [m for m in sys.modules if m.split('.')[0] in " \
+           "('googleapiclient', 'google', 'google_auth_oauthlib', 'httplib2')]; assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_address_forms(request, relay_gdrive) -> None:
+    """gdrive:///path, the 0.7 names google:// and googledrive://, and gdrive://<folder id>/path
+    all reach the same folder."""
+    a = relay_of(request, relay_gdrive)
+    a.put("x", io.BytesIO(b"same folder"))
+    kw = {"api_endpoint": a.endpoint, "token_file": str(a.token_file)}
+    path = a.address[len("gdrive://"):]
+    for address in (f"google://{path}", f"googledrive://{path}", f"gdrive://{a.folder_id}"):
+        b = GoogleDrive(address, **kw)
+        b.open()
+        assert b.folder_id == a.folder_id and read(b, "x") == b"same folder", address
+        b.close()
+    parent = relay_gdrive.find("escale-tests")[0].id
+    c = GoogleDrive(f"gdrive://{parent}/{path.rsplit('/', 1)[1]}", **kw)
+    c.open()
+    assert c.folder_id == a.folder_id
+
+
+def test_create_only_race_ends_with_one_header_everyone_agrees_on(request, relay_gdrive) -> None:
+    """Create-if-absent is not atomic on Drive (declared); four clients creating the header
+    at once: exactly one succeeds, the others get ObjectExists and read the winner's bytes,
+    and one file is left."""
+    first = relay_of(request, relay_gdrive)
+    assert first.capabilities.atomic_create is False
+    clients = [first] + [twin(request, first) for _ in range(3)]
+    barrier = threading.Barrier(len(clients))
+    outcomes: dict[int, str] = {}
+
+    def create(i: int) -> None:
+        barrier.wait()
+        try:
+            clients[i].put("header", io.BytesIO(b"client %d" % i), create_only=True)
+            outcomes[i] = "won"
+        except ObjectExists:
+            outcomes[i] = "exists"
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        list(pool.map(create, range(len(clients))))
+    winners = [i for i, o in outcomes.items() if o == "won"]
+    assert len(winners) == 1, outcomes
+    seen = {read(c, "header") for c in clients}
+    assert seen == {b"client %d" % winners[0]}
+    assert [f.name for f in folder_files(relay_gdrive, first)] == ["header"]
+
+
+def test_duplicate_names_resolve_to_the_oldest_and_own_copies_are_cleaned(request, relay_gdrive) -> None:
+    relay = relay_of(request, relay_gdrive)
+    relay.put("u/c/1", io.BytesIO(b"original"))
+    original = relay_gdrive.find(*relay.path, "u/c/1")[0].id
+    relay_gdrive.duplicate(original, b"a retried create's copy")
+    other = twin(request, relay)
+    for client in (relay, other):
+        assert [(i.name, i.size) for i in client.list()] == [("u/c/1", 8)]
+        assert read(client, "u/c/1") == b"original"
+        assert client.stat("u/c/1").size == 8
+    relay.put("u/c/1", io.BytesIO(b"replaced"))  # the writer replaces the object and drops its copies
+    files = relay_gdrive.find(*relay.path, "u/c/1")
+    assert [f.id for f in files] == [original] and read(other, "u/c/1") == b"replaced"
+    relay_gdrive.duplicate(original)
+    relay.delete("u/c/1")  # every copy: none comes back as the object
+    assert relay_gdrive.find(*relay.path, "u/c/1") == [] and other.stat("u/c/1") is None
+
+
+def test_gone_cached_id_is_looked_up_again(request, relay_gdrive) -> None:
+    a = relay_of(request, relay_gdrive)
+    b = twin(request, a)
+    a.put("a/x", io.BytesIO(b"one"))
+    assert [i.name for i in b.list()] == ["a/x"]  # b caches the id
+    a.delete("a/x")
+    a.put("a/x", io.BytesIO(b"two"))  # a new file, a new id
+    assert read(b, "a/x") == b"two"
+    a.delete("a/x")
+    with pytest.raises(RelayObjectMissing):
+        read(b, "a/x")
+
+
+def test_relay_folder_created_once_by_racing_clients(request, relay_gdrive) -> None:
+    """Two clients opening a new relay path at once agree on one folder."""
+    addr, _conf, kw = relay_gdrive.new()
+    addr += "/sub"
+    clients = [GoogleDrive(addr, **kw) for _ in range(3)]
+    barrier = threading.Barrier(3)
+
+    def open_(c):
+        barrier.wait()
+        c.open()
+        return c.folder_id
+
+    with ThreadPoolExecutor(3) as pool:
+        ids = set(pool.map(open_, clients))
+    assert len(ids) == 1
+    assert len(relay_gdrive.find(*clients[0].path)) == 1
+
+
+def test_resumable_upload_resumes_after_a_cut_chunk(request, relay_gdrive) -> None:
+    """A chunk cut half-way (the server kept part of it): the upload asks the server what
+    arrived and goes on from there; a non-seekable source is read once."""
+    relay = relay_of(request, relay_gdrive, chunk_size="1MiB")
+    data = os.urandom(6 * MiB + 123)
+    relay_gdrive.inject("cut", 2, lambda m, p: m == "PUT")
+    seen_before = len(relay_gdrive.seen)
+
+    class OneWay(io.RawIOBase):
+        def __init__(self):
+            self.src = io.BytesIO(data)
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            return self.src.readinto(b)
+
+    assert relay.put("b/c/1/0", OneWay(), size=len(data)) == len(data)
+    assert relay_gdrive.counts["cut"] >= 2
+    assert read(relay, "b/c/1/0") == data
+    puts = [q for m, p, q in relay_gdrive.seen[seen_before:] if m == "PUT"]
+    assert len(puts) >= 7  # 7 chunks, plus what was resent
+    assert not relay._sessions and relay_gdrive.uploads == {} or all(
+        u.meta.get("name") != "b/c/1/0" for u in relay_gdrive.uploads.values())
+
+
+def test_download_resumes_with_range(request, relay_gdrive) -> None:
+    relay = relay_of(request, relay_gdrive, chunk_size="1MiB")
+    data = os.urandom(3 * MiB + 7)
+    relay.put("b/big", io.BytesIO(data), size=len(data))
+    relay_gdrive.inject("cut", 2, lambda m, p: m == "GET" and p.startswith("/drive/v3/files/"))
+    n = len(relay_gdrive.seen)
+    assert read(relay, "b/big") == data
+    ranges = [q for m, p, q in relay_gdrive.seen[n:] if q.get("alt") == "media"]
+    assert len(ranges) >= 4 + 2 and relay_gdrive.counts["cut"] >= 2
+
+
+def test_interrupted_session_is_cancelled_by_abort_incomplete(request, relay_gdrive, tmp_path) -> None:
+    """An upload whose process died leaves a session; the next start cancels it (the
+    protocol's abort_incomplete for the writer's own prefixes)."""
+    relay = relay_of(request, relay_gdrive, chunk_size="256KiB")
+    relay.use_state_dir(tmp_path, "repo")
+    data = os.urandom(6 * MiB)
+
+    class Dies(io.RawIOBase):
+        def __init__(self):
+            self.left = 2 * MiB
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            if self.left <= 0:
+                raise KeyboardInterrupt  # the process is stopped mid-upload
+            n = min(len(b), self.left)
+            b[:n] = data[:n]
+            self.left -= n
+            return n
+
+    relay._cancel = lambda uri: None  # as after kill -9: nothing is cleaned up on the way out
+    with pytest.raises(KeyboardInterrupt):
+        relay.put("b/me/3/0", Dies(), size=len(data))
+    sessions = json.loads((tmp_path / SESSIONS_NAME).read_text())
+    assert len(sessions) == 1 and oct((tmp_path / SESSIONS_NAME).stat().st_mode & 0o777) == "0o600"
+    assert len(relay_gdrive.uploads) >= 1
+    later = twin(request, relay)
+    later.use_state_dir(tmp_path, "repo")
+    assert later.abort_incomplete("b/other/") == 0
+    assert later.abort_incomplete("b/me/") == 1
+    assert json.loads((tmp_path / SESSIONS_NAME).read_text()) == {}
+    assert all(u.meta.get("name") != "b/me/3/0" for u in relay_gdrive.uploads.values())
+    assert later.stat("b/me/3/0") is None
+
+
+def test_rate_limit_storm(request, relay_gdrive) -> None:
+    """403 userRateLimitExceeded / rateLimitExceeded and 429 on a third of the requests:
+    every operation gets through with back-off, and Retry-After is honoured."""
+    relay = relay_of(request, relay_gdrive)
+    waits: list[tuple[int, float | None]] = []
+    relay._backoff = lambda attempt, retry_after: waits.append((attempt, retry_after)) or 0.01
+    relay_gdrive.storm(0.33, seed=5)
+    try:
+        for n in range(10):
+            relay.put(f"f/{n}", io.BytesIO(b"data %d" % n))
+        assert sorted(i.name for i in relay.list()) == [f"f/{n}" for n in range(10)]
+        assert all(read(relay, f"f/{n}") == b"data %d" % n for n in range(10))
+        for n in range(10):
+            relay.delete(f"f/{n}")
+        assert list(relay.list()) == []
+    finally:
+        relay_gdrive.storm(0)
+    assert relay_gdrive.counts["rate403"] and relay_gdrive.counts["429"] and relay_gdrive.counts["rate403-global"]
+    assert any(ra == 1.0 for _a, ra in waits)  # Retry-After: 1 was read
+
+
+def test_backoff_policy_honours_retry_after() -> None:
+    relay = GoogleDrive("gdrive:///x")
+    delays = [relay._backoff(a, None) for a in range(8)]
+    assert all(0.25 <= d <= 0.5 for d in delays[:1]) and max(delays) <= 32
+    assert delays[6] >= 16  # exponential
+    assert relay._backoff(0, 7.0) >= 7.0
+
+
+def test_expired_access_token_is_refreshed_and_kept(request, relay_gdrive) -> None:
+    relay = relay_of(request, relay_gdrive)
+    relay.put("a", io.BytesIO(b"1"))
+    before = json.loads(Path(relay.token_file).read_text()).get("token")
+    relay_gdrive.expire_tokens()  # every access token now answers 401
+    relay.put("b", io.BytesIO(b"2"))
+    assert read(relay, "a") == b"1"
+    kept = json.loads(Path(relay.token_file).read_text())
+    assert kept["token"] and kept["token"] != before and kept["refresh_token"]
+    assert Path(relay.token_file).stat().st_mode & 0o777 == 0o600
+
+
+def test_revoked_token_is_an_authentication_error_naming_the_fix(request, relay_gdrive) -> None:
+    relay = relay_of(request, relay_gdrive)
+    relay.use_state_dir(Path(relay.token_file).parent, "photos")
+    relay_gdrive.revoke(json.loads(Path(relay.token_file).read_text())["refresh_token"])
+    with pytest.raises(AuthenticationError, match=r"expired or was revoked.*escalectl drive-auth -r photos") as e:
+        list(relay.list())
+    assert e.value.exit_code == 2
+
+
+def test_missing_token_names_the_command(tmp_path, relay_gdrive) -> None:
+    relay = GoogleDrive("gdrive:///escale-tests/x", api_endpoint=relay_gdrive.url)
+    relay.use_state_dir(tmp_path, "docs")
+    with pytest.raises(AuthenticationError, match=rf"{TOKEN_NAME}.*escalectl drive-auth -r docs"):
+        relay.open()
+
+
+def test_quota_usage_and_full_drive(request, relay_gdrive) -> None:
+    relay = relay_of(request, relay_gdrive)
+    relay_gdrive.quota = relay_gdrive.used() + 10_000
+    try:
+        u = relay.usage()
+        assert u.used == relay_gdrive.used() and u.available == 10_000
+        with pytest.raises(QuotaExceeded):
+            relay.put("big", io.BytesIO(b"x" * 20_000))
+        relay.put("small", io.BytesIO(b"x" * 5_000))
+        used = relay_gdrive.used()
+        relay.delete("small")  # permanent: the space is free at once (no trash)
+        assert relay_gdrive.used() == used - 5_000 and relay.usage().available == 10_000
+    finally:
+        relay_gdrive.quota = None
+
+
+def test_listing_restricts_fields_and_follows_pages(request, relay_gdrive) -> None:
+    relay = relay_of(request, relay_gdrive)
+    names = [f"m/{n:03d}" for n in range(130)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda n: relay.put(n, io.BytesIO(b"1")), names))
+    relay_gdrive.page_max = 50
+    try:
+        n = len(relay_gdrive.seen)
+        assert [i.name for i in relay.list("m/")] == names
+        lists = [q for m, p, q in relay_gdrive.seen[n:] if m == "GET" and p == "/drive/v3/files"]
+        assert len(lists) == 3 and sum(1 for q in lists if q.get("pageToken")) == 2
+        assert all(q["fields"].startswith("nextPageToken") and "files(" in q["fields"] for q in lists)
+    finally:
+        relay_gdrive.page_max = 1000
+
+
+def test_app_data_folder_needs_its_scope(request, relay_gdrive, tmp_path) -> None:
+    addr, _c, kw = relay_gdrive.new()
+    wrong = GoogleDrive(addr, app_data_folder="yes", **kw)  # a drive.file token
+    with pytest.raises(AuthenticationError, match="drive.appdata"):
+        wrong.open()
+    token = relay_gdrive.token_file(tmp_path / "appdata.json", SCOPE_APPDATA)
+    relay = GoogleDrive(addr, app_data_folder="yes", api_endpoint=relay_gdrive.url, token_file=str(token))
+    relay.open()
+    relay.put("x", io.BytesIO(b"hidden"))
+    assert relay_gdrive.files[relay.folder_id].space == "appDataFolder"
+    assert read(relay, "x") == b"hidden" and relay_gdrive.find(*relay.path) == []
+
+
+def test_service_account_key(request, relay_gdrive, tmp_path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    email = "escale@escale-test.iam.gserviceaccount.com"
+    relay_gdrive.service_keys[email] = key.public_key()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    keyfile = tmp_path / "sa.json"
+    keyfile.write_text(json.dumps({"type": "service_account", "project_id": "escale-test", "private_key_id": "k1",
+                                   "private_key": pem, "client_email": email, "client_id": "1",
+                                   "token_uri": relay_gdrive.url + "token"}))
+    addr, _c, _kw = relay_gdrive.new()
+    relay = GoogleDrive(addr, api_endpoint=relay_gdrive.url, service_account=str(keyfile))
+    relay.open()
+    relay.put("x", io.BytesIO(b"by a service account"))
+    assert read(relay, "x") == b"by a service account"
+
+
+def test_bad_options_are_config_errors() -> None:
+    from escale.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="chunk size"):
+        GoogleDrive("gdrive:///x", chunk_size="1000")
+    with pytest.raises(ConfigError, match="api endpoint"):
+        GoogleDrive("gdrive:///x", api_endpoint="127.0.0.1:80")
+    with pytest.raises(ConfigError, match=r"'\.\.'"):
+        GoogleDrive("gdrive:///a/../b")
