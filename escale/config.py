@@ -70,6 +70,8 @@ class GlobalConfig:
     log_file: Path | None = None
     log_level: str = "INFO"
     log_rotate: int = 3
+    #: "text" (a time, a level, a message) or "json" (one object a line, for log collectors)
+    log_format: str = "text"
 
 
 @dataclass
@@ -106,6 +108,8 @@ class RepositoryConfig:
     max_delete: DeleteLimit = field(default_factory=lambda: DeleteLimit.parse(DEFAULT_MAX_DELETE))
     timestamp: bool = True
     verbosity: int = 1
+    #: a shell command run when a cycle fails (escale/alert.py), or None
+    on_error: str | None = None
     #: keywords for the relay backend: ``port`` and the backend's declared options, parsed
     #: (repr=False: a backend's option may be secret)
     options: dict[str, object] = field(default_factory=dict, repr=False)
@@ -212,6 +216,7 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
     _o("max_delete", "max delete", "max deletes"),
     _o("timestamp", "modification time", "timestamp", "mtime"),
     _o("verbosity", "verbosity", "verbosity level"),
+    _o("on_error", "on error", "on failure"),
     # escale 0.7 options that no longer mean anything: warned about, ignored. A backend
     # that declares one of these (every spelling) takes it over (see _relay_specs).
     _o("ssl_version", "ssl version", scope=OBSOLETE),  # TLS versions are negotiated
@@ -236,6 +241,7 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
     _o("log_file", "log file", scope=GLOBAL),
     _o("log_level", "log level", scope=GLOBAL),
     _o("log_rotate", "log rotate", scope=GLOBAL),
+    _o("log_format", "log format", scope=GLOBAL),
 )
 
 
@@ -507,6 +513,20 @@ def _parse_log_level(text: str) -> str:
     return t
 
 
+def _parse_log_format(text: str) -> str:
+    t = text.strip().lower()
+    if t not in ("text", "json"):
+        raise ValueError("expected 'text' or 'json'")
+    return t
+
+
+def _parse_command(text: str) -> str:
+    t = text.strip()
+    if not t:
+        raise ValueError("give a command (run by the shell)")
+    return t
+
+
 def _parse_port(text: str) -> int:
     n = _parse_int(text, 1)
     if n > 65535:
@@ -613,6 +633,7 @@ def _parse_globals(vals: dict[str, _Value], path: Path | None) -> GlobalConfig:
         "log_file": _parse_abs_path,
         "log_level": _parse_log_level,
         "log_rotate": lambda t: _parse_int(t, 0),
+        "log_format": _parse_log_format,
     }
     for name, v in vals.items():
         if not v.value.strip():
@@ -971,6 +992,7 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
         max_delete=sec.get("max_delete", DeleteLimit.parse, DeleteLimit.parse(DEFAULT_MAX_DELETE)),
         timestamp=sec.get("timestamp", _parse_timestamp, True),
         verbosity=sec.get("verbosity", lambda t: _parse_int(t, 0), 1),
+        on_error=sec.get("on_error", _parse_command, None),
         options=options,
         cache_dir=g.cache_dir,
         inline_secrets=inline_secrets,

@@ -88,6 +88,8 @@ class CycleReport:
     errors: list[str] = field(default_factory=list)
     relay_error: str | None = None
     waiting_for_room: bool = False
+    #: (event, path) of each file this cycle moved, for the log (escale/journal.py)
+    files: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def did_work(self) -> bool:
@@ -210,6 +212,7 @@ class Manager:
         self.stop = threading.Event()
         self.wake = threading.Event()  # set by the folder watcher: something changed here
         self.progress = False  # show tqdm bars for long transfers (the CLI, in a terminal)
+        self.observers: list[Callable[[CycleReport], None]] = []  # told of each finished cycle
         self.me = ""
 
     @classmethod
@@ -368,9 +371,10 @@ class Manager:
                     log.exception("%s: unexpected error%s", self.name, "" if once else "; retrying next cycle")
                     report.error(f"unexpected error: {exc!r}")
                     connected = False  # reconnecting also finishes or rolls back a publication
+                for observer in self.observers:  # the daemon's log, status file, 'on error' (escale/journal.py…)
+                    observer(report)
                 if once or self.stop.is_set():
                     return report
-                log.info("%s", report.summary())
                 self.wake.clear()  # events from our own writes during the cycle
                 if not self.tq.wait(report.did_work, self.stop, self.wake):
                     return report
@@ -1101,8 +1105,11 @@ class Manager:
                 self.folder.displace(step.path, target, expect)
                 if step.target is None:
                     report.deleted += e.kind == GONE
+                    if e.kind == GONE:
+                        report.files.append(("deleted here", step.path))
                 else:
                     report.conflicts += 1
+                    report.files.append(("conflict copy", target))
                 expect = None
             elif isinstance(step, Fetch):
                 target, target_expect = step.target, expect
@@ -1122,6 +1129,7 @@ class Manager:
                         self.folder.fetch(target, e, shown, target_expect, whole=whole)
                 self._cache_written(target, e)
                 report.received += 1
+                report.files.append(("received", target))
             elif isinstance(step, MakeDir):
                 self.folder.make_dir(step.path, step.mode)
             elif isinstance(step, SetMode):
@@ -1136,6 +1144,7 @@ class Manager:
                 self.state.remember(step.entry)
         if plan.note and plan.note != "up to date":
             log.info("%s: %s: %s", self.name, e.path, plan.note)
+        log.debug("%s: %s: %s", self.name, e.path, ", ".join(type(s).__name__ for s in plan.steps) or "nothing to do")
 
     def _copy_target(self, step: Fetch) -> str | None:
         """Where a conflict copy goes: its name, or its spare name if another file holds
@@ -1494,7 +1503,9 @@ class Manager:
             self._published(seq, head, header, size, kept)
             report.sent += sum(1 for i in kept if i.entry.kind == FILE and not i.supply)
             report.deleted += sum(1 for i in kept if i.entry.kind == GONE)
-            log.info("%s: published update %d (%d entries, %d bytes)", self.name, seq, len(kept), size)
+            report.files += [("sent" if i.entry.kind == FILE else "sent deletion", i.entry.path) for i in kept
+                             if not i.supply and i.entry.kind in (FILE, GONE)]
+            log.debug("%s: published update %d (%d entries, %d bytes)", self.name, seq, len(kept), size)
             return True
         finally:
             if self.tq.quota is not None:

@@ -13,6 +13,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+#: watchdog's events that are a change; never "opened" nor "closed_no_write" (a read:
+#: a backup, an indexer or the user opening a file must not cost a cycle)
+CHANGES = frozenset(("created", "deleted", "modified", "moved", "closed", "attrib"))
+
 
 class FolderWatcher:
     def __init__(self, root: Path, wake: threading.Event, ignore_marks: tuple[str, ...] = (".escale-tmp-",)):
@@ -43,7 +47,7 @@ class FolderWatcher:
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event):
                 paths = [event.src_path, getattr(event, "dest_path", "") or ""]
-                if event.event_type != "opened" and any(p and watcher._relevant(p) for p in paths):
+                if event.event_type in CHANGES and any(p and watcher._relevant(p) for p in paths):
                     watcher.wake.set()
 
         try:

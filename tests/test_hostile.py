@@ -348,5 +348,5 @@ def test_sigterm_while_applying_a_large_snapshot(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert code == 5, "".join(lines)
+    assert code == 0, "".join(lines)  # a daemon asked to stop: exit 0
     assert took < 2, took

@@ -1,0 +1,332 @@
+"""Running as a service (issue 14): logs, signals, reload, escalectl start/stop/status,
+the systemd unit, the folder watcher, 'on error', 'escale init'.
+
+Daemons are started as a user starts them (``escale`` in a loop, or ``escalectl start``)
+with their own runtime folder (XDG_RUNTIME_DIR), and always stopped by the test.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from escale.watch import FolderWatcher
+
+
+# --------------------------------------------------------------------------- the folder watcher
+
+def test_reading_a_file_does_not_wake_the_daemon(tmp_path: Path) -> None:
+    """Regression: a read (inotify IN_CLOSE_NOWRITE, watchdog's "closed_no_write") woke
+    the daemon for a cycle; only a change may."""
+    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "sub").mkdir()
+    wake = threading.Event()
+    watcher = FolderWatcher(tmp_path, wake)
+    assert watcher.start()
+    try:
+        time.sleep(0.3)
+        wake.clear()
+        for _ in range(3):
+            (tmp_path / "f.txt").read_bytes()
+            os.listdir(tmp_path / "sub")
+        assert not wake.wait(1.5), "a read woke the daemon"
+        (tmp_path / "f.txt").write_text("y")  # and a change still does
+        assert wake.wait(10)
+    finally:
+        watcher.stop()
+
+
+# --------------------------------------------------------------------------- daemons as users run them
+
+import json  # noqa: E402
+import re  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from cluster import Client, Cluster, kill9, temp_files, wait_for  # noqa: E402
+from escale.relay.localmount import TMP_MARK as RELAY_TMP  # noqa: E402
+
+STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+class Daemon:
+    """``escale`` in a loop, its stderr read line by line as it comes."""
+
+    def __init__(self, client: Client, *args: str, env: dict | None = None):
+        self.client = client
+        self.proc = subprocess.Popen(client.cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env or client.cluster.env)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_line(self, pattern: str, timeout: float = 60, after: int = 0) -> bool:
+        rx = re.compile(pattern)
+        return wait_for(lambda: any(rx.search(l) for l in self.lines[after:]) or self.proc.poll() is not None
+                        and any(rx.search(l) for l in self.lines[after:]), timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                kill9(self.proc)
+        self._reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            kill9(self.proc)
+        self._reader.join(10)
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch) -> Path:
+    """A runtime folder of the test's own (where daemons put their lock files)."""
+    d = tmp_path / "runtime"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
+    return d
+
+
+@pytest.fixture
+def svc(tmp_path, runtime) -> Cluster:
+    c = Cluster(tmp_path)
+    c.env["XDG_RUNTIME_DIR"] = str(runtime)
+    return c
+
+
+def _cycled(cluster: Cluster, name: str) -> bool:
+    """The client's first cycle is over (its acknowledgement is on the relay)."""
+    return any(n.startswith("a/") for n in cluster.relay_objects())
+
+
+def test_idle_daemon_writes_nothing_and_names_each_file(svc: Cluster) -> None:
+    a, b = svc.add("a"), svc.add("b")
+    a.write("first.txt", "1")
+    d = Daemon(a)
+    try:
+        assert d.wait_line(r"sent first\.txt"), d.text()
+        assert d.wait_line(r"1 sent, 0 received"), d.text()
+        time.sleep(0.5)
+        quiet_from = len(d.lines)
+        time.sleep(6)  # refresh = 1 s: several idle cycles
+        assert d.lines[quiet_from:] == [], "an idle daemon wrote:\n" + "".join(d.lines[quiet_from:])
+        a.write("second.txt", "2")
+        assert d.wait_line(r"INFO escale\.activity: repo: sent second\.txt", after=quiet_from), d.text()
+        b.once()
+        (b.folder / "from-b.txt").write_text("b")
+        b.once()
+        assert d.wait_line(r"repo: received from-b\.txt", after=quiet_from), d.text()
+    finally:
+        code = d.stop()
+    assert code == 0, d.text()
+    assert all(STAMP.match(l) for l in d.lines if l.strip()), d.text()  # every line has its time
+    assert (b.folder / "second.txt").read_text() == "2"
+
+
+def test_many_files_make_one_summary_line(svc: Cluster) -> None:
+    a = svc.add("a")
+    for i in range(30):
+        a.write(f"many/f{i:02d}.txt", str(i))
+    r = a.once()
+    assert "30 sent" in r.err and "many/f00.txt" in r.err, r
+    assert not re.search(r"sent many/f\d\d\.txt$", r.err, re.M), r  # not one line per file
+
+
+def test_verbose_shows_escale_decisions_but_not_library_chatter(capsys) -> None:
+    import logging
+
+    from escale.cli.logs import setup_logging
+
+    try:
+        setup_logging(1)
+        logging.getLogger("escale.manager").debug("decision: fetch x")
+        logging.getLogger("urllib3.connectionpool").debug("GET /relay 200")
+        logging.getLogger("urllib3.connectionpool").warning("retrying")
+        err = capsys.readouterr().err
+        assert "decision: fetch x" in err and "retrying" in err and "GET /relay" not in err
+        setup_logging(2)
+        logging.getLogger("urllib3.connectionpool").debug("GET /relay 200")
+        assert "GET /relay 200" in capsys.readouterr().err
+    finally:
+        setup_logging(0)
+
+
+def test_verbose_daemon_says_why(svc: Cluster) -> None:
+    a = svc.add("a")
+    a.write("x.txt", "x")
+    r = a.once("-v")
+    assert re.search(r"DEBUG escale\.manager: repo: published update 1 \(1 entries", r.err), r
+    b = svc.add("b")
+    r = b.once("-v")
+    assert re.search(r"DEBUG escale\.manager: repo: x\.txt: .*Fetch", r.err), r
+
+
+def test_json_log_format(svc: Cluster) -> None:
+    a, b = svc.add("a", extra=""), svc.add("b")
+    text = a.conf.read_text()
+    a.conf.write_text("log format = json\n" + text)
+    a.write("j\x1b[31m.txt", "escape in a name")
+    r = a.once()
+    docs = [json.loads(l) for l in r.err.splitlines() if l.strip()]
+    assert docs and all({"time", "level", "logger", "message"} <= set(d) for d in docs), r.err
+    sent = [d for d in docs if d.get("event") == "sent"]
+    assert [d["path"] for d in sent] == ["j\x1b[31m.txt"] and sent[0]["repository"] == "repo"
+    assert "\x1b" not in r.err  # escaped in the line itself
+    bad = svc.add("c", extra="")
+    bad.conf.write_text("log format = xml\n" + bad.conf.read_text())
+    r = bad.once(check=False)
+    assert r.code == 3 and "option 'log format'" in r.err and "json" in r.err, r
+
+
+# --------------------------------------------------------------------------- signals
+
+def _relay_temps(cluster: Cluster) -> list[str]:
+    return [f for d, _, fs in os.walk(cluster.relay) for f in fs if f.startswith(RELAY_TMP)]
+
+
+def test_sigterm_during_an_upload_rolls_back_and_exits_0(svc: Cluster) -> None:
+    a, b = svc.add("a", refresh=600), svc.add("b")
+    b.once()
+    d = Daemon(a)
+    try:
+        assert wait_for(lambda: _cycled(svc, "a"), timeout=60)
+        a.write("big.bin", os.urandom(60 << 20))
+        assert wait_for(lambda: d.proc.poll() is not None or bool(_relay_temps(svc)), timeout=60, interval=0.002)
+    finally:
+        code = d.stop(signal.SIGTERM)
+    assert code == 0, d.text()
+    assert "received SIGTERM" in d.text()
+    assert temp_files(a.folder) == []
+    for _ in range(2):
+        a.once()
+        b.once()
+    assert b.tree() == a.tree() and "big.bin" in b.tree()
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to see the file being read")
+def test_second_sigint_aborts_at_once_and_the_next_run_recovers(svc: Cluster) -> None:
+    a, b = svc.add("a"), svc.add("b")
+    for i in range(5):
+        a.write(f"keep/{i}.txt", str(i))
+    a.once()
+    b.once()
+    big = a.folder / "huge.bin"
+    with open(big, "wb") as f:  # sparse: hashing it takes seconds, writing it none
+        f.truncate(6 << 30)
+    d = Daemon(a)
+    try:
+        assert wait_for(lambda: d.proc.poll() is not None or _has_open(d.proc.pid, big), timeout=60,
+                        interval=0.01), d.text()
+        d.proc.send_signal(signal.SIGINT)
+        assert d.wait_line("received SIGINT", timeout=30), d.text()
+        code = d.stop(signal.SIGINT)
+    finally:
+        d.kill()
+    assert code == 5, d.text()
+    assert "aborting now" in d.text()
+    big.unlink()
+    a.write("keep/after.txt", "after")
+    for _ in range(2):
+        a.once()
+        b.once()
+    assert b.tree() == a.tree() and "keep/after.txt" in b.tree() and "keep/4.txt" in b.tree()
+    assert temp_files(a.folder) == [] and _relay_temps(svc) == []
+
+
+def test_sighup_reloads_the_configuration(svc: Cluster, tmp_path: Path) -> None:
+    a, b = svc.add("a"), svc.add("b")
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "s.txt").write_text("second repository")
+    relay2 = tmp_path / "relay2"
+    section2 = (f"\n[two]\nlocal path = {second}\nrelay address = file://{relay2}\nclient name = a\n"
+                f"refresh = 1\nencryption = off\n")
+    a.write("one.txt", "1")
+    d = Daemon(a)
+    try:
+        assert d.wait_line(r"repo: sent one\.txt"), d.text()
+        base = a.conf.read_text()
+        # added
+        a.conf.write_text(base + section2)
+        d.proc.send_signal(signal.SIGHUP)
+        assert d.wait_line(r"two: sent s\.txt"), d.text()
+        assert d.wait_line(r"configuration reloaded .*\(2 repositories\)"), d.text()
+        # broken: nothing changes, the error is said
+        mark = len(d.lines)
+        a.conf.write_text(base + section2 + "\n[three]\nlocal path = relative/path\n")
+        d.proc.send_signal(signal.SIGHUP)
+        assert d.wait_line("configuration not reloaded", after=mark), d.text()
+        # changed, and removed
+        mark = len(d.lines)
+        a.conf.write_text(base.replace("refresh = 1", "refresh = 2"))
+        d.proc.send_signal(signal.SIGHUP)
+        assert d.wait_line(r"two: stopped \(no longer in the configuration\)", after=mark), d.text()
+        assert d.wait_line(r"repo: restarting with its new configuration", after=mark), d.text()
+        assert d.wait_line(r"\(1 repositories\)", after=mark), d.text()
+        a.write("after-reload.txt", "still syncing")
+        assert d.wait_line(r"repo: sent after-reload\.txt", after=mark), d.text()
+        assert d.proc.poll() is None
+    finally:
+        code = d.stop()
+    assert code == 0, d.text()
+    b.once()
+    assert (b.folder / "after-reload.txt").read_text() == "still syncing"
+
+
+# --------------------------------------------------------------------------- on error
+
+ALERT = 'printf "%s|%s|%s|%s\\n" "$ESCALE_REPOSITORY" "$ESCALE_EXIT_CODE" "$ESCALE_SUPPRESSED" "$ESCALE_ERROR" >> '
+
+
+def test_on_error_runs_the_command_rate_limited(svc: Cluster, tmp_path: Path) -> None:
+    alerts = tmp_path / "alerts.txt"
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a regular file where the relay should be")
+    a = svc.add("a", extra=f"on error = {ALERT}{alerts}\n")
+    text = a.conf.read_text().replace(f"relay address = file://{svc.relay}", f"relay address = file://{blocker}/r")
+    a.conf.write_text(text)
+    r = a.once(check=False)
+    assert r.code == 2, r
+    lines = alerts.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("repo|2|0|relay failed: "), lines
+    alerts.unlink()
+    d = Daemon(a)
+    try:
+        assert d.wait_line("relay failed", timeout=30), d.text()
+        time.sleep(5)  # refresh = 1 s: several failed cycles
+        assert d.proc.poll() is None
+    finally:
+        code = d.stop()
+    assert code == 0, d.text()
+    lines = alerts.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("repo|2|0|relay failed"), (lines, d.text())
+    assert d.text().count("relay failed") >= 3  # failures went on; the command ran once
