@@ -374,7 +374,7 @@ def test_webdav_5xx_and_resets(request, kind, tmp_path) -> None:
     server = webdav_server(request, kind)
     proxy = start_proxy(request, server, rate=0.25, faults=("500", "503", "reset", "lost", "cut"), seed=7)
     relay = make_relay(request, kind, tmp_path, via=proxy.url, max_retries=8)
-    relay._backoff = lambda attempt, retry_after: 0.01  # keep the test quick; the policy is tested elsewhere
+    relay.retry.base = relay.retry.cap = 0.01  # keep the test quick; the policy is tested in test_retry
     for n in range(8):
         relay.put(f"f/{n}", io.BytesIO(b"data %d" % n))
     assert sorted(i.name for i in relay.list()) == [f"f/{n}" for n in range(8)]

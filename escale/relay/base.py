@@ -43,11 +43,14 @@ errors (:mod:`escale.errors`)
     caller's own data.
 
 retries and lost answers
-    Transient failures are retried in the backend (exponential back-off with jitter,
-    ``max retries`` times). A retried call that is not idempotent may find its own first attempt's
-    work done: a create-if-absent whose answer was lost finds "its" name taken. A
-    backend then checks the outcome (the object holds exactly the bytes it sent) before
-    reporting ObjectExists; a MOVE whose answer was lost is checked the same way.
+    Transient failures are retried by the one shared wrapper, :func:`escale.relay.retry.call`
+    (exponential back-off with jitter, Retry-After, ``max retries``; its docstring says
+    how a backend uses it): the backend raises TransientRelayError for what may pass and
+    declares ``options.MAX_RETRIES``. A retried call that is not idempotent may find its own first attempt's
+    work done: a create-if-absent whose answer was lost finds "its" name taken. The
+    backend gives the wrapper an outcome check (``landed``: the object holds exactly the
+    bytes it sent, the temporary it moved is gone) that is asked before anything is
+    resent and before ObjectExists or "not found" is reported for a retried call.
 
 deletes
     delete(name) removes one object; absent is fine. A backend that has folders may

@@ -19,6 +19,16 @@ Whoever can change the relay folder could put symbolic links in it (``a/`` or
 descriptors opened without following links (:mod:`escale.confined`), and a link found
 anywhere inside the relay is a RelayError naming it. The relay folder itself may be a
 link: the user chose it.
+
+Network mounts (NFS, SMB, sshfs) fail in ways that pass: a stale handle after the server
+restarted, a timeout, a reset. Those errors (ESTALE, ETIMEDOUT, EAGAIN, ECONNRESET…) are
+transient and every operation is retried by the shared wrapper (:mod:`escale.relay.retry`,
+``max retries``, default 5): a listing from its start, a read or delete as a whole, a put
+at its last step (the temporary is complete and stays until the name is given). Giving
+the name is not idempotent on a network mount: a ``link()`` or rename whose answer was
+lost, retried, finds the name taken; it is ours when the name is the temporary's inode
+(``link``), or when the temporary (a random name only that put uses) is gone (rename),
+and then it is not "exists".
 """
 from __future__ import annotations
 
@@ -36,7 +46,9 @@ from typing import BinaryIO, Iterator
 
 from ..confined import O_NEW, Found, LinkInTree, Tree
 from ..errors import ObjectExists, RelayError, RelayObjectMissing, SourceError
+from . import retry
 from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
+from .options import MAX_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +65,10 @@ MAX_RELAY_DEPTH = 16
 _UNSUPPORTED = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EINVAL,
                 errno.EXDEV, errno.EACCES}
 _RENAME_NOREPLACE = 1
+#: errors of a network mount that may pass by themselves (retried, then a RelayError)
+TRANSIENT_ERRNOS = frozenset(e for e in (getattr(errno, n, None) for n in (
+    "ESTALE", "ETIMEDOUT", "EAGAIN", "ECONNRESET", "ECONNABORTED", "ENETRESET", "ENETUNREACH", "EHOSTUNREACH",
+    "EHOSTDOWN")) if e is not None)
 
 
 def _rename_noreplace(fd: int, src: str, dst: str) -> None:
@@ -73,12 +89,30 @@ def _read_source(stream: BinaryIO, name: str) -> bytes:
         raise SourceError(f"cannot read the data to send as relay object {name}: {exc.strerror or exc}") from exc
 
 
+def _retried(what: str, relay: "LocalMount", fn, *, landed=None, recheck: tuple = ()):
+    """``fn()`` under the shared retry policy: an OSError whose errno may pass (a network
+    mount's) is retried; any other exception is raised as it is."""
+    def once(_attempt: int):
+        try:
+            return fn()
+        except OSError as exc:
+            if exc.errno not in TRANSIENT_ERRNOS or isinstance(exc, SourceError):
+                raise
+            reason = f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
+            raise retry.transient(f"{what} in relay folder {relay.root}: {reason}", reason=reason) from exc
+
+    return retry.call(once, policy=relay.retry, what=f"{what} in relay folder {relay.root}", landed=landed,
+                      recheck=recheck)
+
+
 class LocalMount(Relay):
     schemes = ("file",)
+    options = (MAX_RETRIES,)
 
-    def __init__(self, address: str, *, hard_links: bool | None = None, **_ignored):
+    def __init__(self, address: str, *, hard_links: bool | None = None, max_retries=None, **_ignored):
         """``hard_links=False`` declares a file system without them (found by trying when None)."""
         super().__init__(address)
+        self.retry = retry.RetryPolicy.from_option(max_retries)
         path = address[len("file://"):] if address.startswith("file://") else address
         self.root = Path(os.path.expanduser(path))
         self._tree = Tree(self.root)
@@ -124,6 +158,8 @@ class LocalMount(Relay):
                 raise self._link_error(exc)
             if isinstance(exc, FileNotFoundError):
                 return  # removed while we listed (a pruned empty folder), or nothing there yet
+            if exc.errno in TRANSIENT_ERRNOS:
+                raise exc  # retried by list()
             raise RelayError(f"cannot list relay folder {self.root}/{rel}: {exc.strerror or exc}") from exc
 
         for rel, fd, entries in self._tree.walk(top.split("/") if top else (), on_error=fail):
@@ -148,19 +184,27 @@ class LocalMount(Relay):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.root.is_dir():
             raise RelayError(f"relay folder {self.root} is missing")
-        found = []
-        for _rel, _fd, entries in self._walk():
-            for e in entries:
-                name = e.path.rpartition("/")[2]
-                if stat.S_ISREG(e.st.st_mode) and not name.startswith(TMP_MARK) and e.path.startswith(prefix):
-                    found.append(ObjectInfo(e.path, e.st.st_size, e.st.st_mtime))
+
+        def walk() -> list[ObjectInfo]:
+            found = []
+            for _rel, _fd, entries in self._walk():
+                for e in entries:
+                    name = e.path.rpartition("/")[2]
+                    if stat.S_ISREG(e.st.st_mode) and not name.startswith(TMP_MARK) and e.path.startswith(prefix):
+                        found.append(ObjectInfo(e.path, e.st.st_size, e.st.st_mtime))
+            return found
+
+        found = _retried("listing", self, walk)  # a listing is read whole, or again from its start
         found.sort(key=lambda i: i.name)
         yield from found
 
+    def _stat_once(self, name: str) -> os.stat_result:
+        with self._at(name) as (fd, last):
+            return os.stat(last, dir_fd=fd, follow_symlinks=False)
+
     def stat(self, name: str) -> ObjectInfo | None:
         try:
-            with self._at(name) as (fd, last):
-                st = os.stat(last, dir_fd=fd, follow_symlinks=False)
+            st = _retried(f"stat of {name}", self, lambda: self._stat_once(name))
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -169,10 +213,13 @@ class LocalMount(Relay):
             raise self._link_error(LinkInTree(name, "is a symbolic link"))
         return ObjectInfo(name, st.st_size, st.st_mtime)
 
+    def _open_once(self, name: str) -> BinaryIO:
+        with self._at(name) as (fd, last):
+            return self._tree.open_file(fd, last, name)
+
     def get(self, name: str) -> BinaryIO:
         try:
-            with self._at(name) as (fd, last):
-                return self._tree.open_file(fd, last, name)
+            return _retried(f"reading {name}", self, lambda: self._open_once(name))
         except LinkInTree as exc:
             raise self._link_error(exc) from None
         except FileNotFoundError as exc:
@@ -194,9 +241,11 @@ class LocalMount(Relay):
                         out.flush()
                         os.fsync(out.fileno())
                     if create_only:
-                        self._create(fd, tmp, last, name)
+                        self._create_retried(fd, tmp, last, name)
                     else:
-                        os.replace(tmp, last, src_dir_fd=fd, dst_dir_fd=fd)
+                        _retried(f"writing {name}", self,
+                                 lambda: os.replace(tmp, last, src_dir_fd=fd, dst_dir_fd=fd),
+                                 landed=lambda: self._ours(fd, tmp, None, last))
                     return n
                 finally:
                     with contextlib.suppress(FileNotFoundError):
@@ -205,6 +254,35 @@ class LocalMount(Relay):
             raise
         except OSError as exc:
             raise RelayError(f"cannot write relay object {name}: {exc}") from exc
+
+    @staticmethod
+    def _ours(fd: int, tmp: str, tmp_ino: int | None, last: str) -> bool:
+        """Whether ``last`` became our object though the call's answer was lost: it is the
+        temporary's inode (a link), or the temporary — a random name only this put uses —
+        is gone while ``last`` exists (a rename)."""
+        try:
+            st = os.stat(last, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return False
+        if tmp_ino is not None and st.st_ino == tmp_ino:
+            return True
+        try:
+            os.stat(tmp, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return False
+
+    def _create_retried(self, fd: int, tmp: str, last: str, name: str) -> None:
+        """:meth:`_create` under the retry policy: a retried create that finds the name taken
+        by our own temporary (its first answer lost) succeeded."""
+        try:
+            ino = os.stat(tmp, dir_fd=fd, follow_symlinks=False).st_ino
+        except OSError:
+            ino = None
+        _retried(f"creating {name}", self, lambda: self._create(fd, tmp, last, name),
+                 landed=lambda: self._ours(fd, tmp, ino, last), recheck=(ObjectExists,))
 
     def _create(self, fd: int, tmp: str, last: str, name: str) -> None:
         """Give the complete ``tmp`` the name ``last`` (both in folder ``fd``) only if that name is free."""
@@ -235,7 +313,7 @@ class LocalMount(Relay):
                                 "for a moment)", self.root)
             self.create_mode = "claim"
             os.close(os.open(last, O_NEW, 0o600, dir_fd=fd))
-            os.replace(tmp, last, src_dir_fd=fd, dst_dir_fd=fd)
+            _retried(f"creating {name}", self, lambda: os.replace(tmp, last, src_dir_fd=fd, dst_dir_fd=fd))
         except FileExistsError as exc:
             raise ObjectExists(f"relay object {name} already exists") from exc
 
@@ -246,12 +324,15 @@ class LocalMount(Relay):
 
     def delete(self, name: str) -> None:
         parts = check_name(name).split("/")
-        try:
+        def unlink() -> None:
             with self._at(name) as (fd, last):
                 st = os.stat(last, dir_fd=fd, follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode):
                     raise self._link_error(LinkInTree(name, "is a symbolic link"))
                 os.unlink(last, dir_fd=fd)
+
+        try:
+            _retried(f"deleting {name}", self, unlink)  # a lost answer, retried: absent is fine
         except FileNotFoundError:
             return
         except OSError as exc:

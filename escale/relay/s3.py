@@ -52,15 +52,21 @@ small objects by ``(size, mtime)``: so that a same-size rewrite within one secon
 still seen, the reported ``mtime`` is the LastModified second plus a fraction derived
 from the ETag (below one second, identical in ``list`` and ``stat``).
 
-Retries: botocore's ``standard`` retry mode (exponential back-off with jitter, up to 20 s,
-on throttling — 503 SlowDown — and on 500/502/503/504 and connection errors),
-``max_attempts`` = ``max retries`` + 1 (default 10 attempts), connect timeout 10 s,
-read timeout 60 s. (``adaptive`` mode adds a client-side token bucket that botocore calls
-experimental and that, after a burst of SlowDown, can hold a process to a fraction of a
-request per second; every request already backs off on its own in ``standard`` mode.)
-A retried request whose first attempt did land is harmless: puts and deletes are
-idempotent, a repeated CompleteMultipartUpload is recognised by the object's ETag, and
-an abandoned multipart upload is removed by ``abort_incomplete``.
+Retries: botocore's own retries are **off** (``total_max_attempts = 1``); every S3 request
+goes through escale's shared wrapper (:mod:`escale.relay.retry`) instead, so that
+``max retries`` means the same on every backend and never multiplies (botocore's retries
+inside escale's would give up to (n+1)² attempts), and so that the outcome of a
+non-idempotent request whose answer was lost is checked by the code that knows what it
+sent. Transient (retried): throttling (503 SlowDown, 429, Throttling…), 500/502/503/504,
+408/RequestTimeout, connection errors, resets and read timeouts (not TLS errors).
+Default ``max retries`` is 9 here (10 attempts, as botocore's standard mode had), with
+the wrapper's exponential back-off and jitter (up to 30 s), honouring ``Retry-After``.
+Connect timeout 10 s, read timeout 60 s. A retried request whose first attempt did land:
+PutObject, UploadPart, DeleteObject and GETs are idempotent; a create-only PutObject
+refused with 412 on a retry compares the stored object with its own bytes; a repeated
+CompleteMultipartUpload (NoSuchUpload, or 412) is recognised by the object's multipart
+ETag; a retried CreateMultipartUpload may leave an empty upload behind, removed by
+``abort_incomplete``.
 
 Errors: a missing bucket is a RelayError that offers ``create bucket = yes``; refused
 credentials (InvalidAccessKeyId, SignatureDoesNotMatch, AccessDenied, any 401/403) are an
@@ -84,10 +90,11 @@ from typing import BinaryIO, Iterator, Mapping
 from urllib.parse import urlsplit
 
 from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExists, QuotaExceeded, RelayError,
-                      RelayObjectMissing, SourceError)
+                      RelayObjectMissing, SourceError, TransientRelayError)
 from ..values import parse_bool, parse_size, parse_verify_ssl
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
 from .options import MAX_RETRIES, VERIFY_SSL
+from . import retry
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +107,13 @@ MAX_PARTS = 10_000
 INFLIGHT_BUDGET = 32 * MiB
 MAX_CONCURRENCY = 4
 READ_BLOCK = MiB
-DEFAULT_ATTEMPTS = 10
+#: retries of one request (the wrapper's; botocore's own are off): 10 attempts in all
+DEFAULT_RETRIES = 9
+#: throttling and server-side codes that may pass (any 5xx but 501 and 507 is transient too)
+TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+                   "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded",
+                   "BandwidthLimitExceeded", "RequestTimeout", "RequestTimeoutException", "InternalError",
+                   "ServiceUnavailable", "PriorRequestNotComplete", "503", "500", "502", "504", "429", "408"}
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60
 #: resumptions of one download after its connection broke mid-body
@@ -321,12 +334,7 @@ class S3(Relay):
             self.verify = None if verify_ssl in (None, "") else parse_verify_ssl(verify_ssl)
         except ValueError as exc:
             raise ConfigError(str(exc), option="verify ssl") from None
-        try:
-            self.attempts = int(max_retries) + 1 if max_retries not in (None, "") else DEFAULT_ATTEMPTS
-        except ValueError:
-            raise ConfigError(f"max retries '{max_retries}' is not a number", option="max retries") from None
-        if self.attempts < 1:
-            raise ConfigError("max retries must be 0 or more", option="max retries")
+        self.retry = retry.RetryPolicy.from_option(max_retries, default=DEFAULT_RETRIES)
         self._client = None
         self._conditional: bool | None = None  # does the server honour If-None-Match: *?
         self._client_lock = threading.Lock()
@@ -358,7 +366,7 @@ class S3(Relay):
             region_name=region,
             signature_version="s3v4",
             s3={"addressing_style": "path" if self.endpoint else "auto"},
-            retries={"mode": "standard", "max_attempts": self.attempts},
+            retries={"mode": "standard", "total_max_attempts": 1},  # escale's wrapper retries
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
             max_pool_connections=MAX_CONCURRENCY + 4,
@@ -388,7 +396,8 @@ class S3(Relay):
 
     def open(self) -> None:
         try:
-            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+            self._call(f"bucket '{self.bucket}'",
+                       lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1))
         except Exception as exc:  # noqa: BLE001 - mapped below
             err = self._error(exc, f"bucket '{self.bucket}'")
             if not (self.create_bucket and self._is_missing_bucket(exc)):
@@ -421,7 +430,7 @@ class S3(Relay):
         if region and region != "us-east-1" and not self.endpoint:
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         try:
-            self.client.create_bucket(**kwargs)
+            self._call(f"bucket '{self.bucket}'", lambda: self.client.create_bucket(**kwargs))
             log.info("created bucket '%s' on %s", self.bucket, self.where)
         except Exception as exc:  # noqa: BLE001
             code = _code(exc)[0]
@@ -463,7 +472,52 @@ class S3(Relay):
             return RelayError(f"{what} on {self.address}: S3 error {detail}")
         if isinstance(exc, BotoConnectionError):
             return RelayError(f"cannot reach {self.where} for {self.address}: {exc}")
+        if isinstance(exc, TransientRelayError):
+            return exc
         return RelayError(f"{what} on {self.address}: {type(exc).__name__}: {exc}")
+
+    def _transient(self, exc: BaseException, what: str) -> TransientRelayError | None:
+        """The TransientRelayError for a failure that may pass, else None (see the module doc)."""
+        from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError, HTTPClientError,
+                                         IncompleteReadError, ResponseStreamingError, SSLError)
+
+        if isinstance(exc, SSLError):
+            return None
+        if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError,
+                            ConnectionError, TimeoutError)):
+            reason = f"cannot reach {self.where}: {exc}"
+            return retry.transient(f"{what} on {self.address}: {reason}", reason=reason)
+        if isinstance(exc, ClientError):
+            code, status, message = _code(exc)
+            if code in QUOTA_CODES or status in (501, 507) or code in ("NotImplemented", "501"):
+                return None
+            if code in TRANSIENT_CODES or status in (408, 429) or (status is not None and status >= 500):
+                headers = ((getattr(exc, "response", None) or {}).get("ResponseMetadata") or {}).get(
+                    "HTTPHeaders") or {}
+                try:
+                    after = float(headers.get("retry-after", "")) if headers.get("retry-after") else None
+                except ValueError:
+                    after = None
+                reason = f"S3 error {code}{': ' + message if message and message != code else ''}"
+                return retry.transient(f"{what} on {self.address}: {reason}", after, reason)
+        return None
+
+    def _call(self, what: str, fn, *, landed=None, recheck: tuple = ()):
+        """``fn()`` (one S3 request) under the shared retry policy. Transient failures are
+        retried; any other exception is raised as it is (callers read its code)."""
+        def once(_attempt: int):
+            try:
+                return fn()
+            except EscaleError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified, else raised unchanged
+                t = self._transient(exc, what)
+                if t is None:
+                    raise
+                raise t from exc
+
+        return retry.call(once, policy=self.retry, what=f"{what} on {self.address}", landed=landed,
+                          recheck=recheck)
 
     def _key(self, name: str) -> str:
         return self.prefix + check_name(name)
@@ -471,9 +525,7 @@ class S3(Relay):
     # -- reading ---------------------------------------------------------------------------
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self.prefix + prefix)
-            for page in pages:
+            for page in self._pages(prefix):
                 for obj in page.get("Contents", ()):
                     name = obj["Key"][len(self.prefix):]
                     if not name or name.endswith("/") or name.startswith(PROBE_MARK):
@@ -490,10 +542,21 @@ class S3(Relay):
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, f"listing '{self.prefix + prefix}'") from None
 
+    def _pages(self, prefix: str) -> Iterator[dict]:
+        """ListObjectsV2 pages, each request retried on its own (a listing never restarts)."""
+        kwargs = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        while True:
+            page = self._call(f"listing '{self.prefix + prefix}'", lambda: self.client.list_objects_v2(**kwargs))
+            yield page
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            kwargs["ContinuationToken"] = token
+
     def stat(self, name: str) -> ObjectInfo | None:
         key = self._key(name)
         try:
-            r = self.client.head_object(Bucket=self.bucket, Key=key)
+            r = self._call(f"relay object {name}", lambda: self.client.head_object(Bucket=self.bucket, Key=key))
         except Exception as exc:  # noqa: BLE001
             if _code(exc)[0] in MISSING_CODES:
                 return None
@@ -504,7 +567,7 @@ class S3(Relay):
     def get(self, name: str) -> BinaryIO:
         key = self._key(name)
         try:
-            r = self.client.get_object(Bucket=self.bucket, Key=key)
+            r = self._call(f"relay object {name}", lambda: self.client.get_object(Bucket=self.bucket, Key=key))
         except Exception as exc:  # noqa: BLE001
             if _code(exc)[0] in MISSING_CODES:
                 raise RelayObjectMissing(f"relay object {name} is missing") from None
@@ -535,39 +598,46 @@ class S3(Relay):
         kwargs = {"Bucket": self.bucket, "Key": key, "Body": data}
         if if_absent:
             kwargs["IfNoneMatch"] = "*"
-        for attempt in range(3):
+
+        def once() -> str | None:
             try:
                 return _etag(self.client.put_object(**kwargs).get("ETag"))
             except Exception as exc:  # noqa: BLE001
                 code = _code(exc)[0]
                 if if_absent and code in PRECONDITION_CODES:
-                    # botocore retries a put whose answer was lost: the name may be taken by
-                    # this very put; check the outcome before saying "exists"
-                    if self._holds(name, data):
-                        log.info("relay object %s: an earlier try of this create stored it", name)
-                        return _etag(hashlib.md5(data).hexdigest())
                     raise ObjectExists(f"relay object {name} already exists") from None
-                if if_absent and code in CONFLICT_CODES and attempt < 2:
-                    time.sleep(0.2 * (attempt + 1))  # a concurrent conditional write is in flight
-                    continue
-                if if_absent and code in CONFLICT_CODES:
-                    raise ObjectExists(f"relay object {name} is being created by another client") from None
-                raise self._error(exc, f"relay object {name}") from None
-        raise AssertionError("unreachable")
+                if if_absent and code in CONFLICT_CODES:  # a concurrent conditional write is in flight
+                    raise retry.transient(f"relay object {name} is being created by another client",
+                                          reason=f"S3 error {code} (a concurrent create)") from None
+                raise
+
+        try:
+            # a create whose answer was lost, retried, finds the name taken: by our own bytes?
+            r = self._call(f"relay object {name}", once, recheck=(ObjectExists,),
+                           landed=(lambda: self._holds(name, data)) if if_absent else None)
+        except EscaleError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._error(exc, f"relay object {name}") from None
+        if r is retry.LANDED:
+            log.info("relay object %s: an earlier try of this create stored it", name)
+            return _etag(hashlib.md5(data).hexdigest())
+        return r
 
     def _put_multipart(self, name: str, key: str, head: list[bytes], stream: BinaryIO,
                        if_absent: bool) -> tuple[int, str]:
         what = f"relay object {name}"
         try:
-            upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+            upload_id = self._call(what, lambda: self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key))["UploadId"]
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, what) from None
         parts: list[dict] = []
         total = 0
 
         def send(number: int, data: bytes) -> dict:
-            r = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                        Body=data)
+            r = self._call(f"{what} part {number}", lambda: self.client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data))
             return {"PartNumber": number, "ETag": r["ETag"]}
 
         try:
@@ -592,22 +662,24 @@ class S3(Relay):
             kwargs = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "MultipartUpload": {"Parts": parts}}
             if if_absent:
                 kwargs["IfNoneMatch"] = "*"
-            try:
-                etag = _etag(self.client.complete_multipart_upload(**kwargs).get("ETag")) or expected
-            except Exception as exc:  # noqa: BLE001
-                code = _code(exc)[0]
-                if if_absent and code in PRECONDITION_CODES | CONFLICT_CODES:
-                    info = self.stat(name)  # a lost answer to our own completion, retried?
-                    if info is not None and info.etag == expected:
-                        return total, expected
-                    raise ObjectExists(f"{what} already exists") from None
-                if code == "NoSuchUpload":
-                    # a retry of a completion whose answer was lost: did the first one land?
-                    info = self.stat(name)
-                    if info is not None and info.etag == expected:
-                        return total, expected
-                raise
-            return total, etag
+            def complete() -> str | None:
+                try:
+                    return _etag(self.client.complete_multipart_upload(**kwargs).get("ETag")) or expected
+                except Exception as exc:  # noqa: BLE001
+                    code = _code(exc)[0]
+                    if if_absent and code in PRECONDITION_CODES | CONFLICT_CODES:
+                        raise ObjectExists(f"{what} already exists") from None
+                    if code == "NoSuchUpload":
+                        raise RelayObjectMissing(f"{what}: the multipart upload is gone") from None
+                    raise
+
+            def landed() -> bool:  # a completion whose answer was lost: the object is ours
+                info = self.stat(name)
+                return info is not None and info.etag == expected
+
+            # a first try's lost answer shows as 412 (create) or NoSuchUpload on the retry
+            etag = self._call(what, complete, landed=landed, recheck=(ObjectExists, RelayObjectMissing))
+            return total, (expected if etag is retry.LANDED else etag)
         except BaseException as exc:
             try:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
@@ -640,7 +712,8 @@ class S3(Relay):
         key = f"{self.prefix}{PROBE_MARK}{uuid.uuid4().hex}"
         try:
             try:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=b"1", IfNoneMatch="*")
+                self._call("probe of conditional writes", lambda: self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=b"1", IfNoneMatch="*"))
             except Exception as exc:  # noqa: BLE001
                 code, status, _ = _code(exc)
                 if code in PRECONDITION_CODES:
@@ -651,7 +724,8 @@ class S3(Relay):
                     raise self._error(exc, "probe of conditional writes") from None
             else:
                 try:
-                    self.client.put_object(Bucket=self.bucket, Key=key, Body=b"2", IfNoneMatch="*")
+                    self._call("probe of conditional writes", lambda: self.client.put_object(
+                        Bucket=self.bucket, Key=key, Body=b"2", IfNoneMatch="*"))
                     supported = False  # the header was silently ignored
                 except Exception as exc:  # noqa: BLE001
                     code = _code(exc)[0]
@@ -674,7 +748,8 @@ class S3(Relay):
 
     def delete(self, name: str) -> None:
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
+            key = self._key(name)
+            self._call(f"relay object {name}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
         except Exception as exc:  # noqa: BLE001
             if _code(exc)[0] in MISSING_CODES:
                 return
@@ -683,15 +758,13 @@ class S3(Relay):
     def abort_incomplete(self, prefix: str) -> int:
         removed = 0
         try:
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=self.prefix + prefix)
-            for page in pages:
+            for page in self._upload_pages(prefix):
                 for up in page.get("Uploads", ()):
                     if not up["Key"].startswith(self.prefix + prefix):
                         continue
                     try:
-                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"],
-                                                           UploadId=up["UploadId"])
+                        self._call(f"interrupted upload of '{up['Key']}'", lambda: self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]))
                         removed += 1
                     except Exception as exc:  # noqa: BLE001
                         if _code(exc)[0] != "NoSuchUpload":
@@ -703,6 +776,18 @@ class S3(Relay):
                 return removed
             raise self._error(exc, f"interrupted uploads under '{self.prefix + prefix}'") from None
         return removed
+
+    def _upload_pages(self, prefix: str) -> Iterator[dict]:
+        """ListMultipartUploads pages, each request retried on its own."""
+        kwargs = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+        while True:
+            page = self._call(f"interrupted uploads under '{self.prefix + prefix}'",
+                              lambda: self.client.list_multipart_uploads(**kwargs))
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
 
     def usage(self) -> Usage:
         return Usage()
@@ -738,12 +823,13 @@ class _Download(io.RawIOBase):
             self.body.close()
         except Exception:  # noqa: BLE001
             pass
-        time.sleep(min(2.0, 0.1 * 2 ** (self.resumes - 1)))
+        policy = self.relay.retry
+        policy.sleep(min(2.0, policy.delay(self.resumes - 1)))
         kwargs = {"Bucket": self.relay.bucket, "Key": self.key, "Range": f"bytes={self.pos}-"}
         if self.etag:
             kwargs["IfMatch"] = self.etag
         try:
-            r = self.relay.client.get_object(**kwargs)
+            r = self.relay._call(f"relay object {self.name}", lambda: self.relay.client.get_object(**kwargs))
         except Exception as exc:  # noqa: BLE001
             code = _code(exc)[0]
             if code in MISSING_CODES:

@@ -57,9 +57,12 @@ How the relay contract is met
   escale's layout a first-level collection (``u/``, ``a/``, …) is shared by every
   writer, while deeper ones (``u/<cid>/``, ``b/<cid>/<seq>/``) have one writer — the one
   that deletes — so a prune never races with someone else's put.
-- **Errors.** 5xx (but 501/505), 423, 429, timeouts and connection resets are retried
-  ``max retries`` times (default 5) with exponential backoff and jitter, honouring
-  ``Retry-After``. A request body that was partly sent and cannot be replayed (a stream
+- **Errors.** 5xx (but 501/505/507), 408, 423, 429, timeouts, connection resets and
+  unreadable multistatus answers are transient: each request is retried by the shared
+  wrapper (:mod:`escale.relay.retry`: ``max retries`` times, default 5, exponential
+  back-off with jitter, honouring ``Retry-After``). A MOVE and a create-if-absent PUT
+  are not idempotent: before one is resent, and when a resent one is refused (412, or
+  403/404 for a source already moved), the outcome is checked. A request body that was partly sent and cannot be replayed (a stream
   larger than 8 MiB that is not seekable) is not retried: the put fails with RelayError
   and the caller retries next cycle. 401/403 raise AuthenticationError ("authentication
   failed for <relay>"), 507 raises QuotaExceeded, anything else RelayError naming the
@@ -76,7 +79,6 @@ import logging
 import math
 import os
 import posixpath
-import random
 import re
 import time
 import unicodedata
@@ -91,6 +93,7 @@ import urllib3
 from ..errors import (AuthenticationError, ConfigError, ObjectExists, QuotaExceeded, RelayError,
                       RelayObjectMissing, SourceError, TransientRelayError)
 from ..values import parse_verify_ssl
+from . import retry
 from .address import redact, split_network_address
 from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
 from .options import MAX_RETRIES, TLS
@@ -105,10 +108,6 @@ BLOCK = 1 << 20
 #: a non-seekable body up to this size is held in memory so that its put can be retried
 REPLAY_BUFFER = 8 << 20
 DEFAULT_TIMEOUT = 60.0
-DEFAULT_RETRIES = 5
-BACKOFF_BASE = 0.5
-BACKOFF_MAX = 30.0
-RETRY_AFTER_MAX = 120.0
 DAV = "{DAV:}"
 _PROPFIND_BODY = (b'<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop>'
                   b"<D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/>"
@@ -339,14 +338,15 @@ class _Download(io.RawIOBase):
 
     def _resume(self, exc: Exception) -> None:
         self.response.close()
-        if self.resumes >= self.relay.max_retries:
+        policy = self.relay.retry
+        if self.resumes >= policy.max_retries:
             raise RelayError(f"reading relay object {self.name} from {self.relay.address} failed: "
                              f"{_describe(exc)}") from exc
-        delay = self.relay._backoff(self.resumes, None)
+        delay = policy.delay(self.resumes)
         self.resumes += 1
         log.warning("%s: reading %s broke at byte %d (%s); resuming in %.1f s", self.relay.address, self.name,
                     self.offset, _describe(exc), delay)
-        time.sleep(delay)
+        policy.sleep(delay)
         headers = {"Range": f"bytes={self.offset}-", "Accept-Encoding": "identity"}
         if self.etag and self.strong:
             headers["If-Range"] = f'"{self.etag}"'
@@ -470,13 +470,7 @@ class WebDAV(Relay):
             if f and not os.path.isfile(f):
                 raise ConfigError(f"{opt} {f} does not exist", option=opt)
         self.cert = (certfile, keyfile) if keyfile else certfile
-        try:
-            self.max_retries = DEFAULT_RETRIES if max_retries in (None, "") else int(max_retries)
-            if self.max_retries < 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise ConfigError(f"'max retries' must be a whole number >= 0, not {max_retries!r}",
-                              option="max retries") from None
+        self.retry = retry.RetryPolicy.from_option(max_retries)
         t = timeout if timeout not in (None, "") else os.environ.get("ESCALE_WEBDAV_TIMEOUT")
         try:
             t = float(t) if t not in (None, "") else DEFAULT_TIMEOUT
@@ -492,6 +486,14 @@ class WebDAV(Relay):
         self._href_base: str | None = None  # the base's path as the server's hrefs spell it
         self._create_mode: str | None = None  # "move", "if-none-match" or "check"
         self._probed: dict[str, bool] = {}
+
+    @property
+    def max_retries(self) -> int:
+        return self.retry.max_retries
+
+    @max_retries.setter
+    def max_retries(self, n: int) -> None:
+        self.retry.max_retries = n
 
     @staticmethod
     def _parse_verify(value) -> bool | str:
@@ -521,13 +523,6 @@ class WebDAV(Relay):
             return self.base_url
         return self.base_url + quote(name, safe="/") + ("/" if collection else "")
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        d = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** attempt)
-        d = d / 2 + random.uniform(0, d / 2)
-        if retry_after is not None:
-            d = max(d, min(retry_after, RETRY_AFTER_MAX))
-        return d
-
     @staticmethod
     def _retry_after(r: requests.Response) -> float | None:
         v = r.headers.get("Retry-After")
@@ -545,7 +540,8 @@ class WebDAV(Relay):
 
     def _request(self, method: str, url: str, what: str, *, headers: dict | None = None, body: _Body | None = None,
                  data: bytes | None = None, stream: bool = False, done=None) -> requests.Response | None:
-        """Send one request, retrying transient failures; returns any other response.
+        """Send one request, retried by :func:`escale.relay.retry.call` on transient failures;
+        returns any other response.
 
         401/403 raise AuthenticationError and 507 QuotaExceeded; the caller reads the rest.
         ``r.attempts`` tells how many tries it took (a retried MOVE may find its work done).
@@ -554,65 +550,60 @@ class WebDAV(Relay):
         again and None is returned. (A MOVE resent after its source was moved makes
         ``rclone serve webdav`` delete the destination.)
         """
-        attempt = 0
-        while True:
-            retry_after = None
-            payload = body.payload() if body is not None else data
-            try:
-                r = self.session.request(method, url, headers=headers, data=payload, stream=stream,
-                                         timeout=self.timeout, verify=self.verify, allow_redirects=False)
-            except _BodyError:
-                raise
-            except requests.exceptions.SSLError as exc:
-                raise RelayError(f"TLS connection to {self.address} failed: {_tls_reason(exc)}") from exc
-            except _TRANSPORT_ERRORS as exc:
-                reason = _describe(exc)
-            except requests.RequestException as exc:
-                raise RelayError(f"{method} {what or '/'} on {self.address} failed: {_describe(exc)}") from exc
-            else:
-                status = r.status_code
-                # a retried MOVE whose first try moved the source may get 403 (rclone) for the
-                # missing source: the caller checks the outcome
-                lost_move = status == 403 and method == "MOVE" and attempt > 0
-                if status in (401, 403) and not lost_move:
-                    r.close()
-                    raise AuthenticationError(f"authentication failed for {self.address}"
-                                              f" (HTTP {status} on {method} {what or '/'})")
-                if status == 507:
-                    r.close()
-                    raise QuotaExceeded(f"relay {self.address} is full (HTTP 507 Insufficient Storage) "
-                                        f"while writing {what or '/'}")
-                if not _retryable(status):
-                    r.attempts = attempt + 1
-                    return r
-                reason = f"HTTP {status} {r.reason or ''}".rstrip()
-                retry_after = self._retry_after(r)
-                r.close()
-            if done is not None and done():
-                log.info("%s: %s %s: %s, but the server did it; not sending it again", self.address, method,
-                         what or "/", reason)
-                return None
-            if attempt >= self.max_retries:
-                raise TransientRelayError(f"{method} {what or '/'} on {self.address} failed after {attempt + 1} "
-                                          f"attempt(s): {reason}")
-            if body is not None and not body.replayable:
-                raise TransientRelayError(f"{method} {what or '/'} on {self.address} failed: {reason} (the data "
-                                          "could not be sent again; the next cycle retries)")
-            delay = self._backoff(attempt, retry_after)
-            attempt += 1
-            log.warning("%s: %s %s: %s; retry %d/%d in %.1f s", self.address, method, what or "/", reason,
-                        attempt, self.max_retries, delay)
-            time.sleep(delay)
+        r = retry.call(lambda attempt: self._attempt(method, url, what, attempt, headers=headers, body=body,
+                                                     data=data, stream=stream),
+                       policy=self.retry, what=f"{method} {what or '/'} on {self.address}", landed=done,
+                       replayable=(lambda: body.replayable) if body is not None else None)
+        return None if r is retry.LANDED else r
+
+    def _attempt(self, method: str, url: str, what: str, attempt: int, *, headers: dict | None = None,
+                 body: _Body | None = None, data: bytes | None = None, stream: bool = False) -> requests.Response:
+        """One try of a request: a transient failure is raised as TransientRelayError (with
+        the server's Retry-After), anything else but auth and quota is returned."""
+        payload = body.payload() if body is not None else data
+        try:
+            r = self.session.request(method, url, headers=headers, data=payload, stream=stream,
+                                     timeout=self.timeout, verify=self.verify, allow_redirects=False)
+        except _BodyError:
+            raise
+        except requests.exceptions.SSLError as exc:
+            raise RelayError(f"TLS connection to {self.address} failed: {_tls_reason(exc)}") from exc
+        except _TRANSPORT_ERRORS as exc:
+            reason = _describe(exc)
+            raise retry.transient(f"{method} {what or '/'} on {self.address} failed: {reason}",
+                                  reason=reason) from exc
+        except requests.RequestException as exc:
+            raise RelayError(f"{method} {what or '/'} on {self.address} failed: {_describe(exc)}") from exc
+        status = r.status_code
+        # a retried MOVE whose first try moved the source may get 403 (rclone) for the
+        # missing source: the caller checks the outcome
+        lost_move = status == 403 and method == "MOVE" and attempt > 0
+        if status in (401, 403) and not lost_move:
+            r.close()
+            raise AuthenticationError(f"authentication failed for {self.address}"
+                                      f" (HTTP {status} on {method} {what or '/'})")
+        if status == 507:
+            r.close()
+            raise QuotaExceeded(f"relay {self.address} is full (HTTP 507 Insufficient Storage) "
+                                f"while writing {what or '/'}")
+        if not _retryable(status):
+            r.attempts = attempt + 1
+            return r
+        reason = f"HTTP {status} {r.reason or ''}".rstrip()
+        retry_after = self._retry_after(r)
+        r.close()
+        raise retry.transient(f"{method} {what or '/'} on {self.address} failed: {reason}", retry_after, reason)
 
     def _propfind(self, name: str, depth: str, collection: bool = True, body: bytes = _PROPFIND_BODY
                   ) -> list[_Entry] | None:
-        """The entries of a PROPFIND (parsed as the body arrives), or None on 404."""
+        """The entries of a PROPFIND (parsed as the body arrives), or None on 404. An answer
+        cut or garbled on the way is transient: the whole PROPFIND is retried."""
         url = self._url(name, collection)
         headers = {"Depth": depth, "Content-Type": 'application/xml; charset="utf-8"',
                    "Accept-Encoding": "identity"}
-        attempt = 0
-        while True:
-            r = self._request("PROPFIND", url, name, headers=headers, data=body, stream=True)
+
+        def once(attempt: int) -> list[_Entry] | None:
+            r = self._attempt("PROPFIND", url, name, attempt, headers=headers, data=body, stream=True)
             try:
                 if r.status_code == 404:
                     return None
@@ -621,16 +612,13 @@ class WebDAV(Relay):
                 try:
                     return list(self._parse_multistatus(r.raw))
                 except (ET.ParseError, urllib3.exceptions.HTTPError, OSError) as exc:
-                    if attempt >= self.max_retries:
-                        raise RelayError(f"PROPFIND {name or '/'} on {self.address}: unreadable answer "
-                                         f"({_describe(exc)})") from exc
-                    delay = self._backoff(attempt, None)
-                    attempt += 1
-                    log.warning("%s: PROPFIND %s: %s; retry %d/%d in %.1f s", self.address, name or "/",
-                                _describe(exc), attempt, self.max_retries, delay)
-                    time.sleep(delay)
+                    reason = f"unreadable answer ({_describe(exc)})"
+                    raise retry.transient(f"PROPFIND {name or '/'} on {self.address}: {reason}",
+                                          reason=reason) from exc
             finally:
                 r.close()
+
+        return retry.call(once, policy=self.retry, what=f"PROPFIND {name or '/'} on {self.address}")
 
     def _parse_multistatus(self, raw) -> Iterator[_Entry]:
         raw.decode_content = True
@@ -847,15 +835,10 @@ class WebDAV(Relay):
         self._mkcol(folder)
         mode = self._create_strategy() if create_only else None
         if mode == "if-none-match":
-            r = self._put_to(name, body, {"If-None-Match": "*"}, done=lambda: self._holds(name, body))
-            if r is None:  # a try whose answer was lost did store it
-                return body.count
-            if r.status_code == 412:
-                # a retried PUT whose first answer was lost finds its own object: check
-                if getattr(r, "attempts", 1) > 1 and self._holds(name, body):
-                    return body.length if body.length is not None else body.count
-                raise ObjectExists(f"relay object {name} already exists")
-            return body.count
+            # straight to the final name; a retry refused with 412 whose first try's answer
+            # was lost finds its own object (checked by the retry wrapper)
+            self._put_to(name, body, {"If-None-Match": "*"}, landed=lambda: self._holds(name, body), create=True)
+            return body.length if body.length is not None else body.count
         tmp = (folder + "/" if folder else "") + f"{TMP_MARK}{base}.{uuid.uuid4().hex}"
         moved = False
         try:
@@ -870,42 +853,47 @@ class WebDAV(Relay):
                                      "(does it accept chunked uploads?)")
             if mode == "check" and self.stat(name) is not None:
                 raise ObjectExists(f"relay object {name} already exists")
-            try:
-                self._move(tmp, name, overwrite=not create_only)
-            except ObjectExists:
-                # a retried MOVE whose first answer was lost: the temporary is gone and the
-                # name holds our bytes. Check the outcome before saying "exists".
-                if self.stat(tmp) is None and self._holds(name, body):
-                    moved = True
-                    return body.count
-                raise
+            # a MOVE whose answer was lost, retried, finds the temporary gone: it is ours
+            # when the name holds our bytes (a create) or at least exists (a replace)
+            self._move(tmp, name, overwrite=not create_only,
+                       landed=(lambda: self.stat(tmp) is None and self._holds(name, body)) if create_only else None)
             moved = True
         finally:
             if not moved:
                 self._delete_quietly(tmp)
         return body.count
 
-    def _put_to(self, name: str, body: _Body, headers: dict | None = None, done=None) -> requests.Response | None:
+    def _put_to(self, name: str, body: _Body, headers: dict | None = None, landed=None,
+                create: bool = False) -> requests.Response | None:
+        """PUT ``body`` to ``name`` (retried; a folder gone since is made again once).
+        ``create``: the headers make it create-if-absent, and 412 is ObjectExists."""
         h = {"Content-Type": "application/octet-stream"}
         h.update(headers or {})
-        for again in (False, True):
-            r = self._request("PUT", self._url(name), name, headers=h, body=body, done=done)
-            if r is None:
-                return None
-            r.close()
-            if r.status_code in (200, 201, 204):
-                return r
-            if r.status_code == 412 and "If-None-Match" in h:
-                return r
-            if r.status_code == 409:
-                # the folder went away (removed by hand?): make it again, now or next time
-                folder = name.rpartition("/")[0]
-                self._forget_collection(folder)
-                if not again and body.replayable:
-                    self._mkcol(folder)
-                    continue
-            raise self._status_error("PUT", name, r)
-        raise self._status_error("PUT", name, r)
+        url = self._url(name)
+        remade = False
+
+        def once(attempt: int) -> requests.Response:
+            nonlocal remade
+            while True:
+                r = self._attempt("PUT", url, name, attempt, headers=h, body=body)
+                r.close()
+                if r.status_code in (200, 201, 204):
+                    return r
+                if r.status_code == 412 and create:
+                    raise ObjectExists(f"relay object {name} already exists")
+                if r.status_code == 409 and not remade:
+                    # the folder went away (removed by hand?): make it again, now or next time
+                    folder = name.rpartition("/")[0]
+                    self._forget_collection(folder)
+                    if body.replayable:
+                        remade = True
+                        self._mkcol(folder)
+                        continue
+                raise self._status_error("PUT", name, r)
+
+        r = retry.call(once, policy=self.retry, what=f"PUT {name} on {self.address}", landed=landed,
+                       recheck=(ObjectExists,) if create else (), replayable=lambda: body.replayable)
+        return None if r is retry.LANDED else r
 
     def _holds(self, name: str, body: _Body) -> bool:
         """Whether ``name`` holds exactly the bytes of ``body`` (the outcome check of a
@@ -924,23 +912,30 @@ class WebDAV(Relay):
                 h.update(block)
         return h.hexdigest() == want
 
-    def _move(self, src: str, dst: str, overwrite: bool) -> None:
-        def moved() -> bool:  # the source is ours alone: gone, with the destination there, means moved
+    def _move(self, src: str, dst: str, overwrite: bool, landed=None) -> None:
+        """MOVE ``src`` (a temporary of ours alone) to ``dst``. Not idempotent: a retry is
+        not sent once ``landed()`` (by default: the source gone, the destination there)
+        says the first try acted, and a retry refused with 412 or 403/404 is checked the
+        same way before it is reported."""
+        def moved() -> bool:
             return self.stat(src) is None and self.stat(dst) is not None
 
-        r = self._request("MOVE", self._url(src), dst, done=moved,
-                          headers={"Destination": self._url(dst), "Overwrite": "T" if overwrite else "F"})
-        if r is None:
-            return
-        r.close()
-        if r.status_code in (200, 201, 204):
-            return
-        if r.status_code == 412 and not overwrite:
-            raise ObjectExists(f"relay object {dst} already exists")
-        if r.status_code in (403, 404) and getattr(r, "attempts", 1) > 1 and self.stat(src) is None \
-                and self.stat(dst) is not None:
-            return  # an earlier try did move it; only its answer was lost
-        raise self._status_error("MOVE", dst, r)
+        headers = {"Destination": self._url(dst), "Overwrite": "T" if overwrite else "F"}
+
+        def once(attempt: int) -> None:
+            r = self._attempt("MOVE", self._url(src), dst, attempt, headers=headers)
+            r.close()
+            if r.status_code in (200, 201, 204):
+                return
+            if r.status_code == 412 and not overwrite:
+                raise ObjectExists(f"relay object {dst} already exists")
+            if r.status_code in (403, 404) and attempt > 0:
+                raise RelayObjectMissing(f"MOVE {dst} on {self.address}: the source {src} is gone (HTTP "
+                                         f"{r.status_code})")
+            raise self._status_error("MOVE", dst, r)
+
+        retry.call(once, policy=self.retry, what=f"MOVE {dst} on {self.address}", landed=landed or moved,
+                   recheck=(ObjectExists, RelayObjectMissing))
 
     def _delete_quietly(self, name: str) -> None:
         try:
