@@ -216,6 +216,27 @@ def test_non_empty_folder_is_never_deleted(request, kind, tmp_path) -> None:
         read(relay, "b/CID/1/0")
 
 
+def test_concurrent_puts_into_a_new_folder(request, kind, tmp_path) -> None:
+    """Pullers put acks, pushers blobs, at once: several puts creating the same new folder.
+    Apache answers 403 to a MKCOL that loses that race (the folder was just made): that
+    is no refusal, and was reported as "authentication failed"."""
+    relay = make_relay(request, kind, tmp_path)
+    errors: list[str] = []
+
+    def put(name: str) -> None:
+        try:
+            relay.put(name, io.BytesIO(name.encode()))
+        except Exception as exc:  # noqa: BLE001 - collected, asserted below
+            errors.append(repr(exc))
+
+    names = [f"r{n}/{i}" for n in range(40) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        for n in range(40):  # eight puts into one new folder at a time
+            list(pool.map(put, names[8 * n:8 * n + 8]))
+    assert errors == []
+    assert sorted(i.name for i in relay.list()) == sorted(names)
+
+
 def _listing_case(kind: str):
     heavy = kind.startswith("webdav-") or kind in ("s3-moto", "gdrive")  # 1,001 puts: seconds on these
     return pytest.param(kind, marks=pytest.mark.slow) if heavy else kind

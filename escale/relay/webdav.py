@@ -539,7 +539,8 @@ class WebDAV(Relay):
                           .rstrip())
 
     def _request(self, method: str, url: str, what: str, *, headers: dict | None = None, body: _Body | None = None,
-                 data: bytes | None = None, stream: bool = False, done=None) -> requests.Response | None:
+                 data: bytes | None = None, stream: bool = False, done=None,
+                 passthrough: tuple[int, ...] = ()) -> requests.Response | None:
         """Send one request, retried by :func:`escale.relay.retry.call` on transient failures;
         returns any other response.
 
@@ -551,15 +552,17 @@ class WebDAV(Relay):
         ``rclone serve webdav`` delete the destination.)
         """
         r = retry.call(lambda attempt: self._attempt(method, url, what, attempt, headers=headers, body=body,
-                                                     data=data, stream=stream),
+                                                     data=data, stream=stream, passthrough=passthrough),
                        policy=self.retry, what=f"{method} {what or '/'} on {self.address}", landed=done,
                        replayable=(lambda: body.replayable) if body is not None else None)
         return None if r is retry.LANDED else r
 
     def _attempt(self, method: str, url: str, what: str, attempt: int, *, headers: dict | None = None,
-                 body: _Body | None = None, data: bytes | None = None, stream: bool = False) -> requests.Response:
+                 body: _Body | None = None, data: bytes | None = None, stream: bool = False,
+                 passthrough: tuple[int, ...] = ()) -> requests.Response:
         """One try of a request: a transient failure is raised as TransientRelayError (with
-        the server's Retry-After), anything else but auth and quota is returned."""
+        the server's Retry-After), anything else but auth and quota (unless in
+        ``passthrough``) is returned."""
         payload = body.payload() if body is not None else data
         try:
             r = self.session.request(method, url, headers=headers, data=payload, stream=stream,
@@ -578,7 +581,7 @@ class WebDAV(Relay):
         # a retried MOVE whose first try moved the source may get 403 (rclone) for the
         # missing source: the caller checks the outcome
         lost_move = status == 403 and method == "MOVE" and attempt > 0
-        if status in (401, 403) and not lost_move:
+        if status in (401, 403) and not lost_move and status not in passthrough:
             r.close()
             raise AuthenticationError(f"authentication failed for {self.address}"
                                       f" (HTTP {status} on {method} {what or '/'})")
@@ -687,14 +690,12 @@ class WebDAV(Relay):
         """Make sure the collection ``folder`` ('' = the base) exists, creating parents."""
         if folder in self._known:
             return
-        r = self._request("MKCOL", self._url(folder, True), folder + "/")
-        r.close()
+        r = self._make_collection(folder)
         if r.status_code in (200, 201, 204, 405):
             pass
         elif r.status_code == 409 and folder:
             self._mkcol(posixpath.dirname(folder))
-            r = self._request("MKCOL", self._url(folder, True), folder + "/")
-            r.close()
+            r = self._make_collection(folder)
             if r.status_code not in (200, 201, 204, 405):
                 raise self._status_error("MKCOL", folder + "/", r)
         else:
@@ -704,6 +705,20 @@ class WebDAV(Relay):
             if not folder:
                 break
             folder = posixpath.dirname(folder)
+
+    def _make_collection(self, folder: str) -> requests.Response:
+        """One MKCOL. Apache answers 403 to a MKCOL that loses a race with another one
+        creating the same collection (mkdir finds it made): a 403 is a refusal only when
+        the collection is not there afterwards."""
+        r = self._request("MKCOL", self._url(folder, True), folder + "/", passthrough=(403,))
+        r.close()
+        if r.status_code == 403:
+            entries = self._propfind(folder, "0")
+            if not entries or not any(e.collection for e in entries):
+                raise AuthenticationError(f"authentication failed for {self.address} (HTTP 403 on MKCOL "
+                                          f"{folder}/)")
+            r.status_code = 405  # it exists (made by a concurrent put)
+        return r
 
     def _forget_collection(self, folder: str) -> None:
         self._known = {k for k in self._known if k != folder and not k.startswith(folder + "/")}
