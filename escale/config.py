@@ -682,6 +682,19 @@ _ADDRESS_USER, _ADDRESS_PASSWORD = "\0user", "\0password"
 def _relay_location(sec: _Section) -> tuple[str, str, dict[str, object]]:
     """(relay URL, protocol, extra options) from the address, directory and port options."""
     addr_v = sec.required("relay_address")
+    scheme = addr_v.value.strip().partition("://")[0].lower() if "://" in addr_v.value else ""
+    own_form = backend_for(scheme) if scheme else None
+    if own_form is not None:  # a backend with its own address form (gdrive:///folder/path)
+        dir_v = sec.raw("relay_directory")
+        try:
+            url = own_form.location(addr_v.value.strip(),
+                                    os.path.expanduser(dir_v.value.strip()) if dir_v is not None else "")
+        except ConfigError as exc:
+            raise sec.error(addr_v, exc.detail) from None
+        if url is not None:
+            if sec.raw("port") is not None:
+                log.warning("[%s] a port is meaningless for a %s relay; ignored", sec.name, scheme)
+            return url, scheme, {}
     try:
         protocol, host, addr_port, addr_path = parse_address(addr_v.value)
     except ConfigError as exc:  # a bad port: name the file, section and option

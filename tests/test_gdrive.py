@@ -360,3 +360,22 @@ def test_bad_options_are_config_errors() -> None:
         GoogleDrive("gdrive:///x", api_endpoint="127.0.0.1:80")
     with pytest.raises(ConfigError, match=r"'\.\.'"):
         GoogleDrive("gdrive:///a/../b")
+
+
+def test_configuration_section(tmp_path) -> None:
+    """The address forms keep a folder id's case, 'relay directory' is appended, and the
+    backend's options reach it parsed."""
+    from escale.config import parse_config_text
+
+    text = ("[r]\nlocal path = /tmp/escale-t/local\nrelay address = gdrive://1AbCdEfGh/Sync Me\n"
+            "relay directory = sub\napi endpoint = http://127.0.0.1:9/\nchunk size = 4MiB\nmax retries = 2\n"
+            "encryption = off\n[s]\nlocal path = /tmp/escale-t/l2\nrelay address = GoogleDrive:///escale\n"
+            "encryption = off\n")
+    cfg = parse_config_text(text, str(tmp_path / "escale.conf"))
+    r = cfg.repositories["r"]
+    assert r.relay_url == "gdrive://1AbCdEfGh/Sync Me/sub" and r.relay_protocol == "gdrive"
+    relay = GoogleDrive(r.relay_url, **r.options)
+    assert (relay.start_id, relay.path) == ("1AbCdEfGh", ["Sync Me", "sub"])
+    assert relay.endpoint == "http://127.0.0.1:9/" and relay.chunk_size == 4 * MiB and relay.max_retries == 2
+    s = cfg.repositories["s"]
+    assert s.relay_url == "googledrive:///escale" and GoogleDrive(s.relay_url).path == ["escale"]

@@ -157,6 +157,14 @@ class Relay(ABC):
         file and section. Nothing here connects: this runs on every start and edit.
         """
 
+    @classmethod
+    def location(cls, address: str, directory: str) -> str | None:
+        """The relay URL that a configuration's ``relay address`` and ``relay directory``
+        give, for a backend whose addresses are not ``scheme://host[:port]/path`` (a Drive
+        folder path or folder id); None: they are, and the configuration parses them.
+        Raises ConfigError (the configuration adds file, section and option)."""
+        return None
+
     def __init__(self, address: str):
         self.address = address
 

@@ -79,6 +79,7 @@ from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExist
                       QuotaExceeded, RelayError, RelayObjectMissing, SourceError, TransientRelayError)
 from ..values import parse_bool, parse_size
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
+from .options import MAX_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -322,8 +323,7 @@ class GoogleDrive(Relay):
                     doc="where the user token is kept (default: gdrive-token.json in the state folder)"),
         RelayOption("chunk_size", ("chunk size",), _parse_chunk,
                     doc="size of resumable upload and ranged download pieces (multiple of 256 KiB, default 8 MiB)"),
-        RelayOption("max_retries", ("max retries",), _parse_retries,
-                    doc="retries of a request that failed in a way that may pass (default 8)"),
+        MAX_RETRIES,
     )
 
     def __init__(self, address: str, *, api_endpoint: str | None = None, app_data_folder=None,
@@ -351,6 +351,17 @@ class GoogleDrive(Relay):
         self._ids: dict[str, str] = {}  # relay name -> file id (a cache; a gone id is looked up again)
         self._lock = threading.Lock()
         self._sessions: dict[str, tuple[str, float]] = {}  # session URI -> (name, started)
+
+    @classmethod
+    def location(cls, address: str, directory: str) -> str | None:
+        """``gdrive:///path`` or ``gdrive://<folder id>/path``, with ``relay directory`` appended."""
+        parse_drive_address(address)  # ConfigError on a malformed one
+        scheme, _, rest = address.partition("://")
+        url = f"{scheme.lower()}://{rest}"
+        if directory.strip("/"):
+            url = url.rstrip("/") + "/" + directory.strip("/")
+        parse_drive_address(url)
+        return url
 
     # -- where things live -------------------------------------------------------------------
     def use_state_dir(self, state_dir: Path, repository: str | None = None) -> None:
