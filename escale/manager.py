@@ -213,6 +213,7 @@ class Manager:
         self.wake = threading.Event()  # set by the folder watcher: something changed here
         self.progress = False  # show tqdm bars for long transfers (the CLI, in a terminal)
         self.observers: list[Callable[[CycleReport], None]] = []  # told of each finished cycle
+        self.meter = None  # told of each large transfer (escale.status.StatusPublisher)
         self.me = ""
 
     @classmethod
@@ -1523,6 +1524,8 @@ class Manager:
 
     def _bar(self, stream: BinaryIO, total: int, desc: str):
         """A tqdm progress bar around a long transfer's stream (only in a terminal)."""
+        if self.meter is not None and total >= BLOB_THRESHOLD:  # the daemon's status.json (escale/status.py)
+            stream = self.meter.track(stream, total, desc)
         if not self.progress or total < BLOB_THRESHOLD:
             return contextlib.nullcontext(stream)
         from tqdm import tqdm

@@ -330,3 +330,139 @@ def test_on_error_runs_the_command_rate_limited(svc: Cluster, tmp_path: Path) ->
     lines = alerts.read_text().splitlines()
     assert len(lines) == 1 and lines[0].startswith("repo|2|0|relay failed"), (lines, d.text())
     assert d.text().count("relay failed") >= 3  # failures went on; the command ran once
+
+
+# --------------------------------------------------------------------------- escalectl start / stop / status
+
+def ctl(client: Client, *args: str, timeout: float = 180) -> tuple[int, str, str]:
+    p = subprocess.run([sys.executable, "-m", "escale.cli.ctl", "-c", str(client.conf), *args],
+                       capture_output=True, text=True, env=client.cluster.env, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def status(client: Client) -> dict:
+    code, out, err = ctl(client, "status", "--json")
+    assert code == 0, (code, out, err)
+    return json.loads(out)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_escalectl_start_status_reload_stop(svc: Cluster, runtime: Path) -> None:
+    a, b = svc.add("a"), svc.add("b")
+    b.once()
+    a.write("before.txt", "written before start")
+    code, out, err = ctl(a, "start")
+    assert code == 0 and "escale started (pid" in out, (code, out, err)
+    pid = int(re.search(r"pid (\d+)", out).group(1))
+    try:
+        assert _pid_alive(pid)
+        code, out, _ = ctl(a, "start")
+        assert code == 0 and f"already running" in out and str(pid) in out
+        r = a.once(check=False)  # a second process on the same repository is refused
+        assert r.code == 4, r
+        by_hand = subprocess.run(a.cmd(), capture_output=True, text=True, env=svc.env, timeout=60)
+        assert by_hand.returncode == 4 and f"pid {pid}" in by_hand.stderr, by_hand.stderr
+        assert wait_for(lambda: (status(a)["repositories"][0]["last_busy_cycle"] or {}).get("sent") == 1,
+                        timeout=60)
+        doc = status(a)
+        assert doc["schema"] == 1 and doc["daemon"] == {"running": True, "pid": pid}
+        repo = doc["repositories"][0]
+        assert repo["name"] == "repo" and repo["daemon_status"] == "live" and repo["error"] is None
+        assert repo["last_cycle"]["result"] == "ok" and repo["repository_id"]
+        assert {m["name"] for m in repo["members"]} == {"a", "b"}
+        assert [m["this_client"] for m in repo["members"] if m["name"] == "a"] == [True]
+        assert repo["relay_usage"]["used_bytes"] > 0 and repo["relay_usage"]["used"].endswith("B")
+        assert all(m["last_activity"] and m["last_activity"].endswith("Z") for m in repo["members"])
+        code, out, _ = ctl(a, "status")
+        assert code == 0 and "[repo] relay file://" in out and f"escale daemon: running (pid {pid})" in out, out
+        assert "last cycle" in out and ": ok, " in out, out
+        # reload: a repository added to the file starts without a restart
+        second = svc.base / "second"
+        second.mkdir()
+        (second / "s.txt").write_text("s")
+        with a.conf.open("a") as f:
+            f.write(f"\n[two]\nlocal path = {second}\nrelay address = file://{svc.base / 'relay2'}\n"
+                    f"client name = a\nrefresh = 1\nencryption = off\n")
+        code, out, _ = ctl(a, "reload")
+        assert code == 0 and str(pid) in out
+        assert wait_for(lambda: [r["name"] for r in status(a)["repositories"]
+                                 if (r["last_busy_cycle"] or {}).get("sent") == 1] == ["repo", "two"], timeout=60)
+        a.write("during.txt", "while the daemon runs")
+        assert wait_for(lambda: b.once() is not None and (b.folder / "during.txt").exists(), timeout=60)
+    finally:
+        code, out, err = ctl(a, "stop")
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert code == 0 and f"escale stopped (pid {pid})" in out, (code, out, err)
+    assert wait_for(lambda: not _pid_alive(pid), timeout=10)
+    log = next(svc.base.glob("state-a/daemon-*.log")).read_text()
+    assert "received SIGTERM" in log and "INFO escale: stopped" in log, log
+    doc = status(a)
+    assert doc["daemon"] == {"running": False, "pid": None}
+    assert doc["repositories"][0]["daemon_status"] == "from a daemon no longer running"
+    assert doc["repositories"][0]["last_cycle"]["result"] == "ok"
+    code, out, _ = ctl(a, "stop")
+    assert code == 0 and "not running" in out
+    assert (b.folder / "before.txt").read_text() == "written before start"
+
+
+def test_stale_lock_is_not_trusted(svc: Cluster, runtime: Path) -> None:
+    """A lock file left by a daemon killed -9 (or naming a pid now used by another
+    program) is seen as stale: status says not running, stop signals nobody, start works."""
+    from escale.cli.pidfile import lock_path
+
+    a = svc.add("a")
+    code, out, _ = ctl(a, "start")
+    assert code == 0, out
+    pid = int(re.search(r"pid (\d+)", out).group(1))
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not _pid_alive(pid) or open(f"/proc/{pid}/stat").read().split()[2] == "Z", timeout=10)
+    path = lock_path(a.conf)
+    path.write_text(f"{os.getpid()}\n{a.conf}\n")  # a live pid: this test's own
+    try:
+        assert status(a)["daemon"]["running"] is False
+        code, out, _ = ctl(a, "stop")
+        assert code == 0 and "not running" in out  # and this test process got no SIGTERM
+        code, out, err = ctl(a, "start")
+        assert code == 0 and "started" in out, (out, err)
+        new = int(re.search(r"pid (\d+)", out).group(1))
+        assert status(a)["daemon"] == {"running": True, "pid": new}
+    finally:
+        code, out, _ = ctl(a, "stop")
+    assert code == 0 and "stopped" in out
+
+
+def test_start_reports_a_daemon_that_cannot_run(svc: Cluster) -> None:
+    a = svc.add("a")
+    a.conf.write_text(a.conf.read_text().replace("mode = shared", "mode = sideways"))
+    code, out, err = ctl(a, "start")
+    assert code == 3 and "option 'mode'" in err, (code, out, err)
+
+
+# --------------------------------------------------------------------------- the systemd unit
+
+def test_service_unit_installs_and_verifies(svc: Cluster, tmp_path: Path) -> None:
+    import shutil
+
+    a = svc.add("a")
+    units = tmp_path / "units"
+    code, out, err = ctl(a, "service", "install", "--unit-dir", str(units))
+    assert code == 0, (out, err)
+    unit = (units / "escale.service").read_text()
+    assert "Restart=on-failure" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    exec_line = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
+    assert exec_line.split("=", 1)[1].split() == [sys.executable, "-m", "escale", "-c", str(a.conf.resolve())]
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    p = subprocess.run(["systemd-analyze", "--user", "verify", str(units / "escale.service")],
+                       capture_output=True, text=True, timeout=120)
+    if p.returncode != 0 and "Failed to" in p.stderr and "escale.service" not in p.stderr:
+        pytest.skip(f"systemd-analyze cannot run here: {p.stderr.strip()[:200]}")
+    assert p.returncode == 0 and "escale.service" not in p.stderr, p.stderr

@@ -2,7 +2,11 @@
 
 - ``access [-r NAME] FILE [MODIFIERS…]``: show or set per-file flags (escale 0.7's
   ``r+``/``r-``/``r?`` = may/may not be uploaded, ``w…`` = may be written locally).
-- ``status [-r NAME]``: members, pending updates and relay usage of each repository.
+- ``status [-r NAME] [--json]``: the daemon, and per repository its members (mode, latest
+  signed activity, updates pending), files waiting to arrive, relay usage vs quota, the
+  daemon's last cycle and transfer in progress (escale/status.py).
+- ``start | stop | restart | reload``: the background daemon of this configuration file;
+  ``service install``: the systemd user unit (escale/cli/service.py).
 - ``forget [-r NAME] CLIENT``: stop waiting for a client that will not come back
   (never the member running it: its other cards under the same name go).
 - ``confirm-deletes [-r NAME] [--dry-run]``: show the local deletions the mass-deletion
@@ -38,8 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-r", "--repository", metavar="NAME", help="repository (section) of the file")
     a.add_argument("resource", help="file, relative to the synced folder or absolute")
     a.add_argument("modifiers", nargs="*", help="e.g. r- (never upload), w- (never overwrite), r?w? (unset)")
-    s = sub.add_parser("status", help="members, pending updates and relay usage")
+    s = sub.add_parser("status", help="the daemon, members, pending updates, files waiting, relay usage")
     s.add_argument("-r", "--repository", action="append", default=[], metavar="NAME")
+    s.add_argument("--json", action="store_true", help="one JSON document (schema: docs/running.md)")
+    for name, what in (("start", "start the escale daemon in the background"),
+                       ("stop", "stop the daemon (after the object in flight)"),
+                       ("restart", "stop the daemon, then start it"),
+                       ("reload", "make the daemon re-read its configuration file (SIGHUP)")):
+        c = sub.add_parser(name, help=what)
+        c.add_argument("-r", "--repository", action="append", default=[], metavar="NAME",
+                       help="(start) run only this repository; repeatable")
+        c.add_argument("--timeout", type=float, default=120.0, help="(stop) seconds to wait (default 120)")
+    v = sub.add_parser("service", help="install the systemd user unit that runs escale at login")
+    v.add_argument("action", choices=["install"])
+    v.add_argument("--unit-dir", help="folder for escale.service (default ~/.config/systemd/user)")
+    v.add_argument("--print", action="store_true", help="print the unit instead of writing it")
     f = sub.add_parser("forget", help="stop waiting for a client that will not come back")
     f.add_argument("-r", "--repository", action="append", default=[], metavar="NAME")
     f.add_argument("client", help="the client name (as in its 'client name' option)")
@@ -175,28 +192,71 @@ def cmd_access(cfg, args) -> int:
 
 
 def cmd_status(cfg, args) -> int:
-    from ..manager import Manager
+    import json
 
-    code = EXIT_OK
-    for repo in select(cfg, args.repository):
-        try:
-            st = Manager.from_config(repo).status()
-        except EscaleError as exc:
-            print(f"escalectl: {repo.name}: {exc}", file=sys.stderr)
-            code = max(code, exc.exit_code)
-            continue
-        quota = f" of {st.quota} (quota)" if st.quota else ""
-        print(f"[{st.repository}] relay {st.relay}: {st.used_bytes} bytes in use{quota}")
-        print(f"  repository id {st.repository_id}")
-        for m in st.members:
-            tag = " (this client)" if m.is_me else ""
-            print(f"  {m.name:<20} {m.mode:<12} {m.pending_updates} update(s) pending, "
-                  f"last signed activity {_when(m.last_activity)}{tag}")
-        if st.wanted_files:
-            print(f"  waiting for the contents of {st.wanted_files} file(s)")
-        if st.held_deletes:
-            print(f"  {st.held_deletes} local deletion(s) held back: see escalectl confirm-deletes -r {st.repository}")
-    return code
+    from ..status import gather
+    from .pidfile import DaemonLock
+
+    daemon = DaemonLock(cfg.path).holder() if cfg.path is not None else None
+    doc = gather(cfg, select(cfg, args.repository), daemon)
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        _print_status(doc)
+    return max([EXIT_OK] + [EXIT_FILES_FAILED for r in doc["repositories"] if r["error"]])
+
+
+def _print_status(doc: dict) -> None:
+    for r in doc["repositories"]:
+        if r["error"]:
+            print(f"escalectl: {r['name']}: {r['error']}", file=sys.stderr)
+        usage = r["relay_usage"]
+        if usage is not None:
+            quota = f" of {usage['quota']} quota ({usage['percent']} %)" if usage["quota_bytes"] else ""
+            print(f"[{r['name']}] relay {r['relay']}: {usage['used']} in use{quota}")
+            print(f"  repository id {r['repository_id']}")
+        else:
+            print(f"[{r['name']}] relay {r['relay']}: not reachable")
+        for m in r["members"]:
+            tag = " (this client)" if m["this_client"] else ""
+            take = f", {m['updates_to_take']} to take" if m.get("updates_to_take") is not None else ""
+            print(f"  {m['name']:<20} {m['mode']:<12} {m['updates_on_relay']} update(s) pending{take}, "
+                  f"last signed activity {_when(_parse_iso(m['last_activity']))}{tag}")
+        waiting = r["files_waiting"]
+        if waiting["count"]:
+            print(f"  waiting for the contents of {waiting['count']} file(s)")
+            for f in waiting["files"][:10]:
+                print(f"    {shown(f['path'])} (from {f['from']})")
+        if r["held_deletions"]:
+            print(f"  {r['held_deletions']} local deletion(s) held back: see escalectl confirm-deletes -r {r['name']}")
+        if r["local_changes_unpublished"]:
+            print(f"  {r['local_changes_unpublished']} local change(s) not published yet")
+        cycle = r["last_cycle"]
+        if cycle:
+            stale = "" if r["daemon_status"] == "live" else f" ({r['daemon_status']})"
+            print(f"  last cycle {_when(_parse_iso(cycle['finished']))}: {cycle['result']}, {cycle['sent']} sent, "
+                  f"{cycle['received']} received{stale}")
+        t = r["transfer"]
+        if t:
+            pct = 100 * t["done_bytes"] // max(1, t["total_bytes"])
+            print(f"  {'sending' if t['direction'] == 'send' else 'receiving'} {shown(t['path'])}: {pct} % "
+                  f"of {_size(t['total_bytes'])}")
+    d = doc["daemon"]
+    print(f"escale daemon: running (pid {d['pid']})" if d["running"] else "escale daemon: not running")
+
+
+def _size(n: int) -> str:
+    from ..status import human_size
+
+    return human_size(n) or "?"
+
+
+def _parse_iso(text: str | None) -> float | None:
+    import calendar
+
+    if not text:
+        return None
+    return float(calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")))
 
 
 def _when(t: float | None) -> str:
@@ -266,9 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(-1)
     try:
         cfg = load_config(args.config)
+        from . import service
+
         return {"access": cmd_access, "status": cmd_status, "forget": cmd_forget,
                 "confirm-deletes": cmd_confirm_deletes, "backup": cmd_backup, "restore": cmd_restore,
-                "check": cmd_check}[args.command](cfg, args)
+                "check": cmd_check, "start": service.cmd_start, "stop": service.cmd_stop,
+                "restart": service.cmd_restart, "reload": service.cmd_reload, "service": service.cmd_service}[args.command](cfg, args)
     except ConfigError as exc:
         print(f"escalectl: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -31,6 +31,7 @@ from ..errors import (EXIT_CONFIG, EXIT_FILES_FAILED, EXIT_OK, EXIT_RELAY, EXIT_
                       ConfigError, EscaleError, Terminated)
 from ..alert import ErrorCommand
 from ..journal import log_cycle
+from ..status import StatusPublisher
 from ..manager import CycleReport, Manager
 from .logs import setup_logging
 
@@ -194,6 +195,8 @@ class Daemon:
     def _start(self, rc: RepositoryConfig) -> None:
         m = _manager(rc, self.args)
         m.observers.append(log_cycle)
+        m.meter = StatusPublisher(m)
+        m.observers.append(m.meter)
         alert = _alert(rc)
         if alert is not None:
             m.observers.append(alert)
