@@ -11,6 +11,7 @@ from servers_webdav import (dav_server, relay_webdav_apache, relay_webdav_rclone
                             relay_webdav_wsgidav)
 from servers_s3 import relay_s3_moto, relay_s3_seaweedfs, s3_rclone, s3_server  # noqa: E402,F401
 from servers_drive import relay_gdrive  # noqa: E402,F401
+from servers_ftp import relay_ftp_pyftpdlib, relay_ftps_pyftpdlib  # noqa: E402,F401
 
 
 @pytest.fixture

@@ -15,3 +15,6 @@ RELAY_KINDS += ["s3-seaweedfs", "s3-moto"]
 
 # WebDAV: wsgidav and Apache httpd mod_dav (tests/servers_webdav.py)
 RELAY_KINDS += ["webdav-wsgidav", "webdav-apache"]
+
+# FTP and FTPS (explicit TLS): pyftpdlib (tests/servers_ftp.py)
+RELAY_KINDS += ["ftp-pyftpdlib", "ftps-pyftpdlib"]

@@ -897,7 +897,7 @@ def test_set_option_completes_a_broken_file(tmp_path: Path) -> None:
     assert f.read_text() == "refresh = 4\n# header\n\n# about r\n[r]\n"
     set_option(f, "r", "local path", "/tmp/escale-t/x")
     with pytest.raises(ConfigError, match="option 'relay address'"):
-        set_option(f, "r", "relay address", "ftp://example.org")
+        set_option(f, "r", "relay address", "gopher://example.org")
     set_option(f, "r", "relay address", "/tmp/escale-t/relay")
     set_option(f, "r", "encryption", "off")
     assert f.read_text() == ("refresh = 4\n# header\n\n# about r\n[r]\n"

@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from escale.errors import ObjectExists, RelayObjectMissing, SourceError
-from escale.relay import S3, GoogleDrive, LocalMount, WebDAV
+from escale.relay import FTP, S3, GoogleDrive, LocalMount, WebDAV
 from escale.relay.base import Relay
 from servers_webdav import FaultProxy
 from servers_s3 import FaultProxy as S3FaultProxy
 
 KINDS = ["file", "file-nolinks", "webdav-wsgidav", "webdav-apache", "webdav-rclone",
-         "s3-seaweedfs", "s3-moto", "s3-rclone", "gdrive"]
+         "s3-seaweedfs", "s3-moto", "s3-rclone", "gdrive", "ftp-pyftpdlib", "ftps-pyftpdlib"]
 WEBDAV_KINDS = [k for k in KINDS if k.startswith("webdav-")]
 S3_KINDS = [k for k in KINDS if k.startswith("s3-")]
 #: servers that honour conditional writes (rclone ignores If-None-Match on WebDAV and S3)
@@ -58,6 +58,9 @@ def make_relay(request, kind: str, tmp_path, *, via: str | None = None, **extra)
         server = server_of(request, kind)
         address, _conf, kwargs = server.new()
         relay = GoogleDrive(address, **{**kwargs, **extra})
+    elif kind.startswith(("ftp-", "ftps-")):
+        address, _conf, kwargs = server_of(request, kind).new()
+        relay = FTP(address, **{**kwargs, **extra})
     else:
         server = server_of(request, kind)
         address, _conf, kwargs = server.new()
@@ -238,7 +241,7 @@ def test_concurrent_puts_into_a_new_folder(request, kind, tmp_path) -> None:
 
 
 def _listing_case(kind: str):
-    heavy = kind.startswith("webdav-") or kind in ("s3-moto", "gdrive")  # 1,001 puts: seconds on these
+    heavy = kind.startswith(("webdav-", "ftp")) or kind in ("s3-moto", "gdrive")  # 1,001 puts: seconds on these
     return pytest.param(kind, marks=pytest.mark.slow) if heavy else kind
 
 

@@ -3,7 +3,7 @@
 ``file:///abs/path`` (or a bare absolute path) selects :class:`LocalMount`;
 ``http(s)://host[:port]/path`` and ``webdav(s)://…`` (= https) select :class:`WebDAV`;
 ``s3://bucket/prefix`` selects :class:`S3`; ``gdrive:///folder`` (``google://``,
-``googledrive://``) selects :class:`GoogleDrive`.
+``googledrive://``) selects :class:`GoogleDrive`; ``ftps://`` and ``ftp://`` select :class:`FTP`.
 """
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from .localmount import LocalMount
 from .webdav import WebDAV
 from .s3 import S3  # boto3 itself is imported when an s3 relay is first used
 from .gdrive import GoogleDrive  # googleapiclient itself is imported when a Drive relay is opened
+from .ftp import FTP  # ftplib and ssl are imported when an FTP relay first connects
 
 #: scheme -> backend class; network backends register here as they land
 BACKENDS: dict[str, type[Relay]] = {s: cls for cls in (LocalMount, WebDAV) for s in cls.schemes}
 BACKENDS.update({s: S3 for s in S3.schemes})
 BACKENDS.update({s: GoogleDrive for s in GoogleDrive.schemes})
+BACKENDS.update({s: FTP for s in FTP.schemes})
 
 
 def parse_address(addr: str, multi_path_protocols=()) -> tuple[str, str, str | None, str]:
@@ -47,5 +49,5 @@ def backend_for(protocol: str) -> type[Relay] | None:
     return BACKENDS.get(protocol.lower())
 
 
-__all__ = ["BACKENDS", "GoogleDrive", "LocalMount", "NetworkAddress", "ObjectInfo", "Relay", "S3", "Usage", "WebDAV",
-           "backend_for", "check_name", "parse_address", "redact", "split_network_address"]
+__all__ = ["BACKENDS", "FTP", "GoogleDrive", "LocalMount", "NetworkAddress", "ObjectInfo", "Relay", "S3", "Usage",
+           "WebDAV", "backend_for", "check_name", "parse_address", "redact", "split_network_address"]
