@@ -109,6 +109,9 @@ GDRIVE = {"local path": "/tmp/escale-t/local", "relay address": "gdrive:///escal
           "api endpoint": "http://127.0.0.1:8080/", "app data folder": "no", "client secrets": "~/g.json",
           "service account": "/etc/escale/sa.json", "token file": "/tmp/escale-t/token.json",
           "chunk size": "4MiB", "max retries": "4"}
+#: ... in an ftp one ...
+FTP = {"local path": "/tmp/escale-t/local", "relay address": "ftps://alice@ftp.example.org/escale",
+       "encryption": "off", "tls mode": "implicit", "passive": "no", "timeout": "30", "max retries": "2"}
 #: ... and before the first section
 GLOBALS = {"cache dir": "/tmp/escale-t/cache", "log file": "/tmp/escale-t/escale.log", "log level": "DEBUG",
            "log rotate": "2"}
@@ -123,7 +126,7 @@ def _text(globals_: dict[str, str], section: dict[str, str], commented: str | No
 
 
 def test_every_option_is_covered_by_the_comment_test():
-    covered = {k for d in (PLAIN, SECRET, S3, GDRIVE, GLOBALS) for k in d}
+    covered = {k for d in (PLAIN, SECRET, S3, GDRIVE, FTP, GLOBALS) for k in d}
     assert all(lookup_option(k) is not None for k in covered)
     missing = {spec.name for spec in OPTIONS if spec.scope != OBSOLETE and not set(spec.aliases) & covered}
     assert missing == set()
@@ -132,12 +135,12 @@ def test_every_option_is_covered_by_the_comment_test():
 @pytest.mark.parametrize("comment", COMMENTS)
 @pytest.mark.parametrize("block,option", [(name, k) for name, d in
                                           (("plain", PLAIN), ("secret", SECRET), ("s3", S3), ("gdrive", GDRIVE),
-                                           ("globals", GLOBALS))
+                                           ("ftp", FTP), ("globals", GLOBALS))
                                           for k in d])
 def test_inline_comment_is_never_part_of_a_value(block: str, option: str, comment: str):
     """One rule for every option: whitespace then '#' or ';' starts a comment."""
     globals_ = GLOBALS if block == "globals" else {}
-    section = {"globals": PLAIN, "plain": PLAIN, "secret": SECRET, "s3": S3, "gdrive": GDRIVE}[block]
+    section = {"globals": PLAIN, "plain": PLAIN, "secret": SECRET, "s3": S3, "gdrive": GDRIVE, "ftp": FTP}[block]
     path = "/tmp/escale-t/escale.conf"
     expected = parse_config_text(_text(globals_, section, None, ""), path)
     got = parse_config_text(_text(globals_, section, option, comment), path)

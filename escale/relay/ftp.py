@@ -87,6 +87,7 @@ from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExist
 from ..values import parse_bool, parse_verify_ssl
 from .address import redact, split_network_address
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, check_name
+from .options import MAX_RETRIES, TLS, parse_retries
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +122,6 @@ def _parse_tls_mode(text: str) -> str:
     if t not in ("explicit", "implicit"):
         raise ValueError("expected 'explicit' (AUTH TLS, port 21) or 'implicit' (TLS from the start, port 990)")
     return t
-
-
-def _parse_retries(text: str) -> int:
-    try:
-        n = int(str(text).strip())
-    except ValueError:
-        raise ValueError(f"'{text}' is not a whole number") from None
-    if n < 0:
-        raise ValueError("must be 0 or more")
-    return n
 
 
 def _parse_timeout(text: str) -> float:
@@ -353,21 +344,15 @@ class FTP(Relay):
 
     schemes = ("ftp", "ftps")
     options = (
+        *TLS, MAX_RETRIES,
         RelayOption("tls_mode", ("tls mode", "ftps mode"), _parse_tls_mode,
-                    doc="ftps:// only: 'explicit' (AUTH TLS, the default) or 'implicit' (TLS from the first "
-                        "byte, the default on port 990)"),
+                    doc="ftps:// only: 'explicit' (AUTH TLS on the ordinary port, the default) or 'implicit' "
+                        "(TLS from the first byte, the default on port 990)"),
         RelayOption("passive", ("passive", "passive mode"), parse_bool,
-                    doc="passive data connections (yes, the default); 'no' makes the server connect back"),
-        RelayOption("verify_ssl", ("verify ssl",), parse_verify_ssl,
-                    doc="check the server's certificate: yes (system CAs), no, or a CA bundle file"),
-        RelayOption("certfile", ("certfile", "cert file", "certificate"), None,
-                    doc="a client certificate (PEM) for servers that ask for one"),
-        RelayOption("keyfile", ("keyfile", "key file", "private key"), None,
-                    doc="the client certificate's key, when not in certfile"),
-        RelayOption("max_retries", ("max retries",), _parse_retries,
-                    doc="retries of a call that failed for a transient reason (default 5)"),
+                    doc="FTP data connections in passive mode (yes, the default); 'no' makes the server "
+                        "connect back to the client, which rarely works through NAT"),
         RelayOption("timeout", ("timeout", "ftp timeout"), _parse_timeout,
-                    doc="seconds to wait for the server before a call is retried (default 60)"),
+                    doc="seconds an FTP server may take to answer before the call is retried (default 60)"),
     )
 
     def __init__(self, address: str, user: str | None = None, password: str | None = None, *,
@@ -415,7 +400,7 @@ class FTP(Relay):
         for opt, f in (("certfile", self.certfile), ("keyfile", self.keyfile)):
             if f and not os.path.isfile(f):
                 raise ConfigError(f"{opt} {f} does not exist", option=opt)
-        self.max_retries = self._option(max_retries, _parse_retries, "max retries", DEFAULT_RETRIES)
+        self.max_retries = self._option(max_retries, parse_retries, "max retries", DEFAULT_RETRIES)
         self.timeout = self._option(timeout, _parse_timeout, "timeout", DEFAULT_TIMEOUT)
         for k in options:
             if k not in ("ssl_version", "verbosity"):
