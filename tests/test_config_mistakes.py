@@ -93,7 +93,7 @@ PLAIN = {
     "checksum cache": "no", "index": "topdir:2", "maxpagesize": "50MB", "encryption": "off",
     "user": "alice", "password": "s3cr3t", "trash retention": "7", "modification time": "yes",
     "verbosity": "2", "strict permissions": "no", "max delete": "20%",
-    "repository id": "0123456789abcdef0123456789abcdef",
+    "repository id": "0123456789abcdef0123456789abcdef", "on error": "logger -t escale failed",
 }
 #: ... in an encrypted one ...
 SECRET = {"local path": "/tmp/escale-t/local", "relay address": "/tmp/escale-t/relay",
@@ -114,7 +114,7 @@ FTP = {"local path": "/tmp/escale-t/local", "relay address": "ftps://alice@ftp.e
        "encryption": "off", "tls mode": "implicit", "passive": "no", "timeout": "30", "max retries": "2"}
 #: ... and before the first section
 GLOBALS = {"cache dir": "/tmp/escale-t/cache", "log file": "/tmp/escale-t/escale.log", "log level": "DEBUG",
-           "log rotate": "2"}
+           "log rotate": "2", "log format": "json"}
 COMMENTS = ["   # a note", "\t; a note", " #", " ;x # y"]
 
 
