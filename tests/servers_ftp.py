@@ -107,6 +107,10 @@ def make_handler(base_handler, base_dtp):
                     return
                 if fault["action"] == "cut":
                     self.cut_after = fault.get("bytes", 1)
+                if fault["action"] == "lost":  # do it, then close before the answer leaves
+                    super().pre_process_command(line, cmd, arg)
+                    self.close()
+                    return
             return super().pre_process_command(line, cmd, arg)
 
         def ftp_RNTO(self, path):
@@ -231,8 +235,9 @@ class FTPServer:
 
     def fault(self, cmd: str, action: str, *, bytes: int = 0, times: int = 1) -> None:
         """Script a fault: the next ``times`` ``cmd`` commands get ``action``: ``421`` (answer
-        421 and close), ``drop`` (close the control connection without answering) or
-        ``cut`` (run the command, then drop both connections after ``bytes`` bytes of data)."""
+        421 and close), ``drop`` (close the control connection without answering), ``lost``
+        (do it, then close before the answer leaves: a lost answer) or ``cut`` (run the
+        command, then drop both connections after ``bytes`` bytes of data)."""
         path = self.base / "faults.json"
         try:
             faults = json.loads(path.read_text())
