@@ -196,6 +196,21 @@ def test_the_s3_rules_are_the_s3_backends() -> None:
     assert "_check_s3" not in vars(cfgmod) and "_parse_part_size" not in vars(cfgmod)
 
 
+def test_a_section_with_a_drive_address_builds_its_relay(tmp_path: Path) -> None:
+    """gdrive:///folder has no host: the configuration read it (GoogleDrive.location), but
+    Manager.from_config, which every run goes through, refused it as 'not
+    scheme://host[:port]/path' (exit 3)."""
+    from escale.relay import GoogleDrive
+
+    for address, path in (("gdrive:///escale/p", ["escale", "p", "sub"]), ("google://F0lderId/x", ["x", "sub"])):
+        r = one(section(address, "relay directory = sub\nchunk size = 8MiB\n", tmp_path))
+        relay = Manager.from_config(r).relay
+        assert isinstance(relay, GoogleDrive) and relay.path == path and relay.chunk_size == 8 << 20
+    # a backend without its own form keeps the network form's checks
+    with pytest.raises(ConfigError, match="scheme://host"):
+        one(section("https:///dav", "", tmp_path))
+
+
 # ------------------------------------------------------------------ documentation
 
 

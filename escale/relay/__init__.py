@@ -41,8 +41,15 @@ def parse_address(addr: str, multi_path_protocols=()) -> tuple[str, str, str | N
         if rest.startswith("/") or rest.startswith("~"):
             return proto, os.path.expanduser(rest), None, ""
         return proto, "", None, rest
+    if has_own_address_form(BACKENDS.get(proto)):  # gdrive:///folder: no host to parse
+        return proto, "", None, rest
     a = split_network_address(addr)  # ConfigError on a bad port, never a traceback
     return proto, a.host_literal, (str(a.port) if a.port else None), a.path.lstrip("/")
+
+
+def has_own_address_form(cls: type[Relay] | None) -> bool:
+    """Whether a backend spells its addresses its own way (it overrides :meth:`Relay.location`)."""
+    return cls is not None and getattr(cls.location, "__func__", None) is not Relay.location.__func__
 
 
 def backend_for(protocol: str) -> type[Relay] | None:
@@ -50,4 +57,4 @@ def backend_for(protocol: str) -> type[Relay] | None:
 
 
 __all__ = ["BACKENDS", "FTP", "GoogleDrive", "LocalMount", "NetworkAddress", "ObjectInfo", "Relay", "S3", "Usage",
-           "WebDAV", "backend_for", "check_name", "parse_address", "redact", "split_network_address"]
+           "WebDAV", "backend_for", "check_name", "has_own_address_form", "parse_address", "redact", "split_network_address"]
