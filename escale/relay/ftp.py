@@ -87,7 +87,8 @@ from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExist
 from ..values import parse_bool, parse_verify_ssl
 from .address import redact, split_network_address
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, check_name
-from .options import MAX_RETRIES, TLS, parse_retries
+from . import retry
+from .options import MAX_RETRIES, TLS
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +107,6 @@ BLOCK = 1 << 20
 #: a non-seekable body up to this size is held in memory so that its put can be retried
 REPLAY_BUFFER = 8 << 20
 DEFAULT_TIMEOUT = 60.0
-DEFAULT_RETRIES = 5
-BACKOFF_BASE = 0.5
-BACKOFF_MAX = 30.0
 #: idle control connections kept open for reuse
 MAX_IDLE = 4
 #: LIST mode: objects listed with a time this recent get their exact time from MDTM
@@ -400,7 +398,7 @@ class FTP(Relay):
         for opt, f in (("certfile", self.certfile), ("keyfile", self.keyfile)):
             if f and not os.path.isfile(f):
                 raise ConfigError(f"{opt} {f} does not exist", option=opt)
-        self.max_retries = self._option(max_retries, parse_retries, "max retries", DEFAULT_RETRIES)
+        self.retry = retry.RetryPolicy.from_option(max_retries)
         self.timeout = self._option(timeout, _parse_timeout, "timeout", DEFAULT_TIMEOUT)
         for k in options:
             if k not in ("ssl_version", "verbosity"):
@@ -541,23 +539,21 @@ class FTP(Relay):
                 return
         conn.close()
 
-    def _backoff(self, attempt: int) -> float:
-        d = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** attempt)
-        return d / 2 + random.uniform(0, d / 2)
-
     def _run(self, what: str, fn: Callable[[_Conn], T], *, done: Callable[[], bool] | None = None,
              replayable: Callable[[], bool] | None = None, keep: bool = False):
-        """``fn(conn)`` on a control connection, retried on a new one after a transient failure.
+        """``fn(conn)`` on a control connection, retried on a new one after a transient
+        failure, under the shared policy (:mod:`escale.relay.retry`).
 
         ``done()``, for a call that is not idempotent, is asked before a retry whether the
-        failed try did act (its answer lost); then the call is not sent again. ``keep``:
-        the connection stays with the caller (a transfer still running): returns
-        ``(result, connection)``.
+        failed try did act (its answer lost); then the call is not sent again and None is
+        returned. ``keep``: the connection stays with the caller (a transfer still
+        running): returns ``(result, connection)``.
         """
         import ftplib
 
-        attempt = 0
-        while True:
+        where = f"{what} on {self.address}"
+
+        def once(_attempt: int):
             conn = None
             try:
                 conn = self._borrow()
@@ -565,8 +561,7 @@ class FTP(Relay):
             except _Transient as exc:
                 reason = exc.reason
             except ftplib.error_temp as exc:
-                code = _code(exc)
-                if code == "452":
+                if _code(exc) == "452":
                     self._drop(conn)
                     raise QuotaExceeded(f"relay {self.address} is full ({_reply(exc)}) while writing {what}") \
                         from None
@@ -580,7 +575,8 @@ class FTP(Relay):
                     raise
                 reason = _describe(exc)
             except EscaleError:
-                self._give_back(conn) if conn is not None else None  # the connection is still good
+                if conn is not None:
+                    self._give_back(conn)  # the connection is still good
                 raise
             except BaseException:
                 self._drop(conn)
@@ -591,25 +587,17 @@ class FTP(Relay):
                 self._give_back(conn)
                 return result
             self._drop(conn)
-            if done is not None:
-                try:
-                    if done():
-                        log.info("%s: %s: %s, but the server did it; not sending it again", self.address, what,
-                                 reason)
-                        return None  # type: ignore[return-value]
-                except RelayError:
-                    pass
-            if attempt >= self.max_retries:
-                raise TransientRelayError(f"{what} on {self.address} failed after {attempt + 1} attempt(s): "
-                                          f"{reason}")
-            if replayable is not None and not replayable():
-                raise TransientRelayError(f"{what} on {self.address} failed: {reason} (the data could not be "
-                                          "sent again; the next cycle retries)")
-            delay = self._backoff(attempt)
-            attempt += 1
-            log.warning("%s: %s: %s; retry %d/%d in %.1f s", self.address, what, reason, attempt,
-                        self.max_retries, delay)
-            time.sleep(delay)
+            raise retry.transient(f"{where}: {reason}", reason=reason)
+
+        def landed() -> bool:
+            try:
+                return done()
+            except RelayError:
+                return False
+
+        result = retry.call(once, policy=self.retry, what=where, landed=landed if done else None,
+                            replayable=replayable)
+        return None if result is retry.LANDED else result
 
     def _drop(self, conn: _Conn | None) -> None:
         if conn is not None:
@@ -1398,13 +1386,14 @@ class _Download(io.RawIOBase):
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-        if self.resumes >= self.relay.max_retries:
+        policy = self.relay.retry
+        if self.resumes >= policy.max_retries:
             raise TransientRelayError(f"reading relay object {self.name} from {self.relay.address} failed: {reason}")
-        delay = self.relay._backoff(self.resumes)
+        delay = policy.delay(self.resumes)
         self.resumes += 1
         log.warning("%s: reading %s broke at byte %d (%s); resuming in %.1f s", self.relay.address, self.name,
                     self.offset, reason, delay)
-        time.sleep(delay)
+        policy.sleep(delay)
         self._open(first=False)
 
     def close(self) -> None:
