@@ -5,20 +5,40 @@ import time
 import pytest
 
 from cluster import wait_for
-from escale.pacing import RAMP_CYCLES, TimeQuotaController
+from escale.pacing import ACTIVE_HOLD, FAST_INTERVAL, TimeQuotaController
 
 
-def test_interval_ramps_from_half_refresh_to_refresh_and_resets_on_work():
-    tq = TimeQuotaController(refresh=10)
-    assert tq.interval == 5
+def test_interval_is_fast_while_active_then_backs_off_to_refresh():
+    now = [1000.0]
+    tq = TimeQuotaController(refresh=30, clock=lambda: now[0])
+    assert tq.interval == FAST_INTERVAL
+    tq.record(True)
     seen = []
-    for _ in range(RAMP_CYCLES + 3):
+    while now[0] < 1000 + ACTIVE_HOLD + 200:  # cycles paced as the controller says
+        now[0] += tq.interval
         tq.record(False)
         seen.append(tq.interval)
-    assert seen == sorted(seen) and seen[-1] == 10 and seen[0] > 5
+    fast = [i for i in seen if i == FAST_INTERVAL]
+    assert len(fast) >= ACTIVE_HOLD / FAST_INTERVAL - 1  # about one cycle a second for ACTIVE_HOLD
+    slow = seen[len(fast):]
+    assert slow == sorted(slow) and slow[-1] == 30 and slow[0] == 2 * FAST_INTERVAL  # then doubling up to refresh
     tq.record(True)
-    assert tq.interval == 5
+    assert tq.interval == FAST_INTERVAL  # activity: fast again
     assert TimeQuotaController(refresh=True).refresh == 30
+    assert TimeQuotaController(refresh=0.5).interval == 0.5  # never slower than refresh
+
+
+def test_idle_request_rate_is_bounded_by_refresh():
+    """After ACTIVE_HOLD, an idle daemon makes at most one cycle per refresh (plus the
+    few of the back-off): the idle rate docs/performance.md gives."""
+    now = [0.0]
+    tq = TimeQuotaController(refresh=30, clock=lambda: now[0])
+    cycles = 0
+    while now[0] < 3600:
+        now[0] += tq.interval
+        tq.record(False)
+        cycles += 1
+    assert cycles <= 3600 / 30 + 5
 
 
 def test_bad_refresh_refused():
