@@ -468,3 +468,64 @@ def test_service_unit_installs_and_verifies(svc: Cluster, tmp_path: Path) -> Non
     if p.returncode != 0 and "Failed to" in p.stderr and "escale.service" not in p.stderr:
         pytest.skip(f"systemd-analyze cannot run here: {p.stderr.strip()[:200]}")
     assert p.returncode == 0 and "escale.service" not in p.stderr, p.stderr
+
+
+# --------------------------------------------------------------------------- escale init
+
+def _escale(*args: str, env: dict, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "escale", *args], input=stdin, capture_output=True, text=True,
+                          env=env, timeout=180)
+
+
+def test_init_non_interactive_two_machines_then_sync(svc: Cluster, tmp_path: Path) -> None:
+    env = dict(svc.env, HOME=str(tmp_path / "home"))
+    relay = tmp_path / "relay"
+    relay.mkdir()
+    c1, c2 = tmp_path / "m1" / "escale.conf", tmp_path / "m2" / "escale.conf"
+    f1, f2 = tmp_path / "folder1", tmp_path / "folder2"
+    p = _escale("init", "-c", str(c1), "--folder", str(f1), "--relay", f"file://{relay}", "--name", "docs",
+                "--client-name", "one", "--generate-passphrase", "--non-interactive", env=env)
+    assert p.returncode == 0, p
+    assert "connection test: ok" in p.stdout and "carry that" in p.stdout, p.stdout
+    secret = c1.parent / "docs.passphrase"
+    assert c1.stat().st_mode & 0o777 == 0o600 and secret.stat().st_mode & 0o777 == 0o600
+    assert c1.parent.stat().st_mode & 0o077 == 0
+    phrase = secret.read_text().strip()
+    assert len(phrase.replace("-", "")) == 40 and phrase not in c1.read_text()  # 200 bits, not in the config
+    assert _escale("-c", str(c1), "--once", env=env).returncode == 0  # creates the repository
+    p = _escale("init", "-c", str(c2), "--folder", str(f2), "--relay", f"file://{relay}", "--name", "docs",
+                "--client-name", "two", "--passphrase-file", str(secret), "--non-interactive", env=env)
+    assert p.returncode == 0, p
+    assert "the passphrase opens it" in p.stdout and "repository id = " in p.stdout, p.stdout
+    (f1 / "hello.txt").write_text("from machine one")
+    for conf in (c1, c2, c1, c2):
+        assert _escale("-c", str(conf), "--once", env=env).returncode == 0
+    assert (f2 / "hello.txt").read_text() == "from machine one"
+    # a wrong passphrase is found by the connection test
+    bad = tmp_path / "wrong"
+    bad.write_text("not the passphrase\n")
+    p = _escale("init", "-c", str(tmp_path / "m3" / "escale.conf"), "--folder", str(tmp_path / "folder3"),
+                "--relay", f"file://{relay}", "--client-name", "three", "--passphrase-file", str(bad),
+                "--non-interactive", env=env)
+    assert p.returncode == 3 and "connection test failed" in p.stderr, p
+    # missing flags are named, nothing is written
+    p = _escale("init", "-c", str(tmp_path / "m4" / "escale.conf"), "--non-interactive", env=env)
+    assert p.returncode == 3 and "--folder" in p.stderr and not (tmp_path / "m4" / "escale.conf").exists(), p
+
+
+def test_init_interactive_and_escale_without_config_points_to_it(svc: Cluster, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(svc.env, HOME=str(home))
+    p = _escale("--once", env=env)
+    assert p.returncode == 3 and "escale init" in p.stderr, p
+    relay = tmp_path / "relay"
+    answers = "\n".join([str(tmp_path / "mine"), "", f"file://{relay}", "1"]) + "\n"
+    p = _escale("-i", "--interactive", "--client-name", "me", env=env, stdin=answers)
+    assert p.returncode == 0, p
+    conf = home / ".config" / "escale" / "escale.conf"
+    assert conf.stat().st_mode & 0o777 == 0o600
+    text = conf.read_text()
+    assert "[mine]" in text and f"relay address = file://{relay}" in text and "passphrase = " in text
+    p = _escale("--once", env=env)  # the default file is found now
+    assert p.returncode == 0, p

@@ -39,7 +39,8 @@ log = logging.getLogger("escale")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="escale", description="Keep folders in sync through a relay.")
+    p = argparse.ArgumentParser(prog="escale", description="Keep folders in sync through a relay.",
+                                epilog="New here? 'escale init' (or 'escale -i') writes a configuration file.")
     p.add_argument("-c", "--config", help="configuration file (default: ~/.config/escale/escale.conf, "
                                           "~/.escale/escale.conf, /etc/escale.conf)")
     p.add_argument("-r", "--repository", action="append", default=[], metavar="NAME",
@@ -76,10 +77,21 @@ def _verbosity(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["init"], ["-i"]):  # the set-up wizard (escale 0.7: escale -i)
+        from .init import main as init_main
+
+        setup_logging(-1)
+        return init_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(_verbosity(args))
     try:
-        path = find_config(args.config)
+        try:
+            path = find_config(args.config)
+        except ConfigError as exc:
+            if args.config is None:
+                raise ConfigError(f"{exc.detail}; to write one, run: escale init") from None
+            raise
         cfg = load_config(path)
         g = cfg.globals
         setup_logging(_verbosity(args), g.log_file, g.log_level, g.log_rotate, g.log_format)
