@@ -217,6 +217,7 @@ class DriveServer:
         self.token_lifetime = 3600.0
         self.quota: int | None = None
         self.page_max = 1000
+        self.chunk_delay = 0.0  # seconds each resumable chunk takes (to catch an upload half-way)
         self.counts: Counter = Counter()  # faults given, by kind
         self.seen: list[tuple[str, str, dict]] = []  # (method, path, query) of every API request
         self._faults: list[tuple[str, object, int]] = []  # (kind, match, left)
@@ -497,6 +498,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _token(self) -> None:
         form = {k: v[-1] for k, v in parse_qs(self._body().decode()).items()}
+        auth = self.headers.get("Authorization", "")
+        if auth.startswith("Basic "):  # requests-oauthlib sends the client's id and secret this way
+            cid, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+            form.setdefault("client_id", cid)
+            form.setdefault("client_secret", secret)
         d = self.drive
         grant = form.get("grant_type")
         if grant == "refresh_token":
@@ -726,6 +732,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chunk(self, query: dict, cut: bool = False) -> None:
         d = self.drive
+        if d.chunk_delay:
+            time.sleep(d.chunk_delay)
         uid = query["upload_id"]
         with d.lock:
             up = d.uploads.get(uid)

@@ -379,3 +379,141 @@ def test_configuration_section(tmp_path) -> None:
     assert relay.endpoint == "http://127.0.0.1:9/" and relay.chunk_size == 4 * MiB and relay.max_retries == 2
     s = cfg.repositories["s"]
     assert s.relay_url == "googledrive:///escale" and GoogleDrive(s.relay_url).path == ["escale"]
+
+
+# ------------------------------------------------------------------ through the real CLI
+def ctl(client, *args, **kw):
+    return subprocess.Popen([sys.executable, "-u", "-m", "escale.cli.ctl", "-c", str(client.conf), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(client.cluster.env, OAUTHLIB_INSECURE_TRANSPORT="1"), **kw)
+
+
+def auth_cluster(tmp_path, server):
+    from cluster import Cluster
+
+    address, _conf, _kw = server.new()
+    secrets = server.client_secrets(tmp_path / "client.json")
+    conf = f"api endpoint = {server.url}\nclient secrets = {secrets}\n"
+    return Cluster(tmp_path, address, conf, {"api_endpoint": server.url}, kind="gdrive")
+
+
+def _url_from(proc) -> str:
+    for line in proc.stdout:
+        if "/auth?" in line:
+            return line.strip()
+    raise AssertionError(f"no address printed; stderr: {proc.stderr.read()}")
+
+
+def _state_token(client) -> Path:
+    found = list(client.state.parent.glob("**/" + TOKEN_NAME)) + list(Path(client.state).glob("**/" + TOKEN_NAME))
+    assert len(set(found)) == 1, found
+    return found[0]
+
+
+def test_drive_auth_loopback_then_sync_and_revocation(tmp_path, relay_gdrive) -> None:
+    """escalectl drive-auth: the loopback flow stores a 0600 token in the state folder; escale
+    syncs with it; once revoked, a cycle fails with exit code 2 naming the command."""
+    import urllib.request
+
+    cl = auth_cluster(tmp_path, relay_gdrive)
+    a = cl.add("a")
+    r = a.once(check=False)
+    assert r.code == 2 and "escalectl drive-auth -r repo" in r.err, r  # no token yet
+    proc = ctl(a, "drive-auth", "--no-browser")
+    url = _url_from(proc)
+    assert "scope=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fdrive.file" in url
+    with urllib.request.urlopen(url, timeout=30) as page:  # the browser: consent, then the loopback redirect
+        assert b"You can close this page" in page.read()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    token = _state_token(a)
+    assert f"token kept in {token}" in out and token.stat().st_mode & 0o777 == 0o600
+    assert json.loads(token.read_text())["refresh_token"]
+    a.write("f.txt", "through drive")
+    a.once()
+    assert [f.name for f in relay_gdrive.find("escale-tests", cl.relay_address.rsplit("/", 1)[1], "escale.json")]
+    relay_gdrive.revoke(json.loads(token.read_text())["refresh_token"])
+    r = a.once(check=False)
+    assert r.code == 2, r
+    assert "expired or was revoked" in r.err and "run `escalectl drive-auth -r repo`" in r.err, r.err
+
+
+def test_drive_auth_headless(tmp_path, relay_gdrive) -> None:
+    """--headless: print the address; the user pastes where the browser ended."""
+    import urllib.error
+    import urllib.request
+
+    cl = auth_cluster(tmp_path, relay_gdrive)
+    a = cl.add("a")
+    proc = ctl(a, "drive-auth", "--headless", stdin=subprocess.PIPE)
+    url = _url_from(proc)
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+
+    try:
+        urllib.request.build_opener(NoRedirect).open(url, timeout=30)
+        raise AssertionError("no redirect")
+    except urllib.error.HTTPError as exc:  # the page the browser ends on: nothing listens there
+        landed = exc.headers["Location"]
+    assert landed.startswith("http://127.0.0.1:8085/?") and "code=" in landed
+    out, err = proc.communicate(landed + "\n", timeout=60)
+    assert proc.returncode == 0, err
+    assert _state_token(a).stat().st_mode & 0o777 == 0o600
+    a.once()
+
+
+def test_three_clients_converge_encrypted(tmp_path, relay_gdrive) -> None:
+    from cluster import Cluster
+
+    address, conf, kw = relay_gdrive.new()
+    secret = tmp_path / "passphrase"
+    secret.write_text("a passphrase for drive\n")
+    secret.chmod(0o600)
+    cl = Cluster(tmp_path, address, conf + f"passphrase = {secret}\n", kw, kind="gdrive")
+    a, b, c = cl.add("a"), cl.add("b"), cl.add("c")
+    a.write("docs/a.txt", "from a, secret words")
+    b.write("b.bin", os.urandom(7 * MiB))  # a resumable upload
+    c.write("deep/er/c.txt", "from c")
+    cl.round(rounds=3)
+    trees = [x.tree() for x in (a, b, c)]
+    assert trees[0] == trees[1] == trees[2] and len([k for k, v in trees[0].items() if v[0] == "file"]) == 3
+    b.path("b.bin").unlink()
+    a.write("docs/a.txt", "edited by a")
+    cl.round(rounds=3)
+    assert a.tree() == b.tree() == c.tree() and not c.path("b.bin").exists()
+    folder = relay_gdrive.find("escale-tests", address.rsplit("/", 1)[1])[0]
+    blobs = b"".join(f.data for f in relay_gdrive.children(folder.id))
+    assert b"secret words" not in blobs and b"edited by a" not in blobs and b"docs/a.txt" not in blobs
+
+
+def test_kill_9_during_a_resumable_upload_then_resume(tmp_path, relay_gdrive) -> None:
+    """A client killed half-way through a resumable upload: nothing partial is listed; its
+    next start cancels the session (kept in its state folder) and sends the file again."""
+    from cluster import Cluster, kill9, wait_for
+
+    address, conf, kw = relay_gdrive.new()
+    cl = Cluster(tmp_path, address, conf + "chunk size = 256KiB\n", kw, kind="gdrive")
+    a, b = cl.add("a"), cl.add("b")
+    a.once()
+    b.once()
+    data = os.urandom(12 * MiB)
+    a.write("big.bin", data)
+    relay_gdrive.chunk_delay = 0.05
+    try:
+        proc = a.start("--once")
+        assert wait_for(lambda: any(len(u.data) >= MiB for u in list(relay_gdrive.uploads.values())), 120)
+        kill9(proc)
+    finally:
+        relay_gdrive.chunk_delay = 0.0
+    sessions = [u for u in relay_gdrive.uploads.values() if u.meta.get("name", "").startswith("b/")]
+    assert sessions and all(len(u.data) < len(data) for u in sessions)
+    listed = cl.relay_objects()
+    assert not any(size >= MiB for size in listed.values())  # no partial blob
+    kept = list(Path(a.state.parent).glob("**/gdrive-uploads.json")) + list(Path(a.state).glob("**/gdrive-uploads.json"))
+    assert kept and json.loads(kept[0].read_text())
+    a.once()
+    assert not [u for u in relay_gdrive.uploads.values() if u.meta.get("name", "").startswith("b/")]
+    b.once()
+    assert b.path("big.bin").read_bytes() == data

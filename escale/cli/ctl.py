@@ -13,6 +13,7 @@
   guard holds back, and let the next cycle publish them.
 - ``backup [-r NAME] ARCHIVE`` / ``restore [-r NAME] [--force] ARCHIVE``: the relay's
   objects to a tar archive and back (:mod:`escale.backup`).
+- ``drive-auth [-r NAME] [--headless]``: authorize a Google Drive relay (escale/cli/driveauth.py).
 - ``check [-r NAME] [--read-data]``: verify every object on the relay, report every
   problem by name (:mod:`escale.check`); exit 1 if there is any.
 """
@@ -29,6 +30,7 @@ from ..names import shown
 from ..config import load_config
 from ..errors import EXIT_CONFIG, EXIT_FILES_FAILED, EXIT_OK, ConfigError, EscaleError
 from ..private import private_dir
+from . import driveauth
 from .daemon import select
 from .logs import setup_logging
 
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "snapshot entries")
     k.add_argument("-v", "--verbose", action="store_true", help="also show notes (members not met yet, uploads "
                                                                 "in progress)")
+    driveauth.add_parser(sub)
     return p
 
 
@@ -331,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"access": cmd_access, "status": cmd_status, "forget": cmd_forget,
                 "confirm-deletes": cmd_confirm_deletes, "backup": cmd_backup, "restore": cmd_restore,
                 "check": cmd_check, "start": service.cmd_start, "stop": service.cmd_stop,
-                "restart": service.cmd_restart, "reload": service.cmd_reload, "service": service.cmd_service}[args.command](cfg, args)
+                "restart": service.cmd_restart, "reload": service.cmd_reload, "service": service.cmd_service,
+                "drive-auth": driveauth.cmd_drive_auth}[args.command](cfg, args)
     except ConfigError as exc:
         print(f"escalectl: {exc}", file=sys.stderr)
         return EXIT_CONFIG

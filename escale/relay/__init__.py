@@ -37,6 +37,8 @@ def parse_address(addr: str, multi_path_protocols=()) -> tuple[str, str, str | N
         return "", addr, None, ""
     proto, rest = addr.split("://", 1)
     proto = proto.lower()
+    if proto in GoogleDrive.schemes:  # a folder path or a folder id, not a host
+        return proto, "", None, rest
     if proto == "file" or proto in multi_path_protocols:
         if rest.startswith("/") or rest.startswith("~"):
             return proto, os.path.expanduser(rest), None, ""
