@@ -50,7 +50,7 @@ from .plan import (Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode,
 from .protocol import (BLOB, FORMAT_VERSION, HEADER_NAME, INLINE, NONE, SNAPSHOT_MAGIC, UPDATE_MAGIC, Item,
                        ObjectStore, RelayView, Snapshot, UpdateHeader, signer_of, ack_name, blob_name, list_relay, member_name,
                        request_name, reservation_name, snapshot_name, update_name)
-from .relay import Relay, backend_for, parse_address
+from .relay import Relay, Usage, backend_for, parse_address
 from .state import InstanceLock, Published, State
 from .stream import HashingReader, copy_exactly
 
@@ -130,6 +130,8 @@ class RepositoryStatus:
     members: list[MemberStatus]
     wanted_files: int
     held_deletes: int = 0
+    #: the storage's own account of space (Relay.usage(): Drive's about.get, WebDAV's quota props)
+    storage: Usage | None = None
 
 
 class Manager:
@@ -428,8 +430,13 @@ class Manager:
                                     printable(str(self._cards.get(cid, {}).get("mode", "?")), 16),
                                     len(view.updates.get(cid, {})), cid == self.me, self._last_activity(view, cid))
                        for cid in sorted(view.members)]
+            try:
+                storage = self.relay.usage()
+            except EscaleError as exc:  # the space report is optional: status still answers
+                log.info("%s: the relay does not tell its space: %s", self.name, exc)
+                storage = None
             return RepositoryStatus(self.name, self.relay.address, self.repository_id, view.used, self.tq.quota,
-                                    members, self.state.want_count(), len(self.held_deletions()))
+                                    members, self.state.want_count(), len(self.held_deletions()), storage)
 
     def _last_activity(self, view: RelayView, cid: str) -> float | None:
         """The latest signed time of a member: its acknowledgements (rewritten at least

@@ -190,7 +190,9 @@ def repository_status(repo, daemon_pid: int | None) -> dict:
         doc["repository_id"] = st.repository_id
         doc["relay_usage"] = {"used_bytes": st.used_bytes, "quota_bytes": st.quota, "used": human_size(st.used_bytes),
                               "quota": human_size(st.quota),
-                              "percent": None if not st.quota else round(100 * st.used_bytes / st.quota, 1)}
+                              "percent": None if not st.quota else round(100 * st.used_bytes / st.quota, 1),
+                              "storage_used_bytes": st.storage.used if st.storage else None,
+                              "storage_available_bytes": st.storage.available if st.storage else None}
         doc["members"] = [{"name": m.name, "mode": m.mode, "this_client": m.is_me,
                            "last_activity": iso(m.last_activity),
                            "updates_on_relay": m.pending_updates,

@@ -65,7 +65,6 @@ import io
 import json
 import logging
 import os
-import random
 import re
 import tempfile
 import threading
@@ -79,6 +78,7 @@ from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExist
                       QuotaExceeded, RelayError, RelayObjectMissing, SourceError, TransientRelayError)
 from ..values import parse_bool, parse_size
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
+from . import retry
 from .options import MAX_RETRIES
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ SIMPLE_MAX = 5 * MiB
 DEFAULT_CHUNK = 8 * MiB
 GRANULE = 256 * 1024  # resumable chunks are multiples of this
 DEFAULT_RETRIES = 8
-BACKOFF_BASE, BACKOFF_CAP, RETRY_AFTER_CAP = 0.5, 32.0, 300.0
+BACKOFF_CAP, RETRY_AFTER_CAP = 32.0, 300.0
 FILE_FIELDS = "id,name,size,md5Checksum,createdTime,modifiedTime,version,mimeType"
 LIST_FIELDS = f"nextPageToken,incompleteSearch,files({FILE_FIELDS})"
 PAGE_SIZE = 1000
@@ -134,16 +134,6 @@ def _parse_chunk(text: str) -> int:
     n = parse_size(text) if isinstance(text, str) else int(text)
     if n < GRANULE or n % GRANULE:
         raise ValueError(f"chunk size {n} must be a multiple of 256 KiB (262144 bytes), e.g. 8MiB")
-    return n
-
-
-def _parse_retries(text: str) -> int:
-    try:
-        n = int(str(text).strip())
-    except ValueError:
-        raise ValueError(f"max retries '{text}' is not a number") from None
-    if n < 0:
-        raise ValueError("max retries must be 0 or more")
     return n
 
 
@@ -341,7 +331,9 @@ class GoogleDrive(Relay):
         self.service_account = _option(service_account, _parse_path, "service account", None)
         self.token_file = Path(_option(token_file, _parse_path, "token file", "")) if token_file else None
         self.chunk_size = _option(chunk_size, _parse_chunk, "chunk size", DEFAULT_CHUNK)
-        self.max_retries = _option(max_retries, _parse_retries, "max retries", DEFAULT_RETRIES)
+        #: the shared retry policy (escale/relay/retry.py): back-off with jitter, Retry-After honoured
+        self.retry = retry.RetryPolicy.from_option(max_retries, DEFAULT_RETRIES, cap=BACKOFF_CAP,
+                                                   retry_after_max=RETRY_AFTER_CAP)
         self.repository = repository
         self.state_dir: Path | None = None
         self.folder_id: str | None = None
@@ -473,9 +465,8 @@ class GoogleDrive(Relay):
             reason, message = _reason(exc)
             ra = exc.resp.get("retry-after")
             if status in (429, 500, 502, 503, 504) or (status == 403 and reason in RATE_REASONS):
-                err = TransientRelayError(f"{what}: Google Drive answered {status} {reason or message}")
-                err.retry_after = _seconds(ra)
-                return err
+                return retry.transient(f"{what}: Google Drive answered {status} {reason or message}",
+                                       _seconds(ra), f"{status} {reason or message}")
             if status == 401 or (status == 403 and reason in AUTH_REASONS):
                 return AuthenticationError(f"Google Drive refused the authorization for {self.address} "
                                            f"({status} {reason or message}): run `{self.fix}`")
@@ -496,34 +487,29 @@ class GoogleDrive(Relay):
             return TransientRelayError(f"{what}: {type(exc).__name__}: {exc}")
         return PermanentRelayError(f"{what}: {type(exc).__name__}: {exc}")
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        step = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt)
-        delay = step / 2 + random.uniform(0, step / 2)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
-        return delay
+    @property
+    def max_retries(self) -> int:
+        return self.retry.max_retries
 
     def _call(self, fn: Callable[[], T], what: str, landed: Callable[[], T | None] | None = None) -> T:
-        """``fn()`` with the retry policy; ``landed()`` tells whether a failed try acted anyway."""
-        attempt = 0
-        while True:
+        """``fn()`` under the shared retry policy; ``landed()`` returns what a failed try
+        that acted anyway made (its answer lost), or None."""
+        found: list = []
+
+        def once(_attempt: int) -> T:
             try:
                 return fn()
-            except Exception as exc:  # noqa: BLE001 - mapped below
-                err = self._map(exc, what)
-                if not isinstance(err, TransientRelayError):
-                    raise err from None
-                if attempt >= self.max_retries:
-                    raise TransientRelayError(f"{err} (gave up after {attempt + 1} attempts)") from None
-                delay = self._backoff(attempt, getattr(err, "retry_after", None))
-                log.info("%s; retrying in %.1f s", err, delay)
-                time.sleep(delay)
-                attempt += 1
-                if landed is not None:
-                    done = landed()
-                    if done is not None:
-                        log.info("%s: an earlier try did it (its answer was lost)", what)
-                        return done
+            except Exception as exc:  # noqa: BLE001 - mapped to the taxonomy
+                raise self._map(exc, what) from None
+
+        def did_land() -> bool:
+            got = landed() if landed is not None else None
+            if got is not None:
+                found.append(got)
+            return got is not None
+
+        result = retry.call(once, policy=self.retry, what=what, landed=did_land if landed is not None else None)
+        return found[-1] if result is retry.LANDED else result
 
     # -- folders -----------------------------------------------------------------------------
     def _children(self, parent: str, extra: str = "") -> Iterator[dict]:
@@ -738,11 +724,14 @@ class GoogleDrive(Relay):
                     failures = 0
                 except Exception as exc:  # noqa: BLE001
                     err = self._map(exc, what)
-                    if not isinstance(err, TransientRelayError) or failures >= self.max_retries:
+                    if not isinstance(err, TransientRelayError):
                         raise err from None
-                    delay = self._backoff(failures, getattr(err, "retry_after", None))
-                    log.info("%s; resuming the upload at byte %d in %.1f s", err, request.resumable_progress, delay)
-                    time.sleep(delay)
+                    if failures >= self.retry.max_retries:
+                        raise TransientRelayError(f"{err} (gave up after {failures + 1} attempts)") from None
+                    delay = self.retry.delay(failures, getattr(err, "retry_after", None))
+                    log.warning("%s; resuming the upload at byte %d in %.1f s", err, request.resumable_progress,
+                                delay)
+                    self.retry.sleep(delay)
                     failures += 1
                 finally:
                     if request.resumable_uri and request.resumable_uri not in self._sessions:
