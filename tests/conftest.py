@@ -36,6 +36,11 @@ def relay_cluster(request, tmp_path):
     return Cluster(tmp_path, address, conf, kwargs, kind=kind)
 
 
+#: on the local Drive server every CLI cycle also pays googleapiclient's import (about 0.8 s), so
+#: one scenario runs there by default and the others in the slow suite (the Drive scenarios of
+#: tests/test_gdrive.py — three clients encrypted, kill -9, rate-limit storm — run by default)
+_GDRIVE_DEFAULT = ("test_concurrent_edit_gives_one_winner_and_one_conflict_copy_everywhere",)
+
 #: scenarios heavy enough that, on network relays, they belong to the slow suite
 _HEAVY = ("test_three_shared_clients_all_kinds_of_changes",)
 
@@ -46,4 +51,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         kind = getattr(getattr(item, "callspec", None), "params", {}).get("relay_cluster")
         if item.originalname in _HEAVY and kind not in (None, "file", "encrypted"):
+            item.add_marker(pytest.mark.slow)
+        elif kind == "gdrive" and item.originalname not in _GDRIVE_DEFAULT:
             item.add_marker(pytest.mark.slow)

@@ -18,3 +18,6 @@ RELAY_KINDS += ["webdav-wsgidav", "webdav-apache"]
 
 # FTP and FTPS (explicit TLS): pyftpdlib (tests/servers_ftp.py)
 RELAY_KINDS += ["ftp-pyftpdlib", "ftps-pyftpdlib"]
+
+# Google Drive: the local Drive v3 server (tests/servers_drive.py), the one allowed stand-in
+RELAY_KINDS += ["gdrive"]
