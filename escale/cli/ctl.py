@@ -216,11 +216,10 @@ def _print_status(doc: dict) -> None:
         usage = r["relay_usage"]
         if usage is not None:
             quota = f" of {usage['quota']} quota ({usage['percent']} %)" if usage["quota_bytes"] else ""
-            print(f"[{r['name']}] relay {r['relay']}: {usage['used']} in use{quota}")
-            if usage.get("storage_used_bytes") is not None or usage.get("storage_available_bytes") is not None:
-                told = [f"{_size(usage[k])} {w}" for k, w in (("storage_used_bytes", "used"),
-                        ("storage_available_bytes", "available")) if usage.get(k) is not None]
-                print(f"  the relay's storage reports {', '.join(told)}")
+            told = [f"{_size(usage[k])} {w}" for k, w in (("storage_used_bytes", "used"),
+                    ("storage_available_bytes", "available")) if usage.get(k) is not None]
+            storage = f" (the relay's storage reports {', '.join(told)})" if told else ""
+            print(f"[{r['name']}] relay {r['relay']}: {usage['used']} in use{quota}{storage}")
             print(f"  repository id {r['repository_id']}")
         else:
             print(f"[{r['name']}] relay {r['relay']}: not reachable")
