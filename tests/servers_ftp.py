@@ -142,6 +142,7 @@ if cfg["tls"]:
 else:
     Handler = make_handler(FTPHandler, DTPHandler)
 Handler.authorizer = auth
+Handler.timeout = cfg["idle_timeout"]  # idle sessions are closed after this many seconds
 Handler.banner = "escale test FTP server ready."
 Handler.permit_foreign_addresses = False
 server = FTPServer(("127.0.0.1", cfg["port"]), Handler)
@@ -154,11 +155,12 @@ class FTPServer:
     """One pyftpdlib process serving ``<base>/data`` as the home of ``alice``."""
 
     def __init__(self, base: Path, *, tls: bool = False, implicit: bool = False, mlsd: bool = True,
-                 rename_overwrites: bool = True, port: int | None = None):
+                 rename_overwrites: bool = True, idle_timeout: float = 300, port: int | None = None):
         self.base = Path(base)
         self.home = self.base / "data"
         self.home.mkdir(parents=True, exist_ok=True)
         self.tls, self.implicit, self.mlsd, self.rename_overwrites = tls or implicit, implicit, mlsd, rename_overwrites
+        self.idle_timeout = idle_timeout
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.log = self.base / "server.log"
@@ -184,7 +186,7 @@ class FTPServer:
         script.write_text(SERVER_SCRIPT)
         cfg = {"base": str(self.base), "home": str(self.home), "port": self.port, "user": USER,
                "password": PASSWORD, "tls": self.tls, "implicit": self.implicit, "mlsd": self.mlsd,
-               "rename_overwrites": self.rename_overwrites,
+               "rename_overwrites": self.rename_overwrites, "idle_timeout": self.idle_timeout,
                "certfile": str(self._certs.get("cert", "")), "keyfile": str(self._certs.get("key", ""))}
         (self.base / "ftpserver.json").write_text(json.dumps(cfg))
         with open(self.log, "ab") as log:

@@ -313,6 +313,27 @@ def test_421_and_dropped_control_connections_are_retried(own_server, caplog) -> 
         relay.close()
 
 
+def test_a_connection_the_server_closed_while_idle_is_replaced_quietly(own_server, caplog, monkeypatch) -> None:
+    """Servers end idle sessions (pyftpdlib and vsftpd after 300 s; 1 s here): between
+    two cycles of a daemon that is no failure, worth neither a retry nor a warning."""
+    import time
+
+    import escale.relay.ftp as ftpmod
+
+    monkeypatch.setattr(ftpmod, "IDLE_CHECK_SECONDS", 0.5, raising=False)
+    server = own_server(tls=True, idle_timeout=1)
+    relay = relay_on(server)
+    try:
+        relay.put("i/a", io.BytesIO(b"a"))
+        time.sleep(2.5)  # the server closes the idle session
+        with caplog.at_level(logging.WARNING):
+            assert [i.name for i in relay.list()] == ["i/a"]
+            relay.put("i/b", io.BytesIO(b"b"))
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    finally:
+        relay.close()
+
+
 def test_control_connection_dropped_mid_upload(own_server) -> None:
     """The server drops both connections 100 KiB into a 3 MiB upload: a seekable source is
     sent again on a new connection; a non-seekable one larger than the replay buffer is

@@ -109,6 +109,8 @@ REPLAY_BUFFER = 8 << 20
 DEFAULT_TIMEOUT = 60.0
 #: idle control connections kept open for reuse
 MAX_IDLE = 4
+#: a connection idle longer than this is checked with NOOP before it is reused
+IDLE_CHECK_SECONDS = 15.0
 #: LIST mode: objects listed with a time this recent get their exact time from MDTM
 LIST_RECENT_SECONDS = 25 * 3600
 
@@ -212,6 +214,14 @@ class _Conn:
         #: "226" for the data connection already opened, so later replies would be read
         #: out of step. Such a connection is closed instead of reused.
         self.tainted = False
+        self.idle_since = time.monotonic()
+
+    def alive(self) -> bool:
+        """Whether the server still answers on this connection (a NOOP)."""
+        try:
+            return self.ftp.voidcmd("NOOP").startswith("2")
+        except Exception:  # noqa: BLE001 - any failure means: do not reuse it
+            return False
 
     def transfer(self, cmd: str, rest: int | None = None):
         """The data socket of ``cmd`` (RETR, STOR, MLSD, LIST)."""
@@ -524,15 +534,23 @@ class FTP(Relay):
         return _Conn(ftp, features)
 
     def _borrow(self) -> _Conn:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self._connect()
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self._connect()
+            if time.monotonic() - conn.idle_since < IDLE_CHECK_SECONDS or conn.alive():
+                return conn
+            # servers close idle sessions (pyftpdlib, vsftpd: after 300 s); that is no
+            # failure worth a retry and a warning: open a new one
+            log.debug("%s: an idle connection was closed by the server; reconnecting", self.address)
+            conn.close()
 
     def _give_back(self, conn: _Conn) -> None:
         if conn.tainted:
             conn.close()
             return
+        conn.idle_since = time.monotonic()
         with self._lock:
             if len(self._idle) < MAX_IDLE:
                 self._idle.append(conn)
