@@ -30,7 +30,8 @@ How the relay contract is met
   while another call runs, or calls from several threads); each transfer has its own
   passive data connection. A control connection that drops, times out or answers 421
   is closed and the call is retried on a new one (``max retries``, exponential
-  back-off with jitter).
+  back-off with jitter: :mod:`escale.relay.retry`). A connection idle for a while is
+  checked with ``NOOP`` before reuse, as servers end idle sessions.
 - **Listings** use ``MLSD`` (RFC 3659: exact size, UTC modification time, a unique id)
   where the server has it, else ``LIST`` parsed in its Unix form; in that mode the
   listing gives times to the minute, so ``MDTM`` is asked for every object listed with
