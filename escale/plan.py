@@ -144,6 +144,9 @@ def reconcile(e: Entry, base: Entry | None, local: LocalFile | None, *, me: str,
         return plan
 
     modified = lv != bv
+    if _replaced_by_base(e, base, pv, bv, seen):
+        plan.note = "older than the version here (which replaced it)"
+        return plan
     supersedes = pv == bv or (base is not None and seen(base))
 
     if e.kind == GONE:
@@ -202,6 +205,27 @@ def reconcile(e: Entry, base: Entry | None, local: LocalFile | None, *, me: str,
             steps.append(Remember(e))  # our edit is published next as E's successor
         plan.note = "conflict: local version wins"
     return plan
+
+
+def _replaced_by_base(e: Entry, base: Entry | None, pv: str | None, bv: str | None,
+                      seen: Callable[[Entry], bool]) -> bool:
+    """Is E the very version our base replaced, arriving late?
+
+    Updates of different pushers may be applied out of their causal order (a snapshot
+    merge, a backlog drained while a dependency's content is awaited): Bob deletes the
+    file Alice created, and we apply Bob's deletion before Alice's creation. Alice's
+    entry then looks like a creation over a tombstone (``prev`` absent, as the
+    tombstone's version), and applying it would bring back a file every other client
+    deleted. The base replaced E's version, and E's publisher had not seen the base:
+    E is history. A re-creation after the deletion is told apart because its publisher
+    had seen the tombstone (``seen``), or wrote it (a re-creation always follows the
+    re-creator's own deletion, which becomes our base first).
+    """
+    if base is None or e.version is None or base.prev != e.version or base.author == e.author:
+        return False
+    if pv == bv and base.kind != GONE:
+        return False  # E continues our base (a revert to the content it replaced)
+    return not seen(base)
 
 
 def _apply(steps: list, e: Entry, displace_first: bool = False) -> None:

@@ -192,3 +192,28 @@ def test_saw():
     e = Entry("p", FILE, H0, 1, 1, 0o644, None, ALICE, seq=5)
     assert saw(ALICE, {}, e) and saw(BOB, {ALICE: 5}, e) and not saw(BOB, {ALICE: 4}, e)
     assert not saw(BOB, {ALICE: 9}, Entry("p", FILE, H0, 1, 1, 0o644, None, ALICE))  # never published
+
+
+def test_a_version_the_base_replaced_arriving_late_is_history():
+    """Bob deleted (then edited) what Alice wrote; we applied Bob's update first (a snapshot
+    merge or a backlog drained out of order): Alice's late entry must not bring the file back
+    nor make a conflict copy of an ancestor (found by tests/test_randomized.py with kill -9)."""
+    created = Entry("f.txt", FILE, H1, 5, 10**18, 0o644, None, ALICE, seq=5)
+    tomb = Entry("f.txt", GONE, None, 0, 2 * 10**18, 0, H1, BOB, seq=7)
+    bob_saw_alice = lambda b: saw(ALICE, {}, b)  # Alice's deps: she had seen nothing of Bob's
+    assert reconcile(created, tomb, None, me=ME, seen=bob_saw_alice).steps == []
+    edited = Entry("f.txt", FILE, H1, 5, 10**18, 0o644, H0, ALICE, seq=5)  # an edit H0 -> H1
+    assert reconcile(edited, tomb, None, me=ME, seen=bob_saw_alice).steps == []
+    later = Entry("f.txt", FILE, H2, 5, 3 * 10**18, 0o644, H1, BOB, seq=8)  # Bob edited H1 -> H2
+    assert reconcile(created, later, local(h=H2), me=ME, name_of=NAMES, seen=bob_saw_alice).steps == []
+    # a re-creation by someone who had seen the deletion comes back
+    again = Entry("f.txt", FILE, H1, 5, 4 * 10**18, 0o644, None, ME[:-1] + "c", seq=2)
+    plan = reconcile(again, tomb, None, me=ME, seen=lambda b: saw(again.author, {BOB: 7}, b))
+    assert kinds(plan) == ["Fetch", "Remember"]
+    # Alice's own re-creation follows her own deletion (our base then), so it applies
+    alice_tomb = Entry("f.txt", GONE, None, 0, 3 * 10**18, 0, H1, ALICE, seq=6)
+    recreated = Entry("f.txt", FILE, H1, 5, 4 * 10**18, 0o644, None, ALICE, seq=9)
+    assert kinds(reconcile(recreated, alice_tomb, None, me=ME, seen=bob_saw_alice)) == ["Fetch", "Remember"]
+    # a revert to the content the base replaced, by its publisher's successor, applies
+    revert = Entry("f.txt", FILE, H1, 5, 4 * 10**18, 0o644, H2, ALICE, seq=9)
+    assert kinds(reconcile(revert, later, local(h=H2), me=ME, seen=bob_saw_alice)) == ["Fetch", "Remember"]
