@@ -102,7 +102,7 @@ def main() -> None:
              (f"one {args.big} MB file", lambda f: make_big(f, args.big * 10**6))]
     if args.only:
         cases = [cases[0 if args.only == "small" else 1]]
-    rows = []
+    rows, failed = [], []
     with tempfile.TemporaryDirectory(dir=args.tmp) as srv_dir:
         server = FTPServer(Path(srv_dir) / "ftp", tls=args.tls).start()
         try:
@@ -111,12 +111,19 @@ def main() -> None:
                                  ("escale (aes256gcm)", lambda w, m, srv: escale_case(w, m, srv, "aes256gcm")),
                                  ("rclone copy (crypt)", rclone_case)):
                     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-                        r = fn(Path(tmp), make, server)
+                        try:
+                            r = fn(Path(tmp), make, server)
+                        except SystemExit as exc:  # a failed step: reported in the table, the run goes on
+                            print(f"{label} {tool}: FAILED: {str(exc)[-600:]}", file=sys.stderr)
+                            failed.append((label, tool, str(exc).strip().splitlines()[-1][-300:]))
+                            continue
                     rows.append((label, tool, r))
                     print(f"{label} {tool}: push {r['push'][0]:.2f} s, pull {r['pull'][0]:.2f} s", file=sys.stderr)
         finally:
             server.stop()
     print_table(rows, "server")
+    for label, tool, reason in failed:
+        print(f"| {label} | {tool} | failed: {reason} | | |")
     import pyftpdlib
 
     print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} cores, pyftpdlib {pyftpdlib.__ver__} "

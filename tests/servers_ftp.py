@@ -107,11 +107,22 @@ def make_handler(base_handler, base_dtp):
                     return
                 if fault["action"] == "cut":
                     self.cut_after = fault.get("bytes", 1)
+                if fault["action"] == "short":  # store less than was sent, and say 226
+                    self.short_by = fault.get("bytes", 1)
                 if fault["action"] == "lost":  # do it, then close before the answer leaves
                     super().pre_process_command(line, cmd, arg)
                     self.close()
                     return
             return super().pre_process_command(line, cmd, arg)
+
+        short_by = None
+
+        def on_file_received(self, file):
+            if self.short_by:
+                size = os.path.getsize(file)
+                os.truncate(file, max(0, size - self.short_by))
+                self.short_by = None
+            return super().on_file_received(file)
 
         def ftp_RNTO(self, path):
             if not cfg["rename_overwrites"] and self._rnfr and os.path.exists(path):
@@ -238,8 +249,9 @@ class FTPServer:
     def fault(self, cmd: str, action: str, *, bytes: int = 0, times: int = 1) -> None:
         """Script a fault: the next ``times`` ``cmd`` commands get ``action``: ``421`` (answer
         421 and close), ``drop`` (close the control connection without answering), ``lost``
-        (do it, then close before the answer leaves: a lost answer) or ``cut`` (run the
-        command, then drop both connections after ``bytes`` bytes of data)."""
+        (do it, then close before the answer leaves: a lost answer), ``cut`` (run the
+        command, then drop both connections after ``bytes`` bytes of data) or ``short``
+        (a STOR keeps ``bytes`` bytes less than it received, and answers 226)."""
         path = self.base / "faults.json"
         try:
             faults = json.loads(path.read_text())

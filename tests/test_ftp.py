@@ -356,6 +356,26 @@ def test_control_connection_dropped_mid_upload(own_server) -> None:
         relay.close()
 
 
+def test_an_upload_the_server_truncated_is_sent_again(own_server) -> None:
+    """A server that keeps less than it received and still answers 226 (pyftpdlib over TLS
+    does it to rclone's uploads): the temporary's size is checked before the rename."""
+    server = own_server(tls=True)
+    relay = relay_on(server, max_retries=3)
+    relay.retry.sleep = lambda seconds: None
+    try:
+        data = os.urandom(300_000)
+        server.fault("STOR", "short", bytes=4096)
+        relay.put("t/obj", io.BytesIO(data), size=len(data))
+        assert server.faults_left() == 0
+        assert relay.stat("t/obj").size == len(data) and relay.get("t/obj").read() == data
+        server.fault("STOR", "short", bytes=1, times=10)  # every try: the put fails, nothing is named
+        with pytest.raises(TransientRelayError, match="kept 299999 bytes of 300000"):
+            relay.put("t/other", io.BytesIO(data), size=len(data))
+        assert relay.stat("t/other") is None and leftovers(server, relay) == []
+    finally:
+        relay.close()
+
+
 def test_download_resumes_with_rest_after_a_drop(own_server, caplog) -> None:
     server = own_server(tls=True)
     relay = relay_on(server, max_retries=3)

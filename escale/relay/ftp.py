@@ -781,6 +781,7 @@ class FTP(Relay):
                 log.debug("%s: no folder %s (%s)", self.address, col or "/", entries.reason)
                 entries = None
             if entries is None:
+                self._forget(col)  # gone (pruned by its writer): asked first next time
                 if first and col == "":
                     raise RelayError(f"relay folder {self.address} is missing")
                 first = False
@@ -896,6 +897,13 @@ class FTP(Relay):
                 raise
             _finish(data)
             conn.ftp.voidresp()
+            # a server may keep less than it was sent and still answer 226 (pyftpdlib over
+            # TLS truncates uploads whose data connection is closed abruptly, as rclone's
+            # are): the temporary's size is checked before it takes the name
+            kept = self._stat_entry(conn, rel)
+            if kept is None or kept.size != body.count:
+                raise _Transient(f"STOR {rel}: the server kept "
+                                 f"{'nothing' if kept is None else f'{kept.size} bytes'} of {body.count} sent")
 
         try:
             self._run(f"STOR {rel}", send, replayable=lambda: body.replayable)
