@@ -218,6 +218,8 @@ class DriveServer:
         self.quota: int | None = None
         self.page_max = 1000
         self.chunk_delay = 0.0  # seconds each resumable chunk takes (to catch an upload half-way)
+        #: name -> barrier: creates of that name wait for each other (two clients' creates cross)
+        self.hold_creates: dict[str, threading.Barrier] = {}
         self.counts: Counter = Counter()  # faults given, by kind
         self.seen: list[tuple[str, str, dict]] = []  # (method, path, query) of every API request
         self._faults: list[tuple[str, object, int]] = []  # (kind, match, left)
@@ -659,6 +661,12 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _create(self, meta: dict, data: bytes, scope: str, fields) -> None:
+        hold = self.drive.hold_creates.get(str(meta.get("name")))
+        if hold is not None:
+            try:
+                hold.wait(60)
+            except threading.BrokenBarrierError:
+                pass
         where = self._parent_space(meta, scope)
         if where is None:
             return
@@ -834,3 +842,27 @@ def relay_gdrive(tmp_path_factory):
     server = DriveServer(tmp_path_factory.mktemp("gdrive")).start()
     yield server
     server.stop()
+
+
+def main() -> None:
+    """Serve in a process of its own (the benchmark): prints the URL and one token file's
+    config lines as JSON on one line, then serves until SIGTERM."""
+    import argparse
+    import signal
+    import sys
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", required=True)
+    args = ap.parse_args()
+    server = DriveServer(Path(args.dir)).start()
+    address, conf, kwargs = server.new()
+    print(json.dumps({"url": server.url, "address": address, "conf": conf, "kwargs": kwargs}), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.thread.join()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
