@@ -94,6 +94,7 @@ from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExist
 from ..values import parse_bool, parse_size, parse_verify_ssl
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
 from .options import MAX_RETRIES, VERIFY_SSL
+from .split import MAX_OBJECT_SIZE
 from . import retry
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,7 @@ class S3(Relay):
                     doc="size of the parts of a multipart upload, 5MiB to 5GiB (default 16MiB)"),
         VERIFY_SSL,
         MAX_RETRIES,
+        MAX_OBJECT_SIZE,
     )
 
     @classmethod
@@ -675,7 +677,13 @@ class S3(Relay):
 
             def landed() -> bool:  # a completion whose answer was lost: the object is ours
                 info = self.stat(name)
-                return info is not None and info.etag == expected
+                if info is None or info.size != total:
+                    return False
+                if info.etag == expected:
+                    return True
+                # a server whose multipart ETag is not S3's (rclone serve s3): read it back and
+                # compare each part's MD5 with the ETag the server gave that part
+                return self._holds_parts(name, parts)
 
             # a first try's lost answer shows as 412 (create) or NoSuchUpload on the retry
             etag = self._call(what, complete, landed=landed, recheck=(ObjectExists, RelayObjectMissing))
@@ -688,6 +696,21 @@ class S3(Relay):
             if isinstance(exc, Exception):
                 raise self._error(exc, what) from None
             raise
+
+    def _holds_parts(self, name: str, parts: list[dict]) -> bool:
+        """Whether object ``name`` is the concatenation of ``parts`` (each part's MD5 is its ETag)."""
+        try:
+            with self.get(name) as f:
+                for p in parts:
+                    h, left = hashlib.md5(), self.part_size
+                    while left > 0 and (block := f.read(min(READ_BLOCK, left))):
+                        h.update(block)
+                        left -= len(block)
+                    if h.hexdigest() != _etag(p["ETag"]):
+                        return False
+                return not f.read(1)
+        except RelayObjectMissing:
+            return False
 
     def _holds(self, name: str, data: bytes) -> bool:
         """Whether the object ``name`` has exactly the bytes ``data`` (the outcome check of a
