@@ -51,6 +51,7 @@ from .protocol import (BLOB, FORMAT_VERSION, HEADER_NAME, INLINE, NONE, SNAPSHOT
                        ObjectStore, RelayView, Snapshot, UpdateHeader, signer_of, ack_name, blob_name, list_relay, member_name,
                        request_name, reservation_name, snapshot_name, update_name)
 from .relay import Relay, Usage, backend_for, parse_address
+from .relay.split import Splitting
 from .state import InstanceLock, Published, State
 from .stream import HashingReader, copy_exactly
 
@@ -238,8 +239,10 @@ class Manager:
 
     @staticmethod
     def _make_relay(relay, address, directory, relay_args) -> Relay:
+        # every relay is seen through the splitting layer (objects over 'max object size')
+        limit = relay_args.pop("max_object_size", None)
         if isinstance(relay, Relay):
-            return relay
+            return Splitting.around(relay, limit)
         if address is None and directory is None:
             raise ConfigError("no relay address given", option="relay address")
         addr = address or ""
@@ -248,7 +251,7 @@ class Manager:
         proto, host, _port, path = parse_address(addr)
         if proto == "file" and not addr.startswith("file://"):
             addr = "file://" + os.path.join(host, path) if path else "file://" + host
-        return relay(addr, **relay_args)
+        return Splitting(relay(addr, **relay_args), limit)
 
     # -- life cycle ------------------------------------------------------------------------
     def _find_state(self) -> None:

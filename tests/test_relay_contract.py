@@ -23,6 +23,7 @@ import pytest
 from escale.errors import ObjectExists, RelayObjectMissing, SourceError
 from escale.relay import FTP, S3, GoogleDrive, LocalMount, WebDAV
 from escale.relay.base import Relay
+from escale.relay.split import Splitting
 from servers_webdav import FaultProxy
 from servers_s3 import FaultProxy as S3FaultProxy
 
@@ -33,6 +34,11 @@ S3_KINDS = [k for k in KINDS if k.startswith("s3-")]
 #: servers that honour conditional writes (rclone ignores If-None-Match on WebDAV and S3)
 CONDITIONAL_S3 = ["s3-seaweedfs", "s3-moto"]
 MiB = 1 << 20
+#: the splitting layer (escale/relay/split.py) over a file relay and a WebDAV server, with a
+#: limit small enough that most objects of the suite are split
+SPLIT_KINDS = ["split-file", "split-webdav-wsgidav"]
+KINDS += SPLIT_KINDS
+SPLIT_LIMIT = 5
 
 
 def server_of(request, kind: str):
@@ -43,8 +49,12 @@ def server_of(request, kind: str):
     return request.getfixturevalue("relay_" + kind.replace("-", "_"))
 
 
-def make_relay(request, kind: str, tmp_path, *, via: str | None = None, **extra) -> Relay:
-    """A fresh, empty, opened relay of ``kind``; ``via``: the URL of a proxy to go through."""
+def make_relay(request, kind: str, tmp_path, *, via: str | None = None, limit: int = SPLIT_LIMIT,
+               **extra) -> Relay:
+    """A fresh, empty, opened relay of ``kind``; ``via``: the URL of a proxy to go through.
+    ``split-<kind>``: that relay seen through the splitting layer with a tiny ``limit``."""
+    if kind.startswith("split-"):
+        return Splitting(make_relay(request, kind.removeprefix("split-"), tmp_path, via=via, **extra), limit)
     if kind in ("file", "file-nolinks"):
         relay: Relay = LocalMount(f"file://{tmp_path}/relay-{uuid.uuid4().hex[:8]}",
                                   hard_links=False if kind == "file-nolinks" else None)
@@ -135,10 +145,13 @@ NAMES = [
 def test_names_round_trip(request, kind, tmp_path) -> None:
     relay = make_relay(request, kind, tmp_path)
     names = NAMES
-    if kind == "webdav-rclone":  # rclone's VFS folds NFD names into NFC (docs/relays.md)
+    base = kind.removeprefix("split-")
+    if base == "webdav-rclone":  # rclone's VFS folds NFD names into NFC (docs/relays.md)
         names = [n for n in NAMES if n == unicodedata.normalize("NFC", n)]
-    if kind == "webdav-wsgidav":  # wsgidav cuts a name at an escaped '?' (%3F) (docs/relays.md)
+    if base == "webdav-wsgidav":  # wsgidav cuts a name at an escaped '?' (%3F) (docs/relays.md)
         names = [n for n in names if "?" not in n]
+    if kind.startswith("split-"):  # a part's name is 19 bytes longer, its temporary 45 more: NAME_MAX
+        names = [n if not n.startswith("long/") else "long/" + "n" * 180 for n in names]
     for i, name in enumerate(names):
         relay.put(name, io.BytesIO(f"object {i}".encode()))
     listed = {i.name: i.size for i in relay.list()}
@@ -156,7 +169,8 @@ def test_names_round_trip(request, kind, tmp_path) -> None:
 def test_empty_and_multi_part_objects(request, kind, tmp_path) -> None:
     """An empty object; one larger than a part (S3), than the WebDAV replay buffer (8 MiB)
     and a block, given as a non-seekable stream of known size, as the protocol does."""
-    relay = make_relay(request, kind, tmp_path, **({"part_size": 5 * MiB} if kind.startswith("s3-") else {}))
+    relay = make_relay(request, kind, tmp_path, **({"part_size": 5 * MiB} if kind.startswith("s3-") else {}),
+                       **({"limit": MiB} if kind.startswith("split-") else {}))
     relay.put("e/empty", io.BytesIO(b""), size=0)
     size = 8 * MiB + 3
     assert relay.put("e/big", Pattern(size), size=size) == size
@@ -241,7 +255,7 @@ def test_concurrent_puts_into_a_new_folder(request, kind, tmp_path) -> None:
 
 
 def _listing_case(kind: str):
-    heavy = kind.startswith(("webdav-", "ftp")) or kind in ("s3-moto", "gdrive")  # 1,001 puts: seconds on these
+    heavy = kind.removeprefix("split-").startswith(("webdav-", "ftp")) or kind in ("s3-moto", "gdrive")  # 1,001 puts
     return pytest.param(kind, marks=pytest.mark.slow) if heavy else kind
 
 
@@ -429,6 +443,51 @@ def test_s3_lost_answer_to_conditional_put_is_not_exists(request, kind, tmp_path
     assert done.is_set() and read(relay, "h/header") == b"my header"
     with pytest.raises(ObjectExists):
         relay.put("h/header", io.BytesIO(b"another header"), create_only=True)
+
+
+@pytest.mark.parametrize("kind", S3_KINDS)
+@pytest.mark.parametrize("op", ["put", "delete", "multipart", "create-multipart"])
+def test_s3_lost_answers(request, kind, op, tmp_path) -> None:
+    """The server did the work; the answer was lost (reset after the server acted); the
+    retry must report the truth: a put or delete done, a multipart completion done
+    (its retry finds NoSuchUpload, or 412 for a create), never an error or 'exists'."""
+    if op == "create-multipart" and kind not in CONDITIONAL_S3:
+        pytest.skip(f"{kind} ignores conditional writes (create-if-absent is check-then-write there)")
+    server = server_of(request, kind)
+    done = threading.Event()
+    size = 6 * MiB  # over the 5 MiB part size: two parts
+    want = {"put": ("PUT", lambda p, q: p.endswith("/a/obj") and "uploadId" not in q),
+            "delete": ("DELETE", lambda p, q: p.endswith("/a/obj")),
+            "multipart": ("POST", lambda p, q: p.endswith("/b/big") and "uploadId" in q),
+            "create-multipart": ("POST", lambda p, q: p.endswith("/b/big") and "uploadId" in q)}[op]
+
+    def script(method, path, headers):
+        p, _, q = path.partition("?")
+        if method == want[0] and want[1](p, q) and not done.is_set():
+            done.set()
+            return "reset_after"
+        return None
+
+    proxy = S3FaultProxy(server.endpoint, script=script)
+    request.addfinalizer(proxy.stop)
+    relay = make_relay(request, kind, tmp_path, via=proxy.endpoint, part_size=5 * MiB, max_retries=3)
+    relay.retry.base = relay.retry.cap = 0.01
+    if op == "put":
+        relay.put("a/obj", io.BytesIO(b"mine"))
+        assert read(relay, "a/obj") == b"mine"
+    elif op == "delete":
+        relay.put("a/obj", io.BytesIO(b"mine"))
+        relay.delete("a/obj")
+        assert relay.stat("a/obj") is None
+    else:
+        assert relay.put("b/big", Pattern(size), create_only=op == "create-multipart", size=size) == size
+        assert relay.stat("b/big").size == size
+        h = hashlib.sha256()
+        with relay.get("b/big") as f:
+            while block := f.read(MiB):
+                h.update(block)
+        assert h.hexdigest() == pattern_digest(size)
+    assert done.is_set()
 
 
 @pytest.mark.parametrize("kind", S3_KINDS)

@@ -90,7 +90,7 @@ def test_a_new_backends_options_are_accepted_parsed_and_passed_to_it(tiny, tmp_p
     r = one(section("tiny://host/x", "Tiny_Depth = 3\nmax retries = 0\ntiny token = abc\n", tmp_path))
     assert r.options == {"depth": 3, "max_retries": 0, "token": "abc"}
     assert "abc" not in repr(r)
-    relay = Manager.from_config(r).relay
+    relay = Manager.from_config(r).relay.inner  # the backend, under the splitting layer (relay/split.py)
     assert isinstance(relay, Tiny)
     assert (relay.depth, relay.max_retries, relay.token) == (3, 0, "abc")
     # every spelling, and an option that belongs to the new backend only is no longer unknown
@@ -204,7 +204,7 @@ def test_a_section_with_a_drive_address_builds_its_relay(tmp_path: Path) -> None
 
     for address, path in (("gdrive:///escale/p", ["escale", "p", "sub"]), ("google://F0lderId/x", ["x", "sub"])):
         r = one(section(address, "relay directory = sub\nchunk size = 8MiB\n", tmp_path))
-        relay = Manager.from_config(r).relay
+        relay = Manager.from_config(r).relay.inner  # under the splitting layer (relay/split.py)
         assert isinstance(relay, GoogleDrive) and relay.path == path and relay.chunk_size == 8 << 20
     # a backend without its own form keeps the network form's checks
     with pytest.raises(ConfigError, match="scheme://host"):

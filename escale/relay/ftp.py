@@ -90,6 +90,7 @@ from .address import redact, split_network_address
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, check_name
 from . import retry
 from .options import MAX_RETRIES, TLS
+from .split import MAX_OBJECT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ class FTP(Relay):
 
     schemes = ("ftp", "ftps")
     options = (
-        *TLS, MAX_RETRIES,
+        *TLS, MAX_RETRIES, MAX_OBJECT_SIZE,
         RelayOption("tls_mode", ("tls mode", "ftps mode"), _parse_tls_mode,
                     doc="ftps:// only: 'explicit' (AUTH TLS on the ordinary port, the default) or 'implicit' "
                         "(TLS from the first byte, the default on port 990)"),

@@ -80,6 +80,7 @@ from ..values import parse_bool, parse_size
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
 from . import retry
 from .options import MAX_RETRIES
+from .split import MAX_OBJECT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +315,7 @@ class GoogleDrive(Relay):
         RelayOption("chunk_size", ("chunk size",), _parse_chunk,
                     doc="size of resumable upload and ranged download pieces (multiple of 256 KiB, default 8 MiB)"),
         MAX_RETRIES,
+        MAX_OBJECT_SIZE,
     )
 
     def __init__(self, address: str, *, api_endpoint: str | None = None, app_data_folder=None,

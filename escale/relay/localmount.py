@@ -49,6 +49,7 @@ from ..errors import ObjectExists, RelayError, RelayObjectMissing, SourceError
 from . import retry
 from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
 from .options import MAX_RETRIES
+from .split import MAX_OBJECT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _retried(what: str, relay: "LocalMount", fn, *, landed=None, recheck: tuple 
 
 class LocalMount(Relay):
     schemes = ("file",)
-    options = (MAX_RETRIES,)
+    options = (MAX_RETRIES, MAX_OBJECT_SIZE)
 
     def __init__(self, address: str, *, hard_links: bool | None = None, max_retries=None, **_ignored):
         """``hard_links=False`` declares a file system without them (found by trying when None)."""

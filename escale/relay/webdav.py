@@ -97,6 +97,7 @@ from . import retry
 from .address import redact, split_network_address
 from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
 from .options import MAX_RETRIES, TLS
+from .split import MAX_OBJECT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +426,7 @@ def _version_stamp(lastmod: float, etag: str | None) -> float:
 
 class WebDAV(Relay):
     schemes = ("http", "https", "webdav", "webdavs")
-    options = (*TLS, MAX_RETRIES)
+    options = (*TLS, MAX_RETRIES, MAX_OBJECT_SIZE)
 
     def __init__(self, address: str, user: str | None = None, password: str | None = None,
                  verify_ssl: str | bool | None = None, certfile: str | None = None, keyfile: str | None = None,
