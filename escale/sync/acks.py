@@ -1,0 +1,65 @@
+"""Acknowledgements: each puller's signed record of the last update it applied from
+each pusher (with its digest), rewritten when it changes and at least every
+ACTIVITY_INTERVAL as a heartbeat. Pullers write them; pushers read them to collect,
+and to answer requests; everyone compares them to detect a forked history.
+"""
+from __future__ import annotations
+
+import time
+
+from ..errors import IntegrityError
+from ..protocol import FORMAT_VERSION, RelayView, ack_name, update_name
+from .context import Repo
+from .membership import ACTIVITY_INTERVAL
+
+
+class Acks:
+    """Write ours, read theirs."""
+
+    def __init__(self, ctx: Repo):
+        self.ctx = ctx
+
+    def write_ack(self, force: bool = False, present: bool | None = None) -> None:
+        """Our acknowledgements, with a signed time: rewritten when they change, and at
+        least every ACTIVITY_INTERVAL as a heartbeat others see in ``escalectl status``."""
+        last = float(self.ctx.state.get("ack_time", "0"))
+        if not force and time.time() - last < ACTIVITY_INTERVAL and (
+                present if present is not None else self.ctx.relay.stat(ack_name(self.ctx.me)) is not None):
+            return
+        now = time.time()
+        acks = {p: [s, d] for p, (s, d) in self.ctx.state.applied().items()}
+        self.ctx.store.put_json(ack_name(self.ctx.me), {"v": FORMAT_VERSION, "acks": acks, "time": now})
+        self.ctx.state.set("ack_time", str(now))
+
+    def ack_entry(self, view: RelayView, cid: str, pusher: str) -> tuple[int, str] | None:
+        """(seq, digest) of ``pusher``'s update that ``cid`` says it applied last."""
+        info = view.acks.get(cid)
+        ack = self.ctx.read_small(info.name, info) if info else None
+        try:
+            seq, digest = ack["acks"][pusher]
+            return int(seq), str(digest)
+        except (TypeError, KeyError, ValueError):
+            return None
+
+    def acked_seq(self, view: RelayView, cid: str) -> int:
+        info = view.acks.get(cid)
+        ack = self.ctx.read_small(info.name, info) if info else None
+        try:
+            return int(ack["acks"][self.ctx.me][0])
+        except (TypeError, KeyError, ValueError, IndexError):
+            return 0
+
+    def compare_acks(self, view: RelayView) -> None:
+        """Report every member that applied another content than we did under one
+        (pusher, seq): the relay forked that pusher's history between us."""
+        mine = self.ctx.state.applied()
+        for cid in sorted(view.acks):
+            if cid == self.ctx.me:
+                continue
+            for pusher, (seq, digest) in mine.items():
+                theirs = self.ack_entry(view, cid, pusher)
+                if pusher != cid and theirs is not None and theirs[0] == seq and theirs[1] != digest:
+                    self.ctx.problem(IntegrityError(update_name(pusher, seq), f"{self.ctx.name_of(cid)} applied another "
+                                                 f"content under this name than this client did (digest "
+                                                 f"{theirs[1][:12]}…, ours {digest[:12]}…): a fork of "
+                                                 f"{self.ctx.name_of(pusher)}'s history"))

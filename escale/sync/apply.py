@@ -1,0 +1,235 @@
+"""Apply: carry out a plan from :mod:`escale.plan` on the synced folder.
+
+For one incoming entry: refuse an unsafe path, keep to the scope (filters, r/w
+flags), reconcile it with the remembered base and the local file, then do the steps
+— write the content (from the update's body, its blob, or a local file holding the
+same content: renames travel without content), displace a local version to the
+trash or a conflict copy, make or remove folders — and remember the result. Errors
+are per file: a file that cannot be written is wanted again and reported every cycle.
+"""
+from __future__ import annotations
+
+import logging
+from typing import BinaryIO
+
+from ..access import safe_join
+from ..checksum import FileChangedError
+from ..errors import IntegrityError, RelayObjectMissing, UnsafePath
+from ..folder import ContentMismatch, LocalChanged
+from ..fsnames import NameTwin
+from ..index import DIR, FILE, GONE, MAX_INT, Entry, LocalFile
+from ..plan import Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode, reconcile
+from .context import CycleReport, Repo, Stoppable
+
+log = logging.getLogger(__name__)
+
+
+class LazyBlob:
+    """A blob object opened only if the plan needs its content."""
+
+    def __init__(self, ctx: Repo, name: str):
+        self.ctx, self.name, self.stream = ctx, name, None
+
+    def open(self) -> BinaryIO:
+        raw = self.ctx.relay.get(self.name)
+        self.stream = self.ctx.cipher.decrypt(self.name, raw)
+        return self.stream
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+
+class Applier:
+    """Applies incoming entries to the folder; remembers, per pull, the files it could
+    not write and the contents it must ask for."""
+
+    def __init__(self, ctx: Repo):
+        self.ctx = ctx
+        self.by_hash: dict[str, list[str]] | None = None  # base paths by content, built when a rename needs it
+        self.moves: dict[str, str | None] = {}  # rename sources the current update deletes
+        self.failures: dict[str, str] = {}  # files we could not write (path -> why), kept in the state
+        self.failed_now: set[str] = set()
+        self.reask = False  # a content was wanted (again) this pull: publish a new request
+
+    def begin(self) -> None:
+        """A new pull: base and wants are read row by row from the state (never loaded
+        whole), so memory stays flat however many entries a snapshot brings."""
+        self.by_hash = None
+        self.moves = {}
+        self.failures = self.ctx.state.failures()  # files we could not write, cycles ago
+        self.failed_now = set()
+        self.reask = False
+
+    def apply_entry(self, objname: str, e: Entry, pusher: str, source, report: CycleReport, *,
+                     supply: bool = False, seen=lambda b: False) -> None:
+        """Reconcile one incoming entry and carry out the plan (errors are per file)."""
+        try:
+            safe_join(self.ctx.folder.root, e.path)
+            if e.origin is not None:
+                safe_join(self.ctx.folder.root, e.origin)
+        except UnsafePath as exc:
+            source = f" (rename source {_shown(exc.object)})" if exc.object != e.path else ""
+            report.error(f"relay object {objname}: refused unsafe path {_shown(e.path)}{source}: {exc.reason}")
+            return
+        wanted = self.ctx.state.wanted(e.path)
+        if supply and (wanted is None or wanted[0].hash != e.hash):
+            return  # content someone else asked for
+        if not self.ctx.scope_pull(e):
+            if self.ctx.repository.may_pull() and self.ctx.flags.get(e.path, (None, None))[1] is False:
+                self.ctx.state.hold(e)  # w-: not applied, and our deps must not claim we saw it
+            return
+        try:
+            local = self.local(e.path)
+            if local is not None and local.kind not in (FILE, DIR):
+                log.info("%s: %s: left alone: a symbolic link or special file is there", self.ctx.name, e.path)
+                self.ctx.state.hold(e)
+                return
+            plan = reconcile(e, self.ctx.state.base_entry(e.path), local, me=self.ctx.me, mode=self.ctx.mode, name_of=self.ctx.name_of,
+                             seen=seen)
+            if plan.needs_content:
+                if source is None:
+                    source, copy_from = None, self._local_source(e)
+                    if copy_from is None:
+                        self._want(e, pusher)
+                        return
+                else:
+                    copy_from = None
+            else:
+                copy_from = None
+            move = copy_from is not None and copy_from == e.origin and self.moves.get(e.origin) == e.hash
+            self._execute(plan, e, local, source, copy_from, report, move=move)
+            if wanted is not None:
+                self.ctx.state.unwant(e.path)
+        except NameTwin as exc:  # the file system takes it for another file here: never overwrite that
+            report.error(f"relay object {objname}: {e.path}: {exc}")
+            self.ctx.state.hold(e)
+            if self.failures.pop(e.path, None) is not None:
+                self.ctx.state.resolve(e.path)
+        except OSError as exc:  # escale may not write here (permissions, read-only, full disk)
+            self._could_not_write(e, pusher, exc.strerror or str(exc), report)
+        except (LocalChanged, ContentMismatch) as exc:
+            if isinstance(exc.__cause__, OSError):  # a local file we cannot read
+                self._could_not_write(e, pusher, str(exc), report)
+                return
+            report.error(f"{e.path}: {exc}; will retry")
+            self._want(e, pusher)
+        except IntegrityError as exc:  # its own object (a blob) is damaged: ask for it again
+            report.error(f"{exc}; {e.path} not written, asked again")
+            self._want(e, pusher)
+        except RelayObjectMissing as exc:  # its blob is gone: ask for the content again
+            report.error(f"{exc}; {e.path} not written, asked again")
+            self._want(e, pusher)
+
+    def _could_not_write(self, e: Entry, supplier: str, why: str, report: CycleReport) -> None:
+        report.error(f"{e.path}: cannot write it here ({why}); will retry")
+        self._want(e, supplier)
+        self.ctx.state.fail(e.path, why)
+        self.failures[e.path] = why
+        self.failed_now.add(e.path)
+
+    def _want(self, e: Entry, supplier: str) -> None:
+        self.ctx.state.want(e, supplier)
+        self.reask = True  # (again): a new request, with a new counter
+
+    def _local_source(self, e: Entry) -> str | None:
+        """A local file holding exactly e's content (renames travel without content)."""
+        if self.by_hash is None:
+            self.by_hash = {}
+            for p, b in self.ctx.state.base_rows():
+                if b.kind == FILE:
+                    self.by_hash.setdefault(b.hash, []).append(p)
+        candidates = [e.origin] if e.origin else []
+        candidates += [p for p in self.by_hash.get(e.hash, ()) if p != e.path]
+        for p in candidates:
+            try:
+                lf = self.local(p)
+            except LocalChanged:
+                continue
+            if lf is not None and lf.kind == FILE and lf.hash == e.hash:
+                return p
+        return None
+
+    def _execute(self, plan: Plan, e: Entry, local: LocalFile | None, source, copy_from: str | None,
+                 report: CycleReport, move: bool = False) -> None:
+        expect = local
+        for step in plan.steps:
+            if isinstance(step, Displace):
+                target = step.target
+                if target is not None and step.spare is not None and self.local(target) is not None:
+                    target = step.spare  # never over another file
+                self.ctx.folder.displace(step.path, target, expect)
+                if step.target is None:
+                    report.deleted += e.kind == GONE
+                    if e.kind == GONE:
+                        report.files.append(("deleted here", step.path))
+                else:
+                    report.conflicts += 1
+                    report.files.append(("conflict copy", target))
+                expect = None
+            elif isinstance(step, Fetch):
+                target, target_expect = step.target, expect
+                if step.target != e.path:
+                    report.conflicts += 1
+                    target, target_expect = self._copy_target(step), None
+                    if target is None:
+                        continue  # that conflict copy is already here
+                if copy_from is not None and move and target == e.path:
+                    self.ctx.folder.move(copy_from, self.local(copy_from), target, e, target_expect)
+                elif copy_from is not None:
+                    self.ctx.folder.fetch(target, e, None, target_expect, copy_from=copy_from)
+                else:
+                    whole = isinstance(source, LazyBlob)
+                    stream = Stoppable(source.open() if whole else source, self.ctx.check_stop)
+                    with self.ctx.bar(stream, e.size, f"recv {e.path}") as shown:
+                        self.ctx.folder.fetch(target, e, shown, target_expect, whole=whole)
+                self._cache_written(target, e)
+                report.received += 1
+                report.files.append(("received", target))
+            elif isinstance(step, MakeDir):
+                self.ctx.folder.make_dir(step.path, step.mode)
+            elif isinstance(step, SetMode):
+                self.ctx.folder.set_mode(step.path, step.mode)
+            elif isinstance(step, RemoveDir):
+                if self.ctx.folder.remove_dir(step.path):
+                    report.deleted += 1
+            elif isinstance(step, Remember):
+                self.ctx.state.release(step.entry.path)
+                if self.by_hash is not None and step.entry.kind == FILE:
+                    self.by_hash.setdefault(step.entry.hash, []).append(step.entry.path)
+                self.ctx.state.remember(step.entry)
+        if plan.note and plan.note != "up to date":
+            log.info("%s: %s: %s", self.ctx.name, e.path, plan.note)
+        log.debug("%s: %s: %s", self.ctx.name, e.path, ", ".join(type(s).__name__ for s in plan.steps) or "nothing to do")
+
+    def _copy_target(self, step: Fetch) -> str | None:
+        """Where a conflict copy goes: its name, or its spare name if another file holds
+        that (a copy never replaces a file the plan did not decide to supersede); None if
+        the copy is already there."""
+        for name in (step.target, step.spare):
+            if name is None:
+                continue
+            there = self.local(name)
+            if there is None:
+                return name
+            if there.kind == FILE and there.hash == step.entry.hash:
+                return None
+        raise LocalChanged(f"other files hold the names of its conflict copy ({step.target}, {step.spare}); "
+                           "that version is not written")
+
+    def _cache_written(self, relpath: str, e: Entry) -> None:
+        st = self.ctx.folder.lstat(relpath)
+        if st is None:
+            return
+        self.ctx.cache.store(relpath, st.st_size, min(st.st_mtime_ns, MAX_INT), st.st_ino, e.hash)
+
+    def local(self, path: str) -> LocalFile | None:
+        try:
+            return self.ctx.folder.stat_one(path)
+        except (FileChangedError, OSError) as exc:
+            raise LocalChanged(f"cannot read {path}: {exc}") from exc
+
+
+def _shown(path: object) -> str:
+    """A relay-supplied path for a message: quoted, at most 200 characters."""
+    return repr(path) if not isinstance(path, str) or len(path) <= 200 else f"{path[:200]!r}…"

@@ -1,0 +1,381 @@
+"""Push: publish local changes (and contents other members asked for) as updates.
+
+A scan finds what changed since the last sync; deletions beyond ``max delete`` are
+held back until confirmed. Items are cut into batches (content size, header size,
+room under the quota); each batch becomes one update: big files as their own blob
+objects, small ones inline in the update's body, spooled to the outbox and sealed
+before the update object is written, so an interrupted publication is finished with
+exactly the same bytes — or rolled back if it never left (``recover_outbox``).
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from typing import BinaryIO
+
+from ..checksum import FileChangedError
+from ..deletions import (CONFIRMED_KEY, HELD_KEY, DeletionGuard, dump_paths, is_file_deletion,
+                         load_paths)
+from ..errors import IntegrityError, QuotaExceeded
+from ..index import FILE, GONE, Entry, LocalFile
+from ..names import db_key
+from ..plan import local_changes
+from ..protocol import (BLOB, INLINE, NONE, UPDATE_MAGIC, Item, ObjectStore, RelayView, UpdateHeader, blob_name,
+                        reservation_name, update_name)
+from ..state import Published
+from ..stream import HashingReader, copy_exactly
+from .acks import Acks
+from .context import BLOB_THRESHOLD, CycleReport, Repo, Stoppable
+from .membership import Membership
+from .quota import Quota
+
+log = logging.getLogger(__name__)
+
+#: an update header is cut below this (readers refuse one above protocol.MAX_HEADER)
+MAX_UPDATE_HEADER = 16 << 20
+
+
+class Pusher:
+    """Publishes this client's changes; finishes or rolls back an interrupted one."""
+
+    def __init__(self, ctx: Repo, members: Membership, acks: Acks, quota: Quota, deletions: DeletionGuard):
+        self.ctx, self.members, self.acks, self.quota = ctx, members, acks, quota
+        self.deletions = deletions
+        self.deletions_held = False  # read from the state when it is opened
+        self.scanned: dict[str, LocalFile] = {}  # the last scan: what is sent is opened again as that file
+
+    def push(self, view: RelayView, report: CycleReport) -> CycleReport:
+        """Scan the folder; publish its changes and the contents others asked us for."""
+        def descend(path: str) -> bool:  # a walk of millions of folders still stops on SIGTERM
+            self.ctx.check_stop()
+            return self.ctx.filter.may_descend(path)
+
+        scan = self.ctx.folder.scan(self.ctx.filter.accepts_file, self.ctx.filter.accepts_dir, descend)
+        self.scanned = scan  # what is sent is opened again as the very file the scan saw
+        unsettled: set[str] = set()  # there but unreadable or changing: neither sent nor deleted
+        blind = self.ctx.folder.unreadable  # what the scan could not even list
+        for rel, why in sorted(blind.items()):
+            report.error(f"{rel or 'the synced folder'}: cannot read it ({why}); what it holds is neither sent "
+                         "nor deleted until it can be read")
+        for lf in list(scan.values()):
+            self.ctx.check_stop()
+            try:
+                self.ctx.folder.fill_hash(lf)
+            except (FileChangedError, FileNotFoundError) as exc:
+                log.info("%s: %s is changing; will send it once it settles (%s)", self.ctx.name, lf.path, exc)
+                unsettled.add(lf.path)
+            except OSError as exc:  # stays an error every cycle until it can be read
+                report.error(f"{lf.path}: cannot read it ({exc.strerror or exc}); not sent until it can be read")
+                unsettled.add(lf.path)
+        self.ctx.cache.prune(scan.keys())
+        self.ctx.check_folder()  # unmounted during the scan: what it missed is not deleted
+        base = self.ctx.state.base()
+        changes = local_changes(scan, base, me=self.ctx.me,
+                                in_scope=lambda p, k: p not in unsettled and not (blind and _within(p, blind))
+                                and self.ctx.scope_push(p, k))
+        changes = self._guard_deletions(changes, base, report)
+        supplies = self._supplies(view, scan, base)
+        items = [self._item(e) for e in changes] + supplies
+        if not items:
+            return report
+        for batch in self._batches(items, report):
+            self.ctx.check_stop()
+            if not self._publish(batch, report):
+                report.waiting_for_room = True
+                break
+        return report
+
+    def _guard_deletions(self, changes: list[Entry], base: dict[str, Entry], report: CycleReport) -> list[Entry]:
+        """Hold back a scan's deletions beyond ``max delete`` until the user confirms them
+        (escalectl confirm-deletes); everything else is published."""
+        gone = {e.path for e in changes if e.kind == GONE}
+        if not gone and not self.deletions_held:
+            return changes
+        confirmed = set(load_paths(self.ctx.state.get(CONFIRMED_KEY)))
+        synced = sum(1 for b in base.values() if b.kind == FILE)
+        kept, held = self.deletions.screen(changes, synced, confirmed & gone)
+        with self.ctx.state.transaction():
+            if confirmed and not confirmed <= gone:  # published, or the files came back
+                self.ctx.state.set(CONFIRMED_KEY, dump_paths(list(confirmed & gone)))
+            if held:
+                text = dump_paths([e.path for e in held], synced=synced, limit=str(self.deletions.limit))
+                if self.ctx.state.get(HELD_KEY) != text:
+                    self.ctx.state.set(HELD_KEY, text)
+            elif self.deletions_held:
+                self.ctx.state.unset(HELD_KEY)
+        self.deletions_held = bool(held)
+        if held:
+            files = sum(1 for e in held if is_file_deletion(e))
+            report.error(f"{files} local deletion(s) held back: this scan would delete {files} of the {synced} "
+                         f"synced files, more than 'max delete' = {self.deletions.limit} allows (an unmounted "
+                         f"disk or a mistake?). They are not published; everything else syncs. If you meant "
+                         f"it: escalectl confirm-deletes -r {self.ctx.name}; otherwise restore the files")
+        return kept
+
+    def held_deletions(self) -> list[str]:
+        """Paths whose deletion is held back (read from the state; safe while a daemon runs)."""
+        return load_paths(self.ctx.state.get(HELD_KEY)) if self.ctx.state is not None else []
+
+    def _item(self, e: Entry, supply: bool = False) -> Item:
+        if e.kind != FILE or (e.origin is not None and not supply):
+            return Item(e, NONE, supply=supply)
+        return Item(e, BLOB if e.size >= BLOB_THRESHOLD else INLINE, supply=supply)
+
+    def _supplies(self, view: RelayView, scan: dict[str, LocalFile], base: dict[str, Entry]) -> list[Item]:
+        """Contents other clients asked us for (late joiners, renames they could not apply)."""
+        items: list[Item] = []
+        seen: dict[str, Item] = {}
+        for cid, info in view.requests.items():
+            self.ctx.check_stop()
+            if cid == self.ctx.me:
+                continue
+            req = self.ctx.read_small(info.name, info)
+            if not isinstance(req, dict) or not isinstance(req.get("wants"), list):
+                continue
+            n = req.get("n")
+            if not isinstance(n, int) or isinstance(n, bool) or self._replayed_request(info, n):
+                continue
+            acked = self.acks.acked_seq(view, cid)
+            for w in req["wants"]:
+                if not isinstance(w, dict) or w.get("supplier") != self.ctx.me:
+                    continue
+                path, digest = w.get("path"), w.get("hash")
+                lf = scan.get(path) if isinstance(path, str) else None
+                if lf is None or lf.kind != FILE or lf.hash != digest:
+                    continue
+                sent = self.ctx.state.get(f"supplied:{cid}:{db_key(path)}:{digest}")
+                if sent is not None and acked < int(sent):
+                    continue  # already on its way
+                if self.ctx.state.mark(f"answered:{cid}:{db_key(path)}:{digest}") >= n:
+                    continue  # this request was answered: only a newer one asks again
+                b = base.get(path)
+                e = b if b is not None and b.kind == FILE and b.hash == digest else \
+                    Entry(path, FILE, digest, lf.size, lf.mtime_ns, lf.mode, None, self.ctx.me)
+                if path in seen:
+                    seen[path].requesters.append((cid, n))
+                    continue
+                seen[path] = self._item(e, supply=True)
+                seen[path].requesters.append((cid, n))
+                items.append(seen[path])
+        return items
+
+    def _replayed_request(self, info, n: int) -> bool:
+        """A request whose counter is below the newest seen from its client — or equal
+        to it in another object (its client never rewrites a counter) — is an old one
+        the relay replays: reported, and it costs nothing."""
+        cid = info.name.split("/")[1]
+        last = self.ctx.state.get(f"request:{cid}")
+        if last is not None:
+            seen_n, size, mtime = json.loads(last)
+            if n < seen_n or (n == seen_n and (size, mtime) != (info.size, info.mtime)):
+                self.ctx.problem(IntegrityError(info.name, f"an old request (counter {n}, newest seen {seen_n}) "
+                                                        "replayed by the relay; ignored"))
+                return True
+            if n == seen_n:
+                return False
+        self.ctx.state.set(f"request:{cid}", json.dumps([n, info.size, info.mtime]))
+        return False
+
+    def _batches(self, items: list[Item], report: CycleReport):
+        """Cut updates of at most ``maxpagesize`` content bytes — and, with a quota, of at
+        most the room left — contentless items first. Each batch is sized just before it
+        is published, so room freed meanwhile is used."""
+        free = [i for i in items if i.data == NONE]
+        heavy = [i for i in items if i.data != NONE]
+        quota = self.ctx.tq.quota
+        if quota is not None:
+            most = quota - self.quota.headroom(len(items)) - self.quota.frame_size(1)
+            for item in list(heavy):
+                if self.ctx.cipher.size_on_relay(item.entry.size) > most:
+                    report.error(f"{item.entry.path} ({item.entry.size} bytes) is larger than the relay quota "
+                                 f"allows ({max(0, most)} of {quota} bytes usable for one file); it cannot be sent")
+                    heavy.remove(item)
+        while free or heavy:
+            limit = self.ctx.maxpagesize
+            if quota is not None:
+                limit = min(limit, self.quota.room(len(items)))
+            # the header stays far below what readers accept (protocol.MAX_HEADER)
+            n, head = 0, 0
+            while n < len(free) and (n == 0 or head + _head_bytes(free[n]) <= MAX_UPDATE_HEADER):
+                head += _head_bytes(free[n])
+                n += 1
+            batch, size = free[:n], 0
+            free = free[n:]
+            while heavy and not free:
+                cost = self.ctx.cipher.size_on_relay(heavy[0].entry.size)
+                if batch and size + cost + self.quota.frame_size(len(batch) + 1) > limit:
+                    break
+                if batch and head + _head_bytes(heavy[0]) > MAX_UPDATE_HEADER:
+                    break
+                if not batch and quota is not None and cost + self.quota.frame_size(1) > limit:
+                    break  # not even one file fits now: wait for room
+                head += _head_bytes(heavy[0])
+                batch.append(heavy.pop(0))
+                size += cost
+            if not batch:
+                report.waiting_for_room = True
+                return
+            yield batch
+
+    def _publish(self, items: list[Item], report: CycleReport) -> bool:
+        """Write one update (blobs first, then the update object); False if no room."""
+        try:
+            return self._publish_batch(items, report)
+        except QuotaExceeded as exc:  # the storage itself is full (e.g. WebDAV 507)
+            log.info("%s: %s; waiting for room", self.ctx.name, exc)
+            seq = self.ctx.state.own_seq + 1
+            if self.ctx.outbox.head(seq) is not None:
+                return False  # the update itself was being written: its seq is spent, retried as is
+            for info in list(self.ctx.relay.list(f"b/{self.ctx.me}/{seq}/")):
+                self.ctx.relay.delete(info.name)
+            self.ctx.relay.abort_incomplete(f"b/{self.ctx.me}/{seq}/")
+            self.ctx.relay.abort_incomplete(update_name(self.ctx.me, seq))
+            with self.ctx.state.transaction():
+                self.ctx.state.clear_outbox(seq)
+            return False
+
+    def _publish_batch(self, items: list[Item], report: CycleReport) -> bool:
+        if self.ctx.state.outbox():  # an update whose write failed: finish it before any other
+            self.recover_outbox()
+        seq = self.ctx.state.own_seq + 1
+        estimate = sum(self.ctx.cipher.size_on_relay(i.entry.size) for i in items if i.data != NONE)
+        estimate += self.ctx.cipher.size_on_relay(self.quota.frame_size(len(items)))
+        if not self.quota.reserve(estimate + self.quota.headroom(len(items))):
+            log.info("%s: relay quota reached; waiting for pullers to free room", self.ctx.name)
+            return False
+        try:
+            with self.ctx.state.transaction():
+                self.ctx.state.set_outbox(seq, time.time())
+            kept: list[Item] = []
+            blob_no = 0
+            with self.ctx.outbox.new_body(seq) as spool:
+                for item in items:
+                    if item.data == NONE:
+                        kept.append(item)
+                        continue
+                    path = self.scanned.get(item.entry.path)
+                    try:
+                        if path is None or path.kind != FILE:
+                            raise FileNotFoundError(errno.ENOENT, "not found by the scan", item.entry.path)
+                        if item.data == BLOB:
+                            item.blob = blob_no
+                            ok = self._put_blob(blob_name(self.ctx.me, seq, blob_no), path, item.entry)
+                            blob_no += 1
+                        else:
+                            ok = self._spool(spool, path, item.entry)
+                    except FileNotFoundError:
+                        ok = False  # gone since the scan: the next scan says so
+                    except OSError as exc:
+                        report.error(f"{item.entry.path}: cannot read it ({exc.strerror or exc}); not sent, "
+                                     "will retry")
+                        ok = False
+                    if ok:
+                        kept.append(item)
+                    elif item.data == INLINE:
+                        spool.truncate(sum(i.entry.size for i in kept if i.data == INLINE))
+                        spool.seek(0, os.SEEK_END)
+                if not kept:
+                    with self.ctx.state.transaction():
+                        self.ctx.state.clear_outbox(seq)
+                    self.ctx.outbox.discard(seq)
+                    return True
+                kept = [i if i.supply else Item(replace(i.entry, seq=seq), i.data, i.blob, i.supply) for i in kept]
+                deps, unseen = self.ctx.horizon()
+                header = UpdateHeader(self.ctx.me, seq, self.ctx.state.own_digest, time.time(), self.members.pullers(),
+                                      self.ctx.count, kept, deps, unseen)
+                head = ObjectStore.encode_header(UPDATE_MAGIC, header.to_dict())
+                body_size = spool.seek(0, os.SEEK_END)
+                self.ctx.outbox.seal(seq, head, spool)  # from here on, seq is spent (escale/outbox.py)
+                spool.seek(0)
+                written = self.ctx.store.put_framed(update_name(self.ctx.me, seq), head, [spool], body_size)
+            size = written + sum(self.ctx.cipher.size_on_relay(i.entry.size) for i in kept if i.data == BLOB)
+            self._published(seq, head, header, size, kept)
+            report.sent += sum(1 for i in kept if i.entry.kind == FILE and not i.supply)
+            report.deleted += sum(1 for i in kept if i.entry.kind == GONE)
+            report.files += [("sent" if i.entry.kind == FILE else "sent deletion", i.entry.path) for i in kept
+                             if not i.supply and i.entry.kind in (FILE, GONE)]
+            log.debug("%s: published update %d (%d entries, %d bytes)", self.ctx.name, seq, len(kept), size)
+            return True
+        finally:
+            if self.ctx.tq.quota is not None:
+                self.ctx.relay.delete(reservation_name(self.ctx.me))
+
+    def _spool(self, spool: BinaryIO, path: LocalFile, e: Entry) -> bool:
+        with self.ctx.folder.open_read(path) as f:
+            reader = HashingReader(f, self.ctx.algorithm)
+            n = copy_exactly(reader, spool, e.size)
+            extra = f.read(1)
+        if n != e.size or extra or reader.hexdigest() != e.hash:
+            log.info("%s: %s changed while being sent; will send it next cycle", self.ctx.name, e.path)
+            return False
+        return True
+
+    def _put_blob(self, name: str, path: LocalFile, e: Entry) -> bool:
+        with self.ctx.folder.open_read(path) as f, self.ctx.bar(Stoppable(f, self.ctx.check_stop), e.size, f"send {e.path}") as shown:
+            reader = HashingReader(shown, self.ctx.algorithm)
+            self.ctx.relay.put(name, self.ctx.cipher.encrypt(name, reader, e.size), size=self.ctx.cipher.size_on_relay(e.size))
+        if reader.count != e.size or reader.hexdigest() != e.hash:
+            self.ctx.relay.delete(name)
+            log.info("%s: %s changed while being sent; will send it next cycle", self.ctx.name, e.path)
+            return False
+        return True
+
+    def _published(self, seq: int, head: bytes, header: UpdateHeader, size: int, items: list[Item]) -> None:
+        """Record update ``seq`` as on the relay (and drop its local copy)."""
+        digest = hashlib.sha256(head).hexdigest()
+        with self.ctx.state.transaction():
+            for item in items:
+                if not item.supply:
+                    self.ctx.state.remember(item.entry)
+                for cid, n in item.requesters:  # answered: not again until that client acks it,
+                    self.ctx.state.set(f"supplied:{cid}:{db_key(item.entry.path)}:{item.entry.hash}", str(seq))
+                    self.ctx.state.raise_mark(f"answered:{cid}:{db_key(item.entry.path)}:{item.entry.hash}", n)  # nor asks anew
+            self.ctx.state.add_published(Published(seq, digest, header.pullers, header.count, size))
+            self.ctx.state.clear_outbox(seq)
+        self.ctx.outbox.discard(seq)
+
+    def recover_outbox(self) -> None:
+        """Finish an update whose write failed or was interrupted — with exactly the bytes
+        sealed before it left (never another update under its seq: a relay that kept
+        the first attempt would otherwise fork our history) — or roll back one that never
+        left."""
+        for seq in sorted(self.ctx.state.outbox()):
+            name = update_name(self.ctx.me, seq)
+            head = self.ctx.outbox.head(seq)
+            if seq > self.ctx.state.own_seq and head is not None:
+                h = UpdateHeader.parse(name, json.loads(head[len(UPDATE_MAGIC) + 4:]), self.ctx.me, seq)
+                with self.ctx.outbox.body(seq) as body:
+                    body_size = body.seek(0, os.SEEK_END)
+                    body.seek(0)
+                    written = self.ctx.store.put_framed(name, head, [body], body_size)
+                size = written + sum(i.size for i in self.ctx.relay.list(f"b/{self.ctx.me}/{seq}/"))
+                self._published(seq, head, h, size, h.items)
+                log.info("%s: completed update %d interrupted by a crash or a failed write (sent again as "
+                         "sealed)", self.ctx.name, seq)
+            else:
+                for info in list(self.ctx.relay.list(f"b/{self.ctx.me}/{seq}/")):
+                    self.ctx.relay.delete(info.name)
+                with self.ctx.state.transaction():
+                    self.ctx.state.clear_outbox(seq)
+                self.ctx.outbox.discard(seq)
+                log.info("%s: rolled back update %d interrupted before it was sent", self.ctx.name, seq)
+
+
+def _within(path: str, places: dict[str, str]) -> bool:
+    """Is ``path`` one of ``places`` or inside one ("" is the whole folder)?"""
+    while True:
+        if path in places:
+            return True
+        if not path:
+            return False
+        path = path.rpartition("/")[0]
+
+
+def _head_bytes(item: Item) -> int:
+    """An item's bytes in an update header (with room for the seq filled in later)."""
+    return len(json.dumps(item.to_dict(), separators=(",", ":"))) + 32
