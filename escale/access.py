@@ -13,6 +13,9 @@ may that file come down, and where exactly?":
 
 Names follow escale 0.7 (``getReadability``, ``writable``, ``listFiles``…) so that code
 written against 0.7 keeps working.
+
+Length: the three share one table and one folder listing; apart they would pass the
+same state around (a split is due once the mode and the path gate grow).
 """
 from __future__ import annotations
 

@@ -39,8 +39,9 @@ from .state import InstanceLock, State
 from .sync.acks import Acks
 from .sync.apply import Applier
 from .sync.collect import Collector
-from .sync.context import BLOB_THRESHOLD, CycleReport, Repo  # noqa: F401 (BLOB_THRESHOLD: library API)
-from .sync.membership import Membership, MemberStatus, RepositoryStatus  # noqa: F401 (MemberStatus: API)
+from .sync.context import BLOB_THRESHOLD, Repo  # noqa: F401 (BLOB_THRESHOLD: kept importable from here)
+from .sync.report import CycleReport
+from .sync.membership import Membership, MemberStatus, RepositoryStatus  # noqa: F401 (MemberStatus: kept importable)
 from .sync.pull import Puller
 from .sync.push import Pusher
 from .sync.quota import Quota

@@ -1,6 +1,6 @@
 """Reconcile, without I/O: (incoming entry, remembered base, local state) → steps.
 
-This module decides; :mod:`escale.apply` carries the steps out. Keeping the two
+This module decides; :mod:`escale.sync.apply` carries the steps out. Keeping the two
 apart (as Unison does) lets every rule be tested without a disk or a relay.
 
 Rules, for an incoming entry E replacing version E.prev, our base B (what we last

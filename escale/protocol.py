@@ -14,6 +14,9 @@ Layout (see docs/protocol.md)::
     s/<cid>                  snapshot: the pusher's whole index at a seq
     q/<cid>                  requests: contents this client lacks
     r/<cid>                  quota reservation while publishing
+
+Length: the layout, every object format and the signed framing are one contract
+with docs/format.md; kept together so a format change is read and reviewed in one place.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ UPDATE_MAGIC = b"ESCU\x01"
 SNAPSHOT_MAGIC = b"ESCS\x02"  # 2: entries streamed as JSON lines after the header
 #: a header larger than this is refused before it is read (its length is not signed, so
 #: this bounds what a forged object can make a client hold in memory); publishers cut
-#: updates well below it (see manager.MAX_UPDATE_HEADER)
+#: updates well below it (see sync.push.MAX_UPDATE_HEADER)
 MAX_HEADER = 64 << 20
 MAX_SMALL_OBJECT = 64 << 20
 #: a member card larger than this is refused before its bytes are parsed

@@ -73,6 +73,9 @@ credentials (InvalidAccessKeyId, SignatureDoesNotMatch, AccessDenied, any 401/40
 AuthenticationError "authentication failed for s3://bucket/prefix"; a full bucket or
 exceeded quota (QuotaExceeded, XMinioStorageFull, 507…) is QuotaExceeded; anything else is
 a RelayError naming the relay object. Messages never contain the secret key.
+
+Length: one backend's whole contract (listing, conditional and multipart writes,
+error mapping, its options) against one API; splitting it would scatter one protocol.
 """
 from __future__ import annotations
 

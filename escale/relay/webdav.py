@@ -68,6 +68,10 @@ How the relay contract is met
   failed for <relay>"), 507 raises QuotaExceeded, anything else RelayError naming the
   object and the status. Passwords are never logged: the address kept and shown has its
   password removed, and credentials travel only in the Authorization header.
+
+Length: one backend's whole contract (PROPFIND parsing, locks and conditional
+writes, chunked uploads, retries, server quirks) against one protocol; splitting it
+would scatter one wire protocol across files.
 """
 from __future__ import annotations
 

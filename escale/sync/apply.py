@@ -19,7 +19,8 @@ from ..folder import ContentMismatch, LocalChanged
 from ..fsnames import NameTwin
 from ..index import DIR, FILE, GONE, MAX_INT, Entry, LocalFile
 from ..plan import Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode, reconcile
-from .context import CycleReport, Repo, Stoppable
+from .context import Repo, Stoppable
+from .report import CycleReport
 
 log = logging.getLogger(__name__)
 

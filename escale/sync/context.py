@@ -40,39 +40,6 @@ BLOB_THRESHOLD = 4 << 20
 SEEN_SETTLE_SECONDS = 2.0
 
 
-@dataclass
-class CycleReport:
-    """What one cycle did; the CLI prints it and derives the exit code."""
-
-    repository: str
-    sent: int = 0
-    received: int = 0
-    deleted: int = 0
-    conflicts: int = 0
-    errors: list[str] = field(default_factory=list)
-    relay_error: str | None = None
-    waiting_for_room: bool = False
-    #: (event, path) of each file this cycle moved, for the log (escale/journal.py)
-    files: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def did_work(self) -> bool:
-        return bool(self.sent or self.received or self.deleted or self.conflicts)
-
-    def error(self, message: str) -> None:
-        log.error("%s: %s", self.repository, message)
-        self.errors.append(message)
-
-    def summary(self) -> str:
-        s = (f"{self.repository}: {self.sent} sent, {self.received} received, {self.deleted} deleted, "
-             f"{self.conflicts} conflicts, {len(self.errors)} errors")
-        if self.relay_error:
-            s += f" (relay failed: {self.relay_error})"
-        elif self.waiting_for_room:
-            s += " (waiting for room on the relay)"
-        return s
-
-
 @dataclass(eq=False)
 class Repo:
     """One synced folder and its relay, as the parts of a cycle see them.

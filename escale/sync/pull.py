@@ -23,7 +23,8 @@ from ..protocol import (BLOB, FORMAT_VERSION, INLINE, SNAPSHOT_MAGIC, UPDATE_MAG
                         UpdateHeader, blob_name, request_name, snapshot_name, update_name)
 from .acks import Acks
 from .apply import Applier, LazyBlob
-from .context import CycleReport, Repo
+from .context import Repo
+from .report import CycleReport
 
 log = logging.getLogger(__name__)
 

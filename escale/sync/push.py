@@ -30,7 +30,8 @@ from ..protocol import (BLOB, INLINE, NONE, UPDATE_MAGIC, Item, ObjectStore, Rel
 from ..state import Published
 from ..stream import HashingReader, copy_exactly
 from .acks import Acks
-from .context import BLOB_THRESHOLD, CycleReport, Repo, Stoppable
+from .context import BLOB_THRESHOLD, Repo, Stoppable
+from .report import CycleReport
 from .membership import Membership
 from .quota import Quota
 
