@@ -375,6 +375,10 @@ class Manager:
     def name_of(self, cid: str) -> str:
         return self.ctx.name_of(cid)
 
+    def _check_stop(self) -> None:
+        """Raise Terminated once ``stop`` is set (escale/check.py polls it during long reads)."""
+        self.ctx.check_stop()
+
     # -- the cycle -------------------------------------------------------------------------
     def cycle(self, report: CycleReport | None = None) -> CycleReport:
         ctx = self.ctx

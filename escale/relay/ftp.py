@@ -65,6 +65,10 @@ How the relay contract is met
   resets and timeouts are retried then TransientRelayError, any other 5xx a
   RelayError naming the object. An untrusted or mismatched certificate is refused with
   a message saying how to trust it.
+
+Length: one backend's whole contract over one wire protocol (control and data
+connections, TLS, listings of several dialects, atomic replace, locks, resume, retries);
+splitting it would scatter one protocol across files.
 """
 from __future__ import annotations
 

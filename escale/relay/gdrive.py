@@ -57,6 +57,10 @@ Retries
     timeouts are retried ``max retries`` times with exponential back-off and jitter,
     waiting at least what ``Retry-After`` asks. A create whose answer was lost is checked
     (a file of that name with our bytes) before it is sent again.
+
+Length: one backend's whole contract over one API (OAuth token, folder tree,
+listings, resumable uploads, duplicates by name, retries); splitting it would scatter
+one protocol across files.
 """
 from __future__ import annotations
 
