@@ -14,10 +14,11 @@ import logging
 from dataclasses import dataclass
 
 from ..encryption import StreamCipher, key_check, master_key, new_kdf
-from ..errors import (ConfigError, IntegrityError, ObjectExists, RelayError, RelayObjectMissing,
+from ..errors import (ConfigError, EscaleError, IntegrityError, ObjectExists, RelayError, RelayObjectMissing,
                       WrongPassphrase)
 from ..labels import MAX_LABEL, labels, printable
 from ..protocol import FORMAT_VERSION, HEADER_NAME, UPDATE_MAGIC, RelayView, member_name, signer_of, update_name
+from ..relay import Usage
 from ..repository_id import WrongRepository, check_pinned, is_id, new_id
 from .context import Repo
 
@@ -48,6 +49,8 @@ class RepositoryStatus:
     members: list[MemberStatus]
     wanted_files: int
     held_deletes: int = 0
+    #: the storage's own account of space (Relay.usage(): Drive's about.get, WebDAV's quota props)
+    storage: Usage | None = None
 
 
 class Membership:
@@ -222,8 +225,13 @@ class Membership:
                                 printable(str(self.ctx.cards.get(cid, {}).get("mode", "?")), 16),
                                 len(view.updates.get(cid, {})), cid == self.ctx.me, self._last_activity(view, cid))
                    for cid in sorted(view.members)]
+        try:
+            storage = self.ctx.relay.usage()
+        except EscaleError as exc:  # the space report is optional: status still answers
+            log.info("%s: the relay does not tell its space: %s", self.ctx.name, exc)
+            storage = None
         return RepositoryStatus(self.ctx.name, self.ctx.relay.address, self.ctx.repository_id, view.used,
-                                self.ctx.tq.quota, members, self.ctx.state.want_count(), held_deletes)
+                                self.ctx.tq.quota, members, self.ctx.state.want_count(), held_deletes, storage)
 
     def _last_activity(self, view: RelayView, cid: str) -> float | None:
         """The latest signed time of a member: its acknowledgements (rewritten at least
