@@ -35,6 +35,7 @@ from .pacing import TimeQuotaController
 from .protocol import HEADER_NAME, ObjectStore, RelayView, ack_name, list_relay, member_name, request_name, \
     reservation_name, snapshot_name
 from .relay import Relay, backend_for, parse_address
+from .relay.split import Splitting
 from .state import InstanceLock, State
 from .sync.acks import Acks
 from .sync.apply import Applier
@@ -180,8 +181,10 @@ class Manager:
 
     @staticmethod
     def _make_relay(relay, address, directory, relay_args) -> Relay:
+        # every relay is seen through the splitting layer (objects over 'max object size')
+        limit = relay_args.pop("max_object_size", None)
         if isinstance(relay, Relay):
-            return relay
+            return Splitting.around(relay, limit)
         if address is None and directory is None:
             raise ConfigError("no relay address given", option="relay address")
         addr = address or ""
@@ -190,7 +193,7 @@ class Manager:
         proto, host, _port, path = parse_address(addr)
         if proto == "file" and not addr.startswith("file://"):
             addr = "file://" + os.path.join(host, path) if path else "file://" + host
-        return relay(addr, **relay_args)
+        return Splitting(relay(addr, **relay_args), limit)
 
     # -- life cycle ------------------------------------------------------------------------
     def _find_state(self) -> None:

@@ -35,6 +35,10 @@ Guarantees
     - ``delete`` removes the manifest first (the object is gone at once), then the parts.
     - A crash between parts leaves parts without a manifest: invisible to ``list``, and
       removed by :meth:`abort_incomplete`, which the writer calls at every start.
+
+Length: one layer's whole contract (parts, manifest, listings with logical sizes,
+create-if-absent, clean-up of a killed writer) in one place; splitting it would
+scatter one format.
 """
 from __future__ import annotations
 
