@@ -583,3 +583,28 @@ def test_two_first_clients_race_for_the_repository_header(tmp_path, relay_gdrive
 def test_first_clients_racing_both_end_their_first_cycle_cleanly(tmp_path, relay_gdrive) -> None:
     _cl, _address, results = _first_clients_race(tmp_path, relay_gdrive)
     assert [code for _r, code in results] == [0, 0], [err[-600:] for (_o, err), _c in results]
+
+
+@pytest.mark.slow  # 30–40 s; the relay-level storm above runs by default
+def test_clients_converge_through_a_rate_limit_storm(tmp_path, relay_gdrive) -> None:
+    """Two clients through the CLI while a fifth of Drive's answers are 403 rateLimitExceeded,
+    429 with Retry-After or 503: every cycle ends cleanly and they converge."""
+    from cluster import Cluster
+
+    address, conf, kw = relay_gdrive.new()
+    cl = Cluster(tmp_path, address, conf, kw, kind="gdrive")
+    a, b = cl.add("a"), cl.add("b")
+    a.once()
+    b.once()
+    a.write("one.txt", "from a")
+    b.write("two/two.txt", "from b")
+    before = sum(relay_gdrive.counts.values())
+    relay_gdrive.storm(0.2, kinds=("rate403-global", "429", "503"), seed=11)
+    try:
+        cl.round(rounds=2)
+        a.write("one.txt", "edited by a")
+        cl.round(rounds=2)
+    finally:
+        relay_gdrive.storm(0)
+    assert sum(relay_gdrive.counts.values()) - before >= 5
+    assert a.tree() == b.tree() and b.path("one.txt").read_text() == "edited by a"
