@@ -324,6 +324,10 @@ class Splitting(Relay):
     def usage(self) -> Usage:
         return self.inner.usage()
 
+    def use_state_dir(self, state_dir, repository: str | None = None) -> None:
+        # Relay's no-op would shadow __getattr__: the backend keeps its token and sessions there
+        self.inner.use_state_dir(state_dir, repository)
+
     # -- reading ---------------------------------------------------------------------------
     def _manifest_of(self, info: ObjectInfo) -> Manifest | None:
         """The manifest stored under ``info.name``, or None for a plain object (cached by version)."""
