@@ -12,6 +12,9 @@ from servers_webdav import (dav_server, relay_webdav_apache, relay_webdav_rclone
 from servers_s3 import relay_s3_moto, relay_s3_seaweedfs, s3_rclone, s3_server  # noqa: E402,F401
 from servers_drive import relay_gdrive  # noqa: E402,F401
 from servers_ftp import relay_ftp_pyftpdlib, relay_ftps_pyftpdlib  # noqa: E402,F401
+from servers_sftp import relay_sftp, sftp_nolinks  # noqa: E402,F401
+from servers_rclone import (rclone_config, relay_rclone_local, relay_rclone_s3,  # noqa: E402,F401
+                            relay_rclone_webdav)
 
 
 @pytest.fixture

@@ -21,3 +21,6 @@ RELAY_KINDS += ["ftp-pyftpdlib", "ftps-pyftpdlib"]
 
 # Google Drive: the local Drive v3 server (tests/servers_drive.py), the one allowed stand-in
 RELAY_KINDS += ["gdrive"]
+
+# SFTP: asyncssh's SFTP server in a process of its own (tests/servers_sftp.py)
+RELAY_KINDS += ["sftp"]

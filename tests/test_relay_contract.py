@@ -1,6 +1,8 @@
 """The relay contract (escale/relay/base.py), checked on every backend against every real
 server the tests can start: a mounted folder with and without hard links, wsgidav,
-Apache mod_dav, ``rclone serve webdav``, SeaweedFS, moto and ``rclone serve s3``.
+Apache mod_dav, ``rclone serve webdav``, SeaweedFS, moto, ``rclone serve s3`` and an SFTP
+server (asyncssh), with and without the hard-link extension, and rclone remotes of type
+local, webdav (wsgidav) and s3 (SeaweedFS) through ``rclone://``.
 
 A new backend joins by adding its kind to ``KINDS`` and a branch to :func:`make_relay`
 (its server fixture lives in a ``servers_*.py`` module). Faults come from real proxies in
@@ -21,14 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from escale.errors import ObjectExists, RelayObjectMissing, SourceError
-from escale.relay import FTP, S3, GoogleDrive, LocalMount, WebDAV
+from escale.relay import FTP, S3, SFTP, GoogleDrive, LocalMount, Rclone, WebDAV
 from escale.relay.base import Relay
 from escale.relay.split import Splitting
 from servers_webdav import FaultProxy
 from servers_s3 import FaultProxy as S3FaultProxy
 
 KINDS = ["file", "file-nolinks", "webdav-wsgidav", "webdav-apache", "webdav-rclone",
-         "s3-seaweedfs", "s3-moto", "s3-rclone", "gdrive", "ftp-pyftpdlib", "ftps-pyftpdlib"]
+         "s3-seaweedfs", "s3-moto", "s3-rclone", "gdrive", "ftp-pyftpdlib", "ftps-pyftpdlib",
+         "sftp", "sftp-nolinks", "rclone-local", "rclone-webdav", "rclone-s3"]
 WEBDAV_KINDS = [k for k in KINDS if k.startswith("webdav-")]
 S3_KINDS = [k for k in KINDS if k.startswith("s3-")]
 #: servers that honour conditional writes (rclone ignores If-None-Match on WebDAV and S3)
@@ -46,6 +49,8 @@ def server_of(request, kind: str):
         return request.getfixturevalue("relay_webdav_" + kind.removeprefix("webdav-"))
     if kind == "s3-rclone":
         return request.getfixturevalue("s3_rclone")
+    if kind == "sftp-nolinks":
+        return request.getfixturevalue("sftp_nolinks")
     return request.getfixturevalue("relay_" + kind.replace("-", "_"))
 
 
@@ -71,6 +76,12 @@ def make_relay(request, kind: str, tmp_path, *, via: str | None = None, limit: i
     elif kind.startswith(("ftp-", "ftps-")):
         address, _conf, kwargs = server_of(request, kind).new()
         relay = FTP(address, **{**kwargs, **extra})
+    elif kind.startswith("rclone-"):
+        address, _conf, kwargs = server_of(request, kind).new()
+        relay = Rclone(address, **{**kwargs, **extra})
+    elif kind.startswith("sftp"):
+        address, _conf, kwargs = server_of(request, kind).new()
+        relay = SFTP(address, **{**kwargs, **extra})
     else:
         server = server_of(request, kind)
         address, _conf, kwargs = server.new()
@@ -146,9 +157,9 @@ def test_names_round_trip(request, kind, tmp_path) -> None:
     relay = make_relay(request, kind, tmp_path)
     names = NAMES
     base = kind.removeprefix("split-")
-    if base == "webdav-rclone":  # rclone's VFS folds NFD names into NFC (docs/relays.md)
+    if "rclone" in base and base != "s3-rclone":  # rclone's VFS folds NFD names into NFC (docs/relays.md)
         names = [n for n in NAMES if n == unicodedata.normalize("NFC", n)]
-    if base == "webdav-wsgidav":  # wsgidav cuts a name at an escaped '?' (%3F) (docs/relays.md)
+    if base in ("webdav-wsgidav", "rclone-webdav"):  # wsgidav cuts a name at an escaped '?' (%3F) (docs/relays.md)
         names = [n for n in names if "?" not in n]
     if kind.startswith("split-"):  # a part's name is 19 bytes longer, its temporary 45 more: NAME_MAX
         names = [n if not n.startswith("long/") else "long/" + "n" * 180 for n in names]
@@ -255,7 +266,7 @@ def test_concurrent_puts_into_a_new_folder(request, kind, tmp_path) -> None:
 
 
 def _listing_case(kind: str):
-    heavy = kind.removeprefix("split-").startswith(("webdav-", "ftp")) or kind in ("s3-moto", "gdrive")  # 1,001 puts
+    heavy = kind.removeprefix("split-").startswith(("webdav-", "ftp")) or kind in ("s3-moto", "gdrive", "rclone-webdav")  # 1,001 puts
     return pytest.param(kind, marks=pytest.mark.slow) if heavy else kind
 
 

@@ -3,7 +3,9 @@
 ``file:///abs/path`` (or a bare absolute path) selects :class:`LocalMount`;
 ``http(s)://host[:port]/path`` and ``webdav(s)://…`` (= https) select :class:`WebDAV`;
 ``s3://bucket/prefix`` selects :class:`S3`; ``gdrive:///folder`` (``google://``,
-``googledrive://``) selects :class:`GoogleDrive`; ``ftps://`` and ``ftp://`` select :class:`FTP`.
+``googledrive://``) selects :class:`GoogleDrive`; ``ftps://`` and ``ftp://`` select :class:`FTP`;
+``sftp://[user@]host[:port]/path`` selects :class:`SFTP`; ``rclone://REMOTE:path`` (a remote
+of rclone's configuration, not a URL) selects :class:`Rclone`.
 """
 from __future__ import annotations
 
@@ -16,12 +18,16 @@ from .webdav import WebDAV
 from .s3 import S3  # boto3 itself is imported when an s3 relay is first used
 from .gdrive import GoogleDrive  # googleapiclient itself is imported when a Drive relay is opened
 from .ftp import FTP  # ftplib and ssl are imported when an FTP relay first connects
+from .sftp import SFTP  # paramiko itself is imported when an sftp relay is first used
+from .rclone import Rclone
 
 #: scheme -> backend class; network backends register here as they land
 BACKENDS: dict[str, type[Relay]] = {s: cls for cls in (LocalMount, WebDAV) for s in cls.schemes}
 BACKENDS.update({s: S3 for s in S3.schemes})
 BACKENDS.update({s: GoogleDrive for s in GoogleDrive.schemes})
 BACKENDS.update({s: FTP for s in FTP.schemes})
+BACKENDS.update({s: SFTP for s in SFTP.schemes})
+BACKENDS.update({s: Rclone for s in Rclone.schemes})
 
 
 def parse_address(addr: str, multi_path_protocols=()) -> tuple[str, str, str | None, str]:
@@ -58,5 +64,6 @@ def backend_for(protocol: str) -> type[Relay] | None:
     return BACKENDS.get(protocol.lower())
 
 
-__all__ = ["BACKENDS", "FTP", "GoogleDrive", "LocalMount", "NetworkAddress", "ObjectInfo", "Relay", "S3", "Usage",
+__all__ = ["BACKENDS", "FTP", "GoogleDrive", "LocalMount", "NetworkAddress", "ObjectInfo", "Rclone", "Relay", "S3", "SFTP",
+           "Usage",
            "WebDAV", "backend_for", "check_name", "has_own_address_form", "parse_address", "redact", "split_network_address"]
