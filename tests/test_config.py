@@ -648,7 +648,7 @@ def test_relay_options_go_to_the_backend_that_declares_them(caplog: pytest.LogCa
     # every backend that declares it is named (webdav, and ftp, sftp… as they land)
     assert re.search(r"option 'keyfile' only applies to [a-z0-9/]*\bwebdav\b[a-z0-9/]* relays; ignored", caplog.text)
     assert "option 'ssl version' is obsolete and ignored" in caplog.text
-    assert "option 'rclone binary' is obsolete and ignored" in caplog.text
+    assert "option 'rclone binary' only applies to rclone relays; ignored" in caplog.text  # 0.7's, owned again
 
 
 def test_aliases_are_unambiguous() -> None:

@@ -112,6 +112,13 @@ GDRIVE = {"local path": "/tmp/escale-t/local", "relay address": "gdrive:///escal
 #: ... in an ftp one ...
 FTP = {"local path": "/tmp/escale-t/local", "relay address": "ftps://alice@ftp.example.org/escale",
        "encryption": "off", "tls mode": "implicit", "passive": "no", "timeout": "30", "max retries": "2"}
+#: ... in an sftp one ...
+SFTP = {"local path": "/tmp/escale-t/local", "relay address": "sftp://alice@ssh.example.org:2222/srv/escale",
+        "encryption": "off", "key file": "~/.ssh/id_ed25519", "key passphrase": "kp",
+        "known hosts": "/tmp/escale-t/known_hosts", "ssh config": "/tmp/escale-t/ssh_config", "max retries": "2"}
+#: ... in an rclone one ...
+RCLONE = {"local path": "/tmp/escale-t/local", "relay address": "rclone://dropbox:escale/p", "encryption": "off",
+          "rclone binary": "/usr/bin/rclone", "rclone config": "/tmp/escale-t/rclone.conf", "max retries": "1"}
 #: ... and before the first section
 GLOBALS = {"cache dir": "/tmp/escale-t/cache", "log file": "/tmp/escale-t/escale.log", "log level": "DEBUG",
            "log rotate": "2", "log format": "json"}
@@ -126,7 +133,7 @@ def _text(globals_: dict[str, str], section: dict[str, str], commented: str | No
 
 
 def test_every_option_is_covered_by_the_comment_test():
-    covered = {k for d in (PLAIN, SECRET, S3, GDRIVE, FTP, GLOBALS) for k in d}
+    covered = {k for d in (PLAIN, SECRET, S3, GDRIVE, FTP, SFTP, RCLONE, GLOBALS) for k in d}
     assert all(lookup_option(k) is not None for k in covered)
     missing = {spec.name for spec in OPTIONS if spec.scope != OBSOLETE and not set(spec.aliases) & covered}
     assert missing == set()
@@ -135,12 +142,13 @@ def test_every_option_is_covered_by_the_comment_test():
 @pytest.mark.parametrize("comment", COMMENTS)
 @pytest.mark.parametrize("block,option", [(name, k) for name, d in
                                           (("plain", PLAIN), ("secret", SECRET), ("s3", S3), ("gdrive", GDRIVE),
-                                           ("ftp", FTP), ("globals", GLOBALS))
+                                           ("ftp", FTP), ("sftp", SFTP), ("rclone", RCLONE), ("globals", GLOBALS))
                                           for k in d])
 def test_inline_comment_is_never_part_of_a_value(block: str, option: str, comment: str):
     """One rule for every option: whitespace then '#' or ';' starts a comment."""
     globals_ = GLOBALS if block == "globals" else {}
-    section = {"globals": PLAIN, "plain": PLAIN, "secret": SECRET, "s3": S3, "gdrive": GDRIVE, "ftp": FTP}[block]
+    section = {"globals": PLAIN, "plain": PLAIN, "secret": SECRET, "s3": S3, "gdrive": GDRIVE, "ftp": FTP,
+               "sftp": SFTP, "rclone": RCLONE}[block]
     path = "/tmp/escale-t/escale.conf"
     expected = parse_config_text(_text(globals_, section, None, ""), path)
     got = parse_config_text(_text(globals_, section, option, comment), path)

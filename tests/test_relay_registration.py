@@ -168,18 +168,14 @@ def test_shared_options_must_agree(monkeypatch: pytest.MonkeyPatch) -> None:
         lookup_option("max retries")
 
 
-def test_a_backend_may_take_over_an_obsolete_07_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """How the rclone backend will own 'rclone binary', obsolete until it lands."""
-    assert lookup_option("rclone binary").scope == "obsolete"
+def test_a_backend_may_take_over_an_obsolete_07_option(tmp_path: Path) -> None:
+    """The rclone backend owns 0.7's 'rclone binary' again (it was obsolete without it)."""
+    from escale.relay import Rclone
 
-    class Rclone(Tiny):
-        schemes = ("rclone",)
-        options = (RelayOption("rclone_binary", ("rclone binary",), str.strip),)
-
-    monkeypatch.setitem(BACKENDS, "rclone", Rclone)
-    assert lookup_option("rclone binary").scope == "relay"
-    r = one(section("rclone://remote/x", "rclone binary = /opt/rclone\n", tmp_path))
-    assert r.options == {"rclone_binary": "/opt/rclone"}
+    spec = lookup_option("rclone binary")
+    assert spec.scope == "relay" and Rclone in spec.backends
+    r = one(section("rclone://remote:x", "rclone binary = /opt/rclone\n", tmp_path))
+    assert r.options == {"rclone_binary": "/opt/rclone"} and r.relay_url == "rclone://remote:x"
 
 
 def test_the_s3_rules_are_the_s3_backends() -> None:

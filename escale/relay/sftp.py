@@ -86,7 +86,7 @@ from ..errors import (AuthenticationError, ConfigError, ObjectExists, PermanentR
                       RelayObjectMissing, SourceError, TransientRelayError)
 from .address import redact, split_network_address
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
-from .options import KEYFILE, MAX_RETRIES
+from .options import KEYFILE, MAX_RETRIES, parse_path_text
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,6 @@ def _seconds(text: str) -> float:
     return v
 
 
-def _file(text: str) -> str:
-    path = os.path.expanduser(text.strip())
-    if not os.path.isfile(path):
-        raise ValueError(f"no such file: {path}")
-    return path
-
-
 class _ConnectionLost(Exception):
     """The SSH connection broke during a call (internal: triggers a reconnect and a retry)."""
 
@@ -144,10 +137,10 @@ class SFTP(Relay):
         KEYFILE,  # shared with the TLS backends' client key: same spellings
         RelayOption("key_passphrase", ("key passphrase",), None, secret=True,
                     doc="sftp: the passphrase of an encrypted 'key file' (else 'password' is tried)"),
-        RelayOption("known_hosts", ("known hosts", "known hosts file"), _file,
+        RelayOption("known_hosts", ("known hosts", "known hosts file"), parse_path_text,
                     doc="sftp: the known_hosts file holding the server's host key (default ~/.ssh/known_hosts "
                         "and /etc/ssh/ssh_known_hosts)"),
-        RelayOption("ssh_config", ("ssh config", "ssh config file"), _file,
+        RelayOption("ssh_config", ("ssh config", "ssh config file"), parse_path_text,
                     doc="sftp: the SSH configuration read for host aliases (default ~/.ssh/config)"),
         MAX_RETRIES,
     )
@@ -177,8 +170,11 @@ class SFTP(Relay):
         if self._keyfile and not os.path.isfile(self._keyfile):
             raise ConfigError(f"SSH key file {self._keyfile} does not exist", option="key file")
         self._key_passphrase = key_passphrase
-        self._known_hosts = os.path.expanduser(known_hosts) if known_hosts else None
-        self._ssh_config = os.path.expanduser(ssh_config) if ssh_config else None
+        self._known_hosts = os.path.expanduser(str(known_hosts)) if known_hosts else None
+        self._ssh_config = os.path.expanduser(str(ssh_config)) if ssh_config else None
+        for path, option in ((self._known_hosts, "known hosts"), (self._ssh_config, "ssh config")):
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"{path} does not exist", option=option)
         raw = net.path
         path = "/".join(p for p in raw.split("/") if p)
         from urllib.parse import unquote
