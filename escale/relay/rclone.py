@@ -67,6 +67,7 @@ from ..errors import (AuthenticationError, ConfigError, ObjectExists, QuotaExcee
                       RelayObjectMissing, TransientRelayError)
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage
 from .options import MAX_RETRIES, parse_path_text
+from .split import MAX_OBJECT_SIZE
 from .webdav import WebDAV
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ class Rclone(Relay):
         RelayOption("rclone_config", ("rclone config", "rclone config file"), parse_path_text,
                     doc="rclone's configuration file (default: rclone's own, ~/.config/rclone/rclone.conf)"),
         MAX_RETRIES,
+        MAX_OBJECT_SIZE,
     )
 
     def __init__(self, address: str, rclone_binary: str | None = None, rclone_config: str | None = None,

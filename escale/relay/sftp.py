@@ -87,6 +87,7 @@ from ..errors import (AuthenticationError, ConfigError, ObjectExists, PermanentR
 from .address import redact, split_network_address
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
 from .options import KEYFILE, MAX_RETRIES, parse_path_text
+from .split import MAX_OBJECT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class SFTP(Relay):
         RelayOption("ssh_config", ("ssh config", "ssh config file"), parse_path_text,
                     doc="sftp: the SSH configuration read for host aliases (default ~/.ssh/config)"),
         MAX_RETRIES,
+        MAX_OBJECT_SIZE,
     )
 
     def __init__(self, address: str, user: str | None = None, password: str | None = None,
