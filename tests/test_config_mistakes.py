@@ -115,7 +115,8 @@ FTP = {"local path": "/tmp/escale-t/local", "relay address": "ftps://alice@ftp.e
 #: ... in an sftp one ...
 SFTP = {"local path": "/tmp/escale-t/local", "relay address": "sftp://alice@ssh.example.org:2222/srv/escale",
         "encryption": "off", "key file": "~/.ssh/id_ed25519", "key passphrase": "kp",
-        "known hosts": "/tmp/escale-t/known_hosts", "ssh config": "/tmp/escale-t/ssh_config", "max retries": "2"}
+        "known hosts": "/tmp/escale-t/known_hosts", "ssh config": "/tmp/escale-t/ssh_config", "max retries": "2",
+        "max object size": "64MiB"}
 #: ... in an rclone one ...
 RCLONE = {"local path": "/tmp/escale-t/local", "relay address": "rclone://dropbox:escale/p", "encryption": "off",
           "rclone binary": "/usr/bin/rclone", "rclone config": "/tmp/escale-t/rclone.conf", "max retries": "1"}
