@@ -30,10 +30,9 @@ MAX_LINES = 500
 #: the configuration is being split into escale/config/ in parallel (issue 11, helper
 #: `config`); its modules are measured once that lands
 LENGTH_EXEMPT_PREFIXES = ("escale/config",)
-#: heavy libraries a file:// repository never needs. `requests` is still imported by
-#: escale.relay.webdav at module top (escale.relay registers every scheme eagerly), so it
-#: is not in this list yet.
-HEAVY = ("boto3", "botocore", "googleapiclient", "paramiko", "tqdm", "watchdog")
+#: heavy libraries a file:// repository never needs (escale.relay.webdav imports requests and
+#: urllib3 on first use, issue 16)
+HEAVY = ("boto3", "botocore", "googleapiclient", "paramiko", "tqdm", "watchdog", "requests", "urllib3")
 
 
 def _modules() -> dict[str, Path]:
@@ -189,3 +188,24 @@ def test_modules_stay_small_or_say_why():
             long[rel] = lines
     assert long == {}, (f"modules over {MAX_LINES} lines without a 'Length:' paragraph in their docstring saying "
                         f"why (or split them): {long}")
+
+
+def test_version_loads_no_configuration_manager_or_relay():
+    """`escale --version` answers from the argument parser: nothing heavy is imported (issue 16)."""
+    script = """
+import json, sys
+from escale.cli.daemon import main
+try:
+    main(["--version"])
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert out.returncode == 0 and "escale " in out.stdout, out.stderr
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "escale.cli.daemon" in loaded
+    heavy = [m for m in loaded if m.split(".")[0] in (*HEAVY, "cryptography", "sqlite3")
+             or m.startswith(("escale.config", "escale.manager", "escale.sync", "escale.relay"))]
+    assert heavy == []

@@ -25,15 +25,17 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from .. import __version__
-from ..config import RepositoryConfig, find_config, load_config
 from ..errors import (EXIT_CONFIG, EXIT_FILES_FAILED, EXIT_OK, EXIT_RELAY, EXIT_TERMINATED, AlreadyRunning,
                       ConfigError, EscaleError, Terminated)
-from ..alert import ErrorCommand
-from ..journal import log_cycle
-from ..status import StatusPublisher
-from ..manager import CycleReport, Manager
 from .logs import setup_logging
+
+if TYPE_CHECKING:  # the rest loads after the arguments are parsed: 'escale --version' stays light
+    from ..alert import ErrorCommand
+    from ..config import RepositoryConfig
+    from ..manager import CycleReport, Manager
 
 log = logging.getLogger("escale")
 
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         return init_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(_verbosity(args))
+    from ..config import find_config, load_config
+    from ..journal import log_cycle
     try:
         try:
             path = find_config(args.config)
@@ -119,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _manager(r: RepositoryConfig, args) -> Manager:
+    from ..manager import Manager
+
     m = Manager.from_config(r)
     m.progress = sys.stderr.isatty() and not args.quiet  # progress bars for long transfers, in a terminal
     return m
 
 
 def _alert(r: RepositoryConfig) -> ErrorCommand | None:
+    from ..alert import ErrorCommand
+
     return ErrorCommand(r.on_error, r.name, r.config_path) if r.on_error else None
 
 
@@ -205,6 +213,9 @@ class Daemon:
 
     # -- repositories ----------------------------------------------------------------------
     def _start(self, rc: RepositoryConfig) -> None:
+        from ..journal import log_cycle
+        from ..status import StatusPublisher
+
         m = _manager(rc, self.args)
         m.observers.append(log_cycle)
         m.meter = StatusPublisher(m)
@@ -239,6 +250,8 @@ class Daemon:
         """Re-read the configuration file: start the new repositories, stop the
         removed ones, restart the changed ones; a file that does not load changes
         nothing (the error is logged)."""
+        from ..config import load_config
+
         try:
             cfg = load_config(self.config_path)
             wanted = {r.name: r for r in select(cfg, self.args.repository)}

@@ -13,6 +13,7 @@ import json
 import logging
 from dataclasses import dataclass
 
+from .. import keycache
 from ..encryption import StreamCipher, key_check, master_key, new_kdf
 from ..errors import (ConfigError, EscaleError, IntegrityError, ObjectExists, RelayError, RelayObjectMissing,
                       WrongPassphrase)
@@ -81,6 +82,7 @@ class Membership:
                 header["kdf"] = new_kdf(self.ctx.secret)
                 master = master_key(self.ctx.secret, header["kdf"])
                 header["check"] = key_check(master, header)
+                keycache.keep(self.ctx.state, self.ctx.secret, header["kdf"], master)
             try:
                 self.ctx.store.put_header(header)
                 log.info("%s: created repository on %s", self.ctx.name, self.ctx.relay.address)
@@ -111,12 +113,19 @@ class Membership:
                               f"section says '{self.ctx.enc_name}'", path=self.ctx.config_path, section=self.ctx.name,
                               option="encryption")
         if encrypted and self.ctx.secret is not None:
+            kdf = found.get("kdf") or {}
+            master = keycache.recall(self.ctx.state, self.ctx.secret, kdf)
+            kept = master is not None
             try:
-                master = master_key(self.ctx.secret, found.get("kdf") or {})
+                master = master or master_key(self.ctx.secret, kdf)
             except (ValueError, KeyError, TypeError) as exc:
                 raise WrongPassphrase(f"cannot open repository {self.ctx.name}: {exc}", path=self.ctx.config_path,
                                       section=self.ctx.name, option="passphrase") from None
-            if not hmac.compare_digest(key_check(master, found), str(found.get("check", ""))):
+            if hmac.compare_digest(key_check(master, found), str(found.get("check", ""))):
+                if not kept:
+                    keycache.keep(self.ctx.state, self.ctx.secret, kdf, master)
+            else:
+                keycache.forget(self.ctx.state)
                 raise WrongPassphrase(f"wrong passphrase for repository {self.ctx.name} (or its header on the "
                                       "relay was altered)", path=self.ctx.config_path, section=self.ctx.name,
                                       option="passphrase")
