@@ -40,7 +40,8 @@ How the relay contract is met
   rewritten object is a new file: a new id), so a same-size rewrite within one second
   is still seen.
 - **Puts are atomic.** Data goes to a hidden temporary ``.escale-put-<name>.<random>``
-  in the target's folder, then ``RNFR``/``RNTO`` gives it its name. A server that
+  in the target's folder; its size on the server is checked (a server may keep less than
+  it was sent and still answer 226), then ``RNFR``/``RNTO`` gives it its name. A server that
   refuses to rename onto an existing file (IIS does) gets the old object renamed aside
   first (``.escale-old-…``), then the new one renamed into place, then the old one
   removed: readers may then find the name absent for a moment, so
