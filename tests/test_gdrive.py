@@ -608,3 +608,15 @@ def test_clients_converge_through_a_rate_limit_storm(tmp_path, relay_gdrive) -> 
         relay_gdrive.storm(0)
     assert sum(relay_gdrive.counts.values()) - before >= 5
     assert a.tree() == b.tree() and b.path("one.txt").read_text() == "edited by a"
+
+
+def test_replacing_an_object_deleted_meanwhile_creates_it(request, relay_gdrive) -> None:
+    """A put that found the object, which another client deleted before the update landed."""
+    a = relay_of(request, relay_gdrive)
+    a.put("a/x", io.BytesIO(b"one"))
+    fid = relay_gdrive.find(*a.path, "a/x")[0].id
+    real = a._copies
+    a._copies = lambda name: (lambda found: (relay_gdrive.files.pop(fid, None), found)[1])(real(name))
+    a.put("a/x", io.BytesIO(b"two"))
+    a._copies = real
+    assert read(a, "a/x") == b"two" and len(relay_gdrive.find(*a.path, "a/x")) == 1

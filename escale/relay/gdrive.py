@@ -658,7 +658,16 @@ class GoogleDrive(Relay):
             if create_only and copies:
                 raise ObjectExists(f"relay object {name} already exists on {self.address}")
             if copies and not create_only:
-                self._send(name, stream, size, copies[0].id)
+                if size <= SIMPLE_MAX:
+                    stream = io.BytesIO(_read_source(stream, size, name))
+                try:
+                    self._send(name, stream, size, copies[0].id)
+                except RelayObjectMissing:  # deleted since the lookup: the put creates it again
+                    if size > SIMPLE_MAX:
+                        raise TransientRelayError(f"relay object {name} was deleted while being replaced on "
+                                                  f"{self.address}; it is sent again next cycle") from None
+                    stream.seek(0)
+                    self._send(name, stream, size, None)
                 for other in copies[1:]:
                     self._delete_id(other.id, f"relay object {name} (a copy)")
                 return size
