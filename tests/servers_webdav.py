@@ -186,8 +186,10 @@ class WsgiDAV(DAVServer):
 class Apache(DAVServer):
     kind = "apache"
 
-    def __init__(self, base: Path, client_ca: Path | None = None, **kw):
+    def __init__(self, base: Path, client_ca: Path | None = None, limit_body: int | None = None, **kw):
         self.client_ca = client_ca
+        #: LimitRequestBody (Apache 2.4.54+ refuses bodies over 1 GiB by default): 413 above it
+        self.limit_body = limit_body
         # the workers run as www-data: every folder from / down to the data must be
         # traversable by them, which pytest's private (0700) temporary folders are not
         self.private_base = Path(base)
@@ -232,7 +234,7 @@ class Apache(DAVServer):
                 "<Directory />", "  AllowOverride None", "  Require all denied", "</Directory>",
                 f"<Directory {self.data}>", "  Dav On", "  AuthType Basic", '  AuthName "dav"',
                 f"  AuthUserFile {self.base}/htpasswd", "  Require valid-user", "  AllowOverride None",
-                "</Directory>"]
+                "</Directory>", *([f"LimitRequestBody {self.limit_body}"] if self.limit_body else [])]
         if self.tls:
             conf += ["SSLEngine on", f"SSLCertificateFile {self.tls[0]}", f"SSLCertificateKeyFile {self.tls[1]}",
                      f"SSLSessionCache shmcb:{self.base}/run/ssl_scache(512000)"]

@@ -559,8 +559,12 @@ class WebDAV(Relay):
             return max(0.0, when - time.time()) if when else None
 
     def _status_error(self, method: str, what: str, r: requests.Response) -> RelayError:
+        hint = ""
+        if r.status_code == 413:  # Apache's LimitRequestBody, a proxy's body limit (Cloudflare: 100 MB)
+            hint = ("; the server takes no object this large: set 'max object size' below its limit "
+                    "(docs/relays.md)")
         return RelayError(f"{method} {what or '/'} on {self.address} failed: HTTP {r.status_code} {r.reason or ''}"
-                          .rstrip())
+                          .rstrip() + hint)
 
     def _request(self, method: str, url: str, what: str, *, headers: dict | None = None, body: _Body | None = None,
                  data: bytes | None = None, stream: bool = False, done=None,
@@ -939,17 +943,7 @@ class WebDAV(Relay):
         create whose answer was lost). Identical bytes from someone else cannot be told
         from ours, and are harmless: the object is what we meant to write."""
         want = body.digest()
-        if want is None:
-            return False
-        try:
-            f = self.get(name)
-        except RelayObjectMissing:
-            return False
-        h = hashlib.sha256()
-        with f:
-            while block := f.read(BLOCK):
-                h.update(block)
-        return h.hexdigest() == want
+        return want is not None and retry.holds(self.get, name, want)
 
     def _move(self, src: str, dst: str, overwrite: bool, landed=None) -> None:
         """MOVE ``src`` (a temporary of ours alone) to ``dst``. Not idempotent: a retry is
