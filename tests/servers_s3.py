@@ -345,6 +345,8 @@ class FaultProxy:
             return self._send_error(h, 503, "SlowDown")
         if kind == "error500":
             return self._send_error(h, 500, "InternalError")
+        if kind == "toolarge":  # as AWS answers a single PUT over 5 GiB (script only)
+            return self._send_error(h, 400, "EntityTooLarge")
         if kind == "reset":
             raise _Reset()
         conn = http.client.HTTPConnection(*self.upstream, timeout=120)

@@ -501,6 +501,26 @@ def test_s3_lost_answers(request, kind, op, tmp_path) -> None:
     assert done.is_set()
 
 
+@pytest.mark.parametrize("kind", ["s3-seaweedfs"])
+def test_s3_object_too_large_is_no_quota(request, kind, tmp_path) -> None:
+    """EntityTooLarge (a single PUT over 5 GiB on AWS, a provider's or proxy's body limit)
+    was taken for a full bucket (QuotaExceeded): the pusher waited for room every cycle,
+    which never comes. It is a relay error naming 'max object size'."""
+    from escale.errors import QuotaExceeded, RelayError
+
+    server = server_of(request, kind)
+
+    def script(method, path, headers):
+        return "toolarge" if method == "PUT" and path.partition("?")[0].endswith("/b/big") else None
+
+    proxy = S3FaultProxy(server.endpoint, script=script)
+    request.addfinalizer(proxy.stop)
+    relay = make_relay(request, kind, tmp_path, via=proxy.endpoint)
+    with pytest.raises(RelayError, match="relay object b/big.*max object size") as info:
+        relay.put("b/big", io.BytesIO(b"x" * 1000))
+    assert not isinstance(info.value, QuotaExceeded)
+
+
 @pytest.mark.parametrize("kind", S3_KINDS)
 def test_s3_5xx_and_resets(request, kind, tmp_path) -> None:
     server = server_of(request, kind)

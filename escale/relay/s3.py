@@ -131,7 +131,7 @@ AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "In
               "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidSecurity", "AllAccessDisabled",
               "AccountProblem", "InvalidClientTokenId", "UnrecognizedClientException", "403", "401"}
 QUOTA_CODES = {"QuotaExceeded", "XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "StorageFull",
-               "InsufficientStorage", "storage_cap_exceeded", "EntityTooLarge", "TooManyBuckets",
+               "InsufficientStorage", "storage_cap_exceeded", "TooManyBuckets",
                "XAmzQuotaExceeded", "UserQuotaExceeded", "BucketQuotaExceeded"}
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 PRECONDITION_CODES = {"PreconditionFailed", "412"}
@@ -464,6 +464,9 @@ class S3(Relay):
         if isinstance(exc, ClientError):
             code, status, message = _code(exc)
             detail = f"{code}{': ' + message if message and message != code else ''}"
+            if code == "EntityTooLarge" or status == 413:  # one object too large: no amount of waiting helps
+                return RelayError(f"{what} on {self.address}: the storage takes no object this large ({detail}); "
+                                  "set 'max object size' below its limit (docs/relays.md)")
             if code in QUOTA_CODES or status == 507:
                 return QuotaExceeded(f"{what} on {self.address}: the storage refused it for lack of room ({detail})")
             if code == "NoSuchBucket":
