@@ -297,3 +297,13 @@ def test_apache_body_limit_is_overcome_by_max_object_size(tmp_path) -> None:
         assert b.path("big.bin").read_bytes() == big == c.path("big.bin").read_bytes()
     finally:
         server.cleanup()
+
+
+def test_every_backend_declares_max_object_size() -> None:
+    """The option is the same for every backend (the layer above them handles it): a new
+    backend that forgets it would make 'max object size' an 'other backend's option' there."""
+    from escale.relay import BACKENDS
+    from escale.relay.split import MAX_OBJECT_SIZE
+
+    missing = sorted({cls.__name__ for cls in BACKENDS.values() if MAX_OBJECT_SIZE not in cls.options})
+    assert missing == []
