@@ -307,6 +307,15 @@ class DriveServer:
             dup.created = f.created + created_delta
             return dup.id
 
+    def remove(self, file_id: str) -> None:
+        """Delete a file or a folder with everything in it (as someone else's files.delete)."""
+        with self.lock:
+            todo = [file_id]
+            while todo:
+                fid = todo.pop()
+                self.files.pop(fid, None)
+                todo.extend(x.id for x in self.files.values() if fid in x.parents)
+
     def children(self, folder_id: str) -> list[DFile]:
         with self.lock:
             return [f for f in self.files.values() if folder_id in f.parents]
@@ -696,13 +705,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, _select(f.resource(), fields or _DEFAULT))
 
     def _delete(self, f: DFile) -> None:
-        d = self.drive
-        with d.lock:
-            todo = [f.id]
-            while todo:
-                fid = todo.pop()
-                d.files.pop(fid, None)
-                todo.extend(x.id for x in d.files.values() if fid in x.parents)
+        self.drive.remove(f.id)
 
     def _upload(self, fid: str | None, query: dict, scope: str, fields) -> None:
         kind = query.get("uploadType")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from escale.errors import AuthenticationError, ObjectExists, QuotaExceeded, RelayObjectMissing
+from escale.errors import AuthenticationError, ObjectExists, QuotaExceeded, RelayError, RelayObjectMissing
 from escale.relay import GoogleDrive
 from escale.relay.gdrive import SESSIONS_NAME, TOKEN_NAME
 from escale.relay.retry import RetryPolicy
@@ -620,3 +620,22 @@ def test_replacing_an_object_deleted_meanwhile_creates_it(request, relay_gdrive)
     a.put("a/x", io.BytesIO(b"two"))
     a._copies = real
     assert read(a, "a/x") == b"two" and len(relay_gdrive.find(*a.path, "a/x")) == 1
+
+
+def test_relay_folder_made_anew_is_found_again(request, relay_gdrive) -> None:
+    """The cached id of the relay folder is gone (the folder was deleted, and another client
+    made it again at the same path): listings and puts follow the new folder; with no folder
+    at the path any more, a listing is an error, never an empty relay."""
+    a = relay_of(request, relay_gdrive)
+    a.put("x", io.BytesIO(b"old"))
+    old = a.folder_id
+    relay_gdrive.remove(old)
+    with pytest.raises(RelayError, match="gone"):
+        list(a.list())
+    b = twin(request, a)  # makes the folder again
+    b.put("y", io.BytesIO(b"new"))
+    assert [i.name for i in a.list()] == ["y"] and a.folder_id == b.folder_id != old
+    relay_gdrive.remove(a.folder_id)
+    c = twin(request, a)
+    a.put("z", io.BytesIO(b"after"))  # the put finds c's folder
+    assert a.folder_id == c.folder_id and read(c, "z") == b"after"

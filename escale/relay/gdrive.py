@@ -537,7 +537,8 @@ class GoogleDrive(Relay):
             if not token:
                 return
 
-    def _resolve_folder(self) -> str:
+    def _resolve_folder(self, create: bool = True) -> str | None:
+        """The relay folder's id from its path (created when missing, unless not ``create``)."""
         current = self.start_id or ("appDataFolder" if self.app_data else "root")
         if self.start_id and self.start_id != "appDataFolder":
             meta = self._call(lambda: self._service().files().get(
@@ -546,10 +547,29 @@ class GoogleDrive(Relay):
             if meta.get("mimeType") != FOLDER_MIME or meta.get("trashed"):
                 raise RelayError(f"{self.address}: {current} is not a folder (or is in the trash)")
         for name in self.path:
-            current = self._folder(current, name)
+            found = self._folder(current, name, create)
+            if found is None:
+                return None
+            current = found
         return current
 
-    def _folder(self, parent: str, name: str) -> str:
+    def _recover_folder(self) -> bool:
+        """The cached relay folder id is gone: look its path up again (another client may have
+        made it anew). True when another folder now holds that path; never creates one."""
+        try:
+            found = self._resolve_folder(create=False)
+        except RelayObjectMissing:
+            return False
+        if found is None or found == self.folder_id:
+            return False
+        log.warning("%s: the relay folder (id %s) is gone; using the folder now at that path (id %s)",
+                    self.address, self.folder_id, found)
+        self.folder_id = found
+        with self._lock:
+            self._ids.clear()
+        return True
+
+    def _folder(self, parent: str, name: str, create: bool = True) -> str | None:
         """The child folder ``name`` of ``parent``, created when missing; two clients creating
         it at once agree on the oldest and the other removes its own (while empty)."""
         extra = f"name = {_q(name)} and mimeType = {_q(FOLDER_MIME)}"
@@ -557,6 +577,8 @@ class GoogleDrive(Relay):
                        key=_File.order)
         if found:
             return found[0].id
+        if not create:
+            return None
         body = {"name": name, "mimeType": FOLDER_MIME, "parents": [parent]}
         mine = self._call(lambda: self._service().files().create(body=body, fields=FILE_FIELDS,
                                                                  supportsAllDrives=True).execute(num_retries=0),
@@ -593,6 +615,17 @@ class GoogleDrive(Relay):
         return files
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        best = self._listing()
+        if not best and self._folder_gone():
+            if not self._recover_folder():
+                raise RelayError(f"the relay folder of {self.address} (id {self.folder_id}) is gone or in the trash")
+            best = self._listing()
+        with self._lock:
+            self._ids = {n: f.id for n, f in best.items()}
+        return iter([best[n].info() for n in sorted(best) if n.startswith(prefix) and _valid(n)])
+
+    def _listing(self) -> dict[str, "_File"]:
+        """name -> the object (the oldest file of that name) in the relay folder."""
         best: dict[str, _File] = {}
         for r in self._children(self.folder_id):
             if r.get("mimeType") == FOLDER_MIME:
@@ -601,11 +634,7 @@ class GoogleDrive(Relay):
             if f.name in best and best[f.name].order() <= f.order():
                 continue
             best[f.name] = f
-        if not best and self._folder_gone():
-            raise RelayError(f"the relay folder of {self.address} (id {self.folder_id}) is gone or in the trash")
-        with self._lock:
-            self._ids = {n: f.id for n, f in best.items()}
-        return iter([best[n].info() for n in sorted(best) if n.startswith(prefix) and _valid(n)])
+        return best
 
     def stat(self, name: str) -> ObjectInfo | None:
         check_name(name)
@@ -653,13 +682,13 @@ class GoogleDrive(Relay):
             size = spool.tell()
             spool.seek(0)
             stream = spool
+        if size <= SIMPLE_MAX and spool is None:  # in memory: it can be sent again below
+            stream = io.BytesIO(_read_source(stream, size, name))
         try:
             copies = self._copies(name)
             if create_only and copies:
                 raise ObjectExists(f"relay object {name} already exists on {self.address}")
             if copies and not create_only:
-                if size <= SIMPLE_MAX:
-                    stream = io.BytesIO(_read_source(stream, size, name))
                 try:
                     self._send(name, stream, size, copies[0].id)
                 except RelayObjectMissing:  # deleted since the lookup: the put creates it again
@@ -671,7 +700,14 @@ class GoogleDrive(Relay):
                 for other in copies[1:]:
                     self._delete_id(other.id, f"relay object {name} (a copy)")
                 return size
-            mine = self._send(name, stream, size, None)
+            try:
+                mine = self._send(name, stream, size, None)
+            except RelayObjectMissing:  # the relay folder itself is gone
+                if not self._folder_gone() or size > SIMPLE_MAX or not self._recover_folder():
+                    raise RelayError(f"cannot store relay object {name}: the relay folder of {self.address} "
+                                     f"(id {self.folder_id}) is gone or in the trash") from None
+                stream.seek(0)
+                mine = self._send(name, stream, size, None)
             if create_only:
                 copies = self._copies(name)
                 if mine.id not in {c.id for c in copies}:
