@@ -33,7 +33,8 @@ Layout and Drive's semantics
     place (``files.update`` with media: readers see the old or the new content) and
     deletes the other copies (a name has one writer: the copies are its own, left by a
     create whose answer was lost); delete removes every copy. Ids seen are cached; an id
-    that is gone (404) is looked up again once.
+    that is gone (404) is looked up again once; a relay folder whose id is gone is looked
+    up again by path (never created mid-run).
 
     Create-if-absent is not atomic on Drive (declared: ``atomic_create=False``). A
     create-only put looks the name up, creates, then looks again: when another client's
