@@ -170,10 +170,10 @@ def test_verbose_daemon_says_why(svc: Cluster) -> None:
     a = svc.add("a")
     a.write("x.txt", "x")
     r = a.once("-v")
-    assert re.search(r"DEBUG escale\.manager: repo: published update 1 \(1 entries", r.err), r
+    assert re.search(r"DEBUG escale\.sync\.push: repo: published update 1 \(1 entries", r.err), r
     b = svc.add("b")
     r = b.once("-v")
-    assert re.search(r"DEBUG escale\.manager: repo: x\.txt: .*Fetch", r.err), r
+    assert re.search(r"DEBUG escale\.sync\.apply: repo: x\.txt: .*Fetch", r.err), r
 
 
 def test_json_log_format(svc: Cluster) -> None:
