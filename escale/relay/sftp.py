@@ -64,6 +64,10 @@ How the relay contract is met
   object's size and mtime did not change. Refused credentials are an
   AuthenticationError; "no such file" is RelayObjectMissing; anything else the server
   refuses is a PermanentRelayError naming the object.
+
+Length: one backend's whole contract over one protocol (SSH connection and host
+keys, listings, atomic replace, create-if-absent, resume, retries); splitting it would
+scatter one protocol across files.
 """
 from __future__ import annotations
 
