@@ -14,6 +14,7 @@ Layout (see docs/protocol.md)::
     s/<cid>                  snapshot: the pusher's whole index at a seq
     q/<cid>                  requests: contents this client lacks
     r/<cid>                  quota reservation while publishing
+    n/<cid>                  notice: the repository moved to another relay (escalectl migrate)
 
 Length: the layout, every object format and the signed framing are one contract
 with docs/format.md; kept together so a format change is read and reviewed in one place.
@@ -63,7 +64,7 @@ SIGNATURE = 64
 CARD_PAD = 1024
 _CID = r"[0-9a-f]{16}"
 _CID_RE = re.compile(rf"^{_CID}$")
-_NAME_RE = re.compile(rf"^(?:(?P<kind>[mjasqr])/(?P<cid>{_CID})"
+_NAME_RE = re.compile(rf"^(?:(?P<kind>[mjasqrn])/(?P<cid>{_CID})"
                       rf"|u/(?P<ucid>{_CID})/(?P<useq>[1-9][0-9]{{0,17}})"
                       rf"|b/(?P<bcid>{_CID})/(?P<bseq>[1-9][0-9]{{0,17}})/(?P<bn>0|[1-9][0-9]{{0,8}}))$")
 
@@ -96,6 +97,10 @@ def reservation_name(cid: str) -> str:
     return f"r/{cid}"
 
 
+def notice_name(cid: str) -> str:
+    return f"n/{cid}"
+
+
 @dataclass
 class RelayView:
     """One listing of the relay, parsed: the whole picture a cycle works from."""
@@ -107,6 +112,8 @@ class RelayView:
     snapshots: dict[str, ObjectInfo] = field(default_factory=dict)
     requests: dict[str, ObjectInfo] = field(default_factory=dict)
     reservations: dict[str, ObjectInfo] = field(default_factory=dict)
+    #: notices of a move to another relay (escalectl migrate)
+    notices: dict[str, ObjectInfo] = field(default_factory=dict)
     header: ObjectInfo | None = None
     unknown: list[str] = field(default_factory=list)
     used: int = 0
@@ -128,7 +135,7 @@ class RelayView:
                 view.blobs.setdefault((m["bcid"], int(m["bseq"])), []).append(info)
             else:
                 table = {"m": view.members, "a": view.acks, "s": view.snapshots,
-                         "q": view.requests, "r": view.reservations}.get(m["kind"])
+                         "q": view.requests, "r": view.reservations, "n": view.notices}.get(m["kind"])
                 if table is None:
                     view.unknown.append(info.name)
                 else:
@@ -423,6 +430,36 @@ def parse_request(name: str, value: Any) -> tuple[int, list[dict]]:
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(name, f"malformed request: {exc}") from None
     return n, wants
+
+
+@dataclass(frozen=True)
+class Notice:
+    """The repository moved: its objects are on ``relay`` now (an address without
+    credentials), as of ``time``. Signed by the member who moved it."""
+
+    relay: str
+    time: float
+    repository: str
+
+    def to_dict(self) -> dict:
+        return {"v": FORMAT_VERSION, "relay": self.relay, "time": self.time, "id": self.repository}
+
+
+def parse_notice(name: str, value: Any, repository: str) -> Notice:
+    """A move notice ``n/<cid>``: ``{"v", "relay", "time", "id"}``; its id must be this
+    repository's (a notice copied from another repository is refused)."""
+    try:
+        if not isinstance(value, dict) or value.get("v") != FORMAT_VERSION:
+            raise ValueError("unsupported format version")
+        notice = Notice(value["relay"], float(value["time"]), value["id"])
+        if not isinstance(notice.relay, str) or not notice.relay or len(notice.relay) > 4096 \
+                or any(ord(c) < 32 for c in notice.relay):
+            raise ValueError("bad relay address")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(name, f"malformed notice: {exc}") from None
+    if notice.repository != repository:
+        raise IntegrityError(name, "a notice of another repository")
+    return notice
 
 
 def parse_reservation(name: str, value: Any) -> tuple[int, float]:

@@ -16,6 +16,8 @@
 - ``drive-auth [-r NAME] [--headless]``: authorize a Google Drive relay (escale/cli/driveauth.py).
 - ``check [-r NAME] [--read-data]``: verify every object on the relay, report every
   problem by name (:mod:`escale.check`); exit 1 if there is any.
+- ``migrate [-r NAME] [--dry-run] DESTINATION``: move the repository to another relay
+  while the other clients keep running (:mod:`escale.migrate`).
 """
 from __future__ import annotations
 
@@ -80,7 +82,30 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("-v", "--verbose", action="store_true", help="also show notes (members not met yet, uploads "
                                                                 "in progress)")
     driveauth.add_parser(sub)
+    m = sub.add_parser("migrate", help="move the repository to another relay (every object copied as is)")
+    m.add_argument("-r", "--repository", metavar="NAME", help="repository (section); needed if there are several")
+    m.add_argument("-n", "--dry-run", action="store_true", help="only say what would be copied")
+    m.add_argument("destination", help="a relay address, another section's name, or a configuration file")
     return p
+
+
+def cmd_migrate(cfg, args) -> int:
+    from ..manager import Manager
+    from ..migrate import destination_for, migrate
+
+    repo = _one(cfg, args.repository)
+    dest = destination_for(repo, args.destination, cfg)
+    rep = migrate(Manager.from_config(repo), dest, dry_run=args.dry_run)
+    if rep.dry_run:
+        print(f"{repo.name}: would copy {len(rep.would_copy)} object(s), {rep.bytes} bytes, to {rep.destination}"
+              f"{f' ({rep.present} already copied)' if rep.present else ''}")
+        for name in rep.would_copy:
+            print(f"  {name}")
+        return EXIT_OK
+    print(f"{repo.name}: moved to {rep.destination}: {rep.copied} object(s) copied ({rep.bytes} bytes, each "
+          f"checked), {rep.dropped} collected meanwhile, {rep.passes} listing(s); the old relay keeps only the "
+          f"notice{'; configuration updated' if rep.config_rewritten else ''}")
+    return EXIT_OK
 
 
 def cmd_check(cfg, args) -> int:
@@ -336,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return {"access": cmd_access, "status": cmd_status, "forget": cmd_forget,
                 "confirm-deletes": cmd_confirm_deletes, "backup": cmd_backup, "restore": cmd_restore,
-                "check": cmd_check, "start": service.cmd_start, "stop": service.cmd_stop,
+                "check": cmd_check, "migrate": cmd_migrate, "start": service.cmd_start, "stop": service.cmd_stop,
                 "restart": service.cmd_restart, "reload": service.cmd_reload, "service": service.cmd_service,
                 "drive-auth": driveauth.cmd_drive_auth}[args.command](cfg, args)
     except ConfigError as exc:

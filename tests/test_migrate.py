@@ -1,0 +1,192 @@
+"""escalectl migrate through the real CLI: the repository moves, the clients follow."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cluster import Cluster
+from test_backup import ctl
+
+
+@pytest.fixture
+def secret_cluster(tmp_path):
+    secret = tmp_path / "passphrase"
+    secret.write_text("migrate test passphrase\n")
+    secret.chmod(0o600)
+    return Cluster(tmp_path, relay_conf=f"passphrase = {secret}\n")
+
+
+def objects(folder):
+    out = {}
+    for dirpath, _dirs, files in os.walk(folder):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, folder)] = os.path.getsize(p)
+    return out
+
+
+def test_migrate_file_to_file_clients_follow(secret_cluster, tmp_path):
+    cluster = secret_cluster
+    a, b, c = cluster.add("a"), cluster.add("b"), cluster.add("c")
+    cluster.round()
+    a.write("small.txt", "hello")
+    a.write("big.bin", os.urandom((4 << 20) + 100))
+    a.once()  # b and c have not pulled: the update and its large file are in transit
+    before = cluster.relay_objects()
+    new = tmp_path / "new-relay"
+    new.mkdir()
+
+    code, out, err = ctl(a, "migrate", "--dry-run", f"file://{new}")
+    assert code == 0, err
+    assert f"would copy {len(before)} object(s)" in out and objects(new) == {}
+
+    code, out, err = ctl(a, "migrate", f"file://{new}")
+    assert code == 0, (out, err)
+    assert f"{len(before) - 1} object(s) copied" in out  # and the header
+    me = next(n.split("/")[1] for n in before if n.startswith("u/"))
+    assert objects(new) == before  # every object as it was, byte counts equal
+    assert list(cluster.relay_objects()) == [f"n/{me}"]  # the old relay keeps only the notice
+    conf = a.conf.read_text()
+    assert f"relay address = file://{new}\n" in conf and conf.startswith("# test client a\n")
+
+    # the others read the notice, reach the new relay with their configuration, and follow
+    r = b.once()
+    assert "moved to" in r.err and b.path("big.bin").read_bytes() == a.path("big.bin").read_bytes()
+    assert f"relay address = file://{new}" in b.conf.read_text()
+    c.once()
+    a.once()
+    c.write("from-c.txt", "c")
+    for _ in range(2):
+        for client in (a, b, c):
+            client.once()
+    assert a.tree() == b.tree() == c.tree() and a.path("from-c.txt").read_text() == "c"
+    assert list(cluster.relay_objects()) == [f"n/{me}"]  # nothing written on the old relay
+    code, out, err = ctl(a, "check", "--read-data")
+    assert code == 0 and "no problem found" in out, (out, err)
+
+
+def _wait(predicate, timeout=120, what=""):
+    from cluster import wait_for
+
+    assert wait_for(predicate, timeout=timeout, interval=0.5), f"timed out waiting for {what}"
+
+
+def _stop(procs):
+    import signal
+
+    outs = {}
+    for name, p in procs.items():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for name, p in procs.items():
+        try:
+            out, err = p.communicate(timeout=60)
+        except Exception:
+            p.kill()
+            out, err = p.communicate()
+        outs[name] = err
+    return outs
+
+
+def test_three_daemons_follow_file_to_webdav_to_s3(tmp_path, relay_webdav_wsgidav, relay_s3_moto):
+    """While three clients run as daemons, one moves the repository from a folder to
+    WebDAV, then to S3. A client without the WebDAV credentials stops syncing with a
+    message saying what to change, and resumes once its configuration is edited."""
+    from escale.config import set_option
+    from escale.relay import S3, WebDAV
+
+    secret = tmp_path / "passphrase"
+    secret.write_text("migrate test passphrase\n")
+    secret.chmod(0o600)
+    cluster = Cluster(tmp_path, relay_conf=f"passphrase = {secret}\n")
+    dav_address, dav_conf, dav_kwargs = relay_webdav_wsgidav.new()
+    s3_address, _s3_conf, s3_kwargs = relay_s3_moto.new()
+    s3_kwargs = dict(s3_kwargs, user=dav_kwargs["user"], password=dav_kwargs["password"])  # moto takes any key
+    endpoint = f"endpoint = {relay_s3_moto.endpoint}\n"  # for when the relay is on S3
+    a = cluster.add("a", extra=dav_conf + endpoint)
+    b = cluster.add("b", extra=dav_conf + endpoint)
+    c = cluster.add("c", extra=endpoint)  # no WebDAV credentials
+    cluster.round()
+    for i in range(5):
+        a.write(f"a/{i}.txt", f"a{i}")
+        b.write(f"b/{i}.txt", f"b{i}")
+    a.write("a/big.bin", os.urandom((4 << 20) + 10))
+    procs = {n: cl.start() for n, cl in cluster.clients.items()}
+    try:
+        _wait(lambda: a.tree() == b.tree() == c.tree() and "a/big.bin" in c.tree(), what="first convergence")
+        migrate = subprocess.Popen([sys.executable, "-m", "escale.cli.ctl", "-c", str(a.conf), "migrate", dav_address],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env)
+        for i in range(5):  # the clients keep working during the copy
+            b.write(f"during/b{i}.txt", f"b{i}")
+            c.write(f"during/c{i}.txt", f"c{i}")
+            time.sleep(0.3)
+        out, err = migrate.communicate(timeout=300)
+        assert migrate.returncode == 0, (out, err)
+        _wait(lambda: dav_address in a.conf.read_text() and dav_address in b.conf.read_text(), what="a, b follow")
+        _wait(lambda: a.tree() == b.tree() and "during/b4.txt" in a.tree(), what="a and b converge on WebDAV")
+        assert f"relay address = file://" in c.conf.read_text()  # c cannot follow: it stays put
+        time.sleep(3)
+        assert procs["c"].poll() is None  # the daemon waits (its other repositories would sync on)
+        # its configuration gets the credentials: it follows without a restart
+        set_option(c.conf, "repo", "user", dav_kwargs["user"])
+        set_option(c.conf, "repo", "password", dav_kwargs["password"])
+        _wait(lambda: dav_address in c.conf.read_text(), what="c follows once its configuration is edited")
+        _wait(lambda: a.tree() == b.tree() == c.tree() and "during/c4.txt" in a.tree(), what="all converge")
+        notices = cluster.relay_objects()
+        assert list(notices) == [n for n in notices if n.startswith("n/")] and len(notices) == 1, notices
+
+        # WebDAV -> S3 (the same credentials work there)
+        code, out, err = ctl(a, "migrate", s3_address)
+        assert code == 0, (out, err)
+        for cl in (a, b, c):
+            _wait(lambda cl=cl: s3_address in cl.conf.read_text(), what=f"{cl.name} follows to S3")
+        c.write("on-s3.txt", "s3")
+        _wait(lambda: a.tree() == b.tree() == c.tree() and "on-s3.txt" in b.tree(), what="all converge on S3")
+        dav = WebDAV(dav_address, **dav_kwargs)
+        with dav:
+            assert [i.name for i in dav.list()] == list(notices)  # the notice only
+        s3 = S3(s3_address, **s3_kwargs)
+        with s3:
+            names = {i.name for i in s3.list()}
+        assert "escale.json" in names and not any(n.startswith("n/") for n in names)
+    finally:
+        errs = _stop(procs)
+    assert "the repository moved to " + dav_address in errs["c"] and "Set 'relay address = " in errs["c"], errs["c"][-3000:]
+    code, out, err = ctl(b, "check", "--read-data")
+    assert code == 0 and "no problem found" in out, (out, err)
+
+
+def test_kill_9_during_migrate_then_again(secret_cluster, tmp_path):
+    from cluster import kill9, temp_files, wait_for
+
+    cluster = secret_cluster
+    a, b = cluster.add("a"), cluster.add("b")
+    cluster.round()
+    for i in range(12):
+        a.write(f"big{i}.bin", os.urandom((4 << 20) + i))
+    a.once()
+    before = cluster.relay_objects()
+    new = tmp_path / "new-relay"
+    new.mkdir()
+    journal = []
+
+    def copying():
+        journal[:] = list(a.state.glob("*/migrate-*.jsonl")) or list(cluster.base.glob("state-a/**/migrate-*.jsonl"))
+        return bool(journal) and len(journal[0].read_text().splitlines()) >= 3
+
+    proc = subprocess.Popen([sys.executable, "-m", "escale.cli.ctl", "-c", str(a.conf), "migrate", f"file://{new}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cluster.env)
+    assert wait_for(lambda: proc.poll() is not None or copying(), timeout=120, interval=0.01)
+    kill9(proc)
+    partial = objects(new)
+    assert 0 < len(partial) < len(before) and "escale.json" not in partial, partial
+    assert cluster.relay_objects() == before  # nothing changed on the old relay yet
+
+    code, out, err = ctl(a, "migrate", f"file://{new}")
+    assert code == 0, (out, err)
+    assert objects(new) == before and not temp_files(new)  # nothing missing, nothing twice, no leftover
+    assert list(cluster.relay_objects()) == [n for n in cluster.relay_objects() if n.startswith("n/")]
+    b.once()
+    assert b.tree() == a.tree()
