@@ -13,7 +13,8 @@ reports is exactly what a client would refuse. It checks:
   each pusher's updates (``prev`` links, no gap not covered by its snapshot); the
   large-file objects each update names (present, exact size);
 - acknowledgements (well formed, no position past what its pusher published, the same
-  digest as the update it names), requests and reservations (signed, well formed).
+  digest as the update it names), requests, reservations and relay-move notices
+  (signed, well formed).
 
 With ``read_data`` every object is read whole: every AEAD chunk, every inline file's
 and large file's digest, every snapshot entry.
@@ -28,7 +29,7 @@ from typing import Callable
 
 from .errors import IntegrityError, RelayObjectMissing
 from .protocol import (BLOB, INLINE, ObjectStore, RelayView, Snapshot, UpdateHeader, ack_name, blob_name, parse_acks,
-                       parse_request, parse_reservation, signer_of, update_name)
+                       parse_notice, parse_request, parse_reservation, signer_of, update_name)
 from .stream import copy_exactly
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,9 @@ class _Checker:
     # -- small documents -----------------------------------------------------------------
     def small(self) -> None:
         acks = {}
+        notice = lambda n, v: parse_notice(n, v, self.store.repository)  # noqa: E731
         for table, parse in ((self.view.acks, parse_acks), (self.view.requests, parse_request),
-                             (self.view.reservations, parse_reservation)):
+                             (self.view.reservations, parse_reservation), (self.view.notices, notice)):
             for cid, info in sorted(table.items()):
                 self.report.objects += 1
                 if not self.known(info.name):

@@ -190,3 +190,55 @@ def test_kill_9_during_migrate_then_again(secret_cluster, tmp_path):
     assert list(cluster.relay_objects()) == [n for n in cluster.relay_objects() if n.startswith("n/")]
     b.once()
     assert b.tree() == a.tree()
+
+
+def test_a_forged_notice_redirects_nobody(cluster, tmp_path):
+    """A notice must be signed by a member this client pinned: one signed by another key
+    under a member's name, or by an id nobody knows, is reported by name and ignored."""
+    import json as _json
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from escale.encryption import Plain
+    from escale.protocol import Notice, ObjectStore
+    from escale.relay import LocalMount
+
+    a, b = cluster.add("a"), cluster.add("b")
+    cluster.round(rounds=2)
+    b_id = next(n.split("/")[1] for n in cluster.relay_objects() if n.startswith("m/") and
+                _json.loads((cluster.relay / n).read_bytes()[9:].split(b"}")[0] + b"}")["name"] == "b")
+    repo_id = _json.loads((cluster.relay / "escale.json").read_text())["id"]
+    evil = tmp_path / "evil-relay"
+    evil.mkdir()
+    relay = LocalMount(f"file://{cluster.relay}")
+    with relay:
+        store = ObjectStore(relay, Plain(), Ed25519PrivateKey.generate(), repository=repo_id)
+        notice = Notice(f"file://{evil}", time.time(), repo_id).to_dict()
+        store.put_json(f"n/{b_id}", notice)  # b's name, another key
+        store.put_json("n/00000000000000aa", notice)  # an id nobody met
+    r = a.once(check=False)
+    assert r.code == 1, r
+    assert f"relay object n/{b_id}: bad signature" in r.err, r.err
+    assert "relay object n/00000000000000aa: a relay-move notice of a client this client never met" in r.err
+    assert f"relay address = file://{cluster.relay}" in a.conf.read_text() and objects(evil) == {}
+    b.write("still.txt", "here")
+    b.once(check=False)
+    a.once(check=False)
+    assert a.path("still.txt").read_text() == "here"
+
+
+def test_destination_quota_and_dry_run(secret_cluster, tmp_path):
+    cluster = secret_cluster
+    a = cluster.add("a")
+    a.write("big.bin", os.urandom(200_000))
+    a.once()
+    small = tmp_path / "small-relay"
+    small.mkdir()
+    with open(a.conf, "a") as f:  # another section names the destination, with a quota
+        f.write(f"\n[small]\nlocal path = {tmp_path / 'other'}\nrelay address = file://{small}\n"
+                f"disk quota = 100KB\nencryption = off\n")
+    (tmp_path / "other").mkdir()
+    code, out, err = ctl(a, "migrate", "-r", "repo", "small")
+    assert code == 1 and "more than the 'disk quota'" in err and objects(small) == {}, (out, err)
+    code, out, err = ctl(a, "migrate", "-r", "repo", "--dry-run", "small")
+    assert code == 0 and "would copy" in out and "u/" in out and objects(small) == {}
