@@ -10,8 +10,10 @@ was collected meanwhile is carried over, until a listing shows nothing new. Then
    the destination finds no repository there until every other object is in place);
 2. a **notice** ``n/<cid>`` goes on the old relay: encrypted and signed like every
    object, naming the new address without credentials (docs/format.md);
-3. a last pass carries over what was written until then; the copied objects are
-   deleted from the old relay, which keeps only the notice;
+3. the copied objects that have not changed since are deleted from the old relay,
+   which keeps the notice (objects written after the last listing are carried over by
+   their writers, each of its own, when they read the notice: the migrating client
+   never writes on the new relay after the notice, where followers already write);
 4. this client's configuration gets the new ``relay address`` (rewritten in place,
    comments kept) and its state folder an alias for it (the state follows the folder
    *and* the relay address: escale.marker).
@@ -267,6 +269,11 @@ def migrate(manager, dest: Destination, *, dry_run: bool = False, stop: Callable
     dst = open_relay(dest.config)
     if public_address(target).rstrip("/") == public_address(manager.relay.address).rstrip("/"):
         raise ConfigError(f"the repository is already on {public_address(target)}")
+    with manager.relay as src:
+        if src.stat(HEADER_NAME) is None and any(True for _ in src.list("n/")):
+            raise RelayError(f"the repository already moved away from {public_address(src.address)} (a notice is "
+                             "there): run 'escale --once' to follow it (this client's configuration and state "
+                             "then name the new relay)")
     with manager._inspecting():
         src = manager.relay
         header = _read_all(src, HEADER_NAME)
@@ -283,7 +290,11 @@ def migrate(manager, dest: Destination, *, dry_run: bool = False, stop: Callable
                 if dst.stat(HEADER_NAME) is None:  # no client uses it yet: we are its only writer
                     dst.abort_incomplete("")
                 with tempfile.TemporaryDirectory(prefix="escale-migrate-", dir=manager.state_dir) as spool:
-                    _converge(src, dst, journal, report, spool, stop, max_passes)
+                    if _noticed(manager, target) and dst.stat(HEADER_NAME) is not None:
+                        log.info("%s: the notice is already written (an interrupted migration): clearing the "
+                                 "old relay", manager.name)  # followers may write on the new relay: no copy
+                    else:
+                        _converge(src, dst, journal, report, spool, stop, max_passes)
                     if dst.stat(HEADER_NAME) is None or _read_all(dst, HEADER_NAME) != header:
                         dst.put(HEADER_NAME, _bytes(header), size=len(header))
                         verify_copy(dst, HEADER_NAME, len(header), hashlib.sha256(header).hexdigest())
@@ -291,7 +302,8 @@ def migrate(manager, dest: Destination, *, dry_run: bool = False, stop: Callable
                     manager.store.put_json(notice_name(manager.me), notice.to_dict())
                     log.info("%s: notice %s written on %s: moved to %s", manager.name, notice_name(manager.me),
                              redact(src.address), notice.relay)
-                    _converge(src, dst, journal, report, spool, stop, max_passes)
+                    # no copy after the notice: a client that read it may already write on the
+                    # new relay (and moves its own late objects there itself)
                     report.removed_from_source = _clear_source(src, journal, manager.me)
             finally:
                 journal.close()
@@ -301,6 +313,18 @@ def migrate(manager, dest: Destination, *, dry_run: bool = False, stop: Callable
     report.config_rewritten = manager._config_path is not None
     journal_path.unlink(missing_ok=True)
     return report
+
+
+def _noticed(manager, target: str) -> bool:
+    """Our notice naming ``target`` is on the old relay already."""
+    name = notice_name(manager.me)
+    if manager.relay.stat(name) is None:
+        return False
+    try:
+        notice = parse_notice(name, manager.store.get_json(name), manager.repository_id)
+    except (IntegrityError, RelayObjectMissing):
+        return False
+    return public_address(notice.relay).rstrip("/") == public_address(target).rstrip("/")
 
 
 def _bytes(data: bytes) -> BinaryIO:
