@@ -43,6 +43,7 @@ from .sync.collect import Collector
 from .sync.context import BLOB_THRESHOLD, Repo  # noqa: F401 (BLOB_THRESHOLD: kept importable from here)
 from .sync.report import CycleReport
 from .sync.membership import Membership, MemberStatus, RepositoryStatus  # noqa: F401 (MemberStatus: kept importable)
+from .sync.moves import Moves
 from .sync.pull import Puller
 from .sync.push import Pusher
 from .sync.quota import Quota
@@ -154,6 +155,7 @@ class Manager:
         self.puller = Puller(self.ctx, self.acks, self.applier)
         self.collector = Collector(self.ctx, self.acks, self.puller)
         self.quota = Quota(self.ctx)
+        self.moves = Moves(self.ctx, self.members)
         self.pusher = Pusher(self.ctx, self.members, self.acks, self.quota, DeletionGuard(
             max_delete if isinstance(max_delete, DeleteLimit) else DeleteLimit.parse(max_delete or DEFAULT_MAX_DELETE)))
 
@@ -177,7 +179,11 @@ class Manager:
                    checksum_cache=cfg.checksum_cache, includedirectory=cfg.include_directory,
                    excludedirectory=cfg.exclude_directory, quota=cfg.quota, maxpagesize=cfg.maxpagesize,
                    identity=cfg.identity(), max_delete=cfg.max_delete, trash_retention_days=cfg.trash_retention_days,
-                   verbosity=cfg.verbosity, user=cfg.user, password=cfg.password, **cfg.options)
+                   verbosity=cfg.verbosity, user=cfg.user, password=cfg.password, **cfg.options)._with_section(cfg)
+
+    def _with_section(self, cfg) -> "Manager":
+        self.ctx.section = cfg  # a relay move reads the file again and records itself in it (sync/moves.py)
+        return self
 
     @staticmethod
     def _make_relay(relay, address, directory, relay_args) -> Relay:
@@ -250,6 +256,8 @@ class Manager:
         """Reach the relay: repository header, our member card, unfinished publications."""
         ctx = self.ctx
         ctx.relay.open()
+        if self.moves.instead_of_header():  # the repository moved: on to the new relay
+            ctx.relay.open()
         self.members.ensure_header()
         if ctx.relay.stat(member_name(ctx.me)) is not None:
             self.members.ensure_card()  # kept up to date; a new card waits for the cycle's name check
@@ -390,6 +398,9 @@ class Manager:
         view = list_relay(ctx.relay)
         ctx.problems = []
         ctx.junk = Junk()
+        if view.notices and self.moves.follow(view):  # the repository moved (escalectl migrate)
+            self.connect()
+            view = list_relay(ctx.relay)
         self.members.read_cards(view, repair=False)
         drop_strangers(view, ctx.known, ctx.junk)
         if ctx.me not in view.members:  # joining (refused under a taken name), or removed by hand

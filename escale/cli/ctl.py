@@ -90,21 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_migrate(cfg, args) -> int:
+    from ..config.relocate import destination_for, open_relay, record_move
     from ..manager import Manager
-    from ..migrate import destination_for, migrate
+    from ..migrate import migrate
 
     repo = _one(cfg, args.repository)
     dest = destination_for(repo, args.destination, cfg)
-    rep = migrate(Manager.from_config(repo), dest, dry_run=args.dry_run)
+    manager = Manager.from_config(repo)
+    rep = migrate(manager, open_relay(dest.config), quota=dest.config.quota, dry_run=args.dry_run)
     if rep.dry_run:
         print(f"{repo.name}: would copy {len(rep.would_copy)} object(s), {rep.bytes} bytes, to {rep.destination}"
               f"{f' ({rep.present} already copied)' if rep.present else ''}")
         for name in rep.would_copy:
             print(f"  {name}")
         return EXIT_OK
+    record_move(manager.ctx, dest.config, dest.options)
     print(f"{repo.name}: moved to {rep.destination}: {rep.copied} object(s) copied ({rep.bytes} bytes, each "
           f"checked), {rep.dropped} collected meanwhile, {rep.passes} listing(s); the old relay keeps only the "
-          f"notice{'; configuration updated' if rep.config_rewritten else ''}")
+          f"notice{f'; {repo.config_path} updated' if repo.config_path else ''}")
     return EXIT_OK
 
 

@@ -39,6 +39,7 @@ from .model import (DEFAULT_CHECKSUM, DEFAULT_MAXPAGESIZE, DEFAULT_REFRESH, DEFA
 from .options import (CORE_OPTIONS, GLOBAL, OBSOLETE, RELAY, REPO, OptionSpec, all_aliases, backend_label,
                       lookup_option, option_table)
 from .read import INLINE_COMMENT_PREFIXES, _bad, _Value  # noqa: F401 - for tests of messages
+from . import relocate  # noqa: F401,E402 - registers RepositoryConfig.moved / record_move
 
 
 def __getattr__(name: str) -> object:

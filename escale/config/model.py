@@ -22,6 +22,9 @@ DEFAULT_TRASH_RETENTION_DAYS = 30.0
 MAX_CLIENT_NAME = 64
 MODES = ("shared", "upload", "download", "conservative")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: the relay-move operations of a section (escale.config.relocate registers itself
+#: here when escale.config is imported; it needs the loader, which needs this module)
+MOVES = None
 
 
 # --------------------------------------------------------------------------- data model
@@ -86,6 +89,14 @@ class RepositoryConfig:
         """Base folder of the repositories' local state (``cache dir``, else the user
         state folder); derived, never created here."""
         return Path(self.cache_dir if self.cache_dir is not None else platformdirs.user_state_path("escale"))
+
+    def moved(self, address: str):
+        """(section, relay, option lines) to follow a relay move (escale.config.relocate)."""
+        return MOVES.moved(self, address)
+
+    def record_move(self, ctx, section, options: dict[str, str]) -> None:
+        """Record a relay move in the file and the state (escale.config.relocate)."""
+        MOVES.record_move(ctx, section, options)
 
     def identity(self) -> FolderIdentity:
         """Finds this repository's state folder from its synced folder's marker

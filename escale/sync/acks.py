@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from ..errors import IntegrityError
-from ..protocol import FORMAT_VERSION, RelayView, ack_name, update_name
+from ..protocol import FORMAT_VERSION, RelayView, ack_name, parse_acks, update_name
 from .context import Repo
 from .membership import ACTIVITY_INTERVAL
 
@@ -31,23 +31,24 @@ class Acks:
         self.ctx.store.put_json(ack_name(self.ctx.me), {"v": FORMAT_VERSION, "acks": acks, "time": now})
         self.ctx.state.set("ack_time", str(now))
 
+    def positions(self, view: RelayView, cid: str) -> dict[str, tuple[int, str]]:
+        """What ``cid``'s acknowledgements say it applied last of each pusher (nothing if
+        they are missing or malformed: the parser escalectl check uses reports why)."""
+        info = view.acks.get(cid)
+        ack = self.ctx.read_small(info.name, info) if info else None
+        if ack is None:
+            return {}
+        try:
+            return parse_acks(info.name, ack)
+        except IntegrityError:
+            return {}
+
     def ack_entry(self, view: RelayView, cid: str, pusher: str) -> tuple[int, str] | None:
         """(seq, digest) of ``pusher``'s update that ``cid`` says it applied last."""
-        info = view.acks.get(cid)
-        ack = self.ctx.read_small(info.name, info) if info else None
-        try:
-            seq, digest = ack["acks"][pusher]
-            return int(seq), str(digest)
-        except (TypeError, KeyError, ValueError):
-            return None
+        return self.positions(view, cid).get(pusher)
 
     def acked_seq(self, view: RelayView, cid: str) -> int:
-        info = view.acks.get(cid)
-        ack = self.ctx.read_small(info.name, info) if info else None
-        try:
-            return int(ack["acks"][self.ctx.me][0])
-        except (TypeError, KeyError, ValueError, IndexError):
-            return 0
+        return self.positions(view, cid).get(self.ctx.me, (0, ""))[0]
 
     def compare_acks(self, view: RelayView) -> None:
         """Report every member that applied another content than we did under one

@@ -68,6 +68,9 @@ class Repo:
     strict: bool = True
     config_path: object = None
     pinned_id: str | None = None  # the 'repository id' option, if set
+    #: the configuration section (RepositoryConfig) when built from one: a relay move
+    #: (escale.sync.moves) reads the file again and records itself through it
+    section: object = None
     stop: threading.Event = field(default_factory=threading.Event)
     progress: bool = False  # show tqdm bars for long transfers (the CLI, in a terminal)
     meter: object = None  # told of each large transfer (escale.status.StatusPublisher)

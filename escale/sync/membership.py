@@ -140,6 +140,16 @@ class Membership:
                 self.ctx.cache.algorithm = algo
                 self.ctx.folder.algorithm = algo
 
+    def open_pinned_header(self) -> None:
+        """Take the key from the header this client pinned (a relay that moved away keeps
+        no header, only a notice to read: escale.sync.moves)."""
+        header = json.loads(self.ctx.state.get("repository_header"))
+        master = None
+        if self.ctx.enc_name != "off" and self.ctx.secret is not None:
+            master = master_key(self.ctx.secret, header.get("kdf") or {})
+        self._pin_header(header)
+        self._use_key(master)
+
     def _pin_header(self, header: dict) -> None:
         """Remember the header as first seen; a later change is an attack (or a relay
         swapped under us) and is refused before anything else happens. Its repository

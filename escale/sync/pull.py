@@ -19,7 +19,7 @@ from ..stream import copy_exactly
 from ..errors import IntegrityError, RelayObjectMissing
 from ..index import GONE
 from ..plan import saw, stamp
-from ..protocol import (BLOB, FORMAT_VERSION, INLINE, SNAPSHOT_MAGIC, UPDATE_MAGIC, RelayView, Snapshot,
+from ..protocol import (BLOB, FORMAT_VERSION, INLINE, RelayView, Snapshot,
                         UpdateHeader, blob_name, request_name, snapshot_name, update_name)
 from .acks import Acks
 from .apply import Applier, LazyBlob
@@ -209,27 +209,16 @@ class Puller:
         if isinstance(value, Snapshot) or value is None:
             return value
         info = value
-        parsed: list[Snapshot] = []
-
-        def body(header: dict) -> tuple[int, str]:
-            parsed.append(Snapshot.parse(info.name, header, pusher))
-            return parsed[0].size, parsed[0].sha256
-
-        try:
+        try:  # the readers every client and escalectl check share (escale.protocol)
             if keep_old:  # only its seq is wanted: the signed header says it
-                header, _digest, stream = self.ctx.store.open_framed(info.name, SNAPSHOT_MAGIC)
-                stream.close()
-                body(header)
+                snap, _size = self.ctx.store.snapshot_header(info.name, pusher)
             else:  # the whole body, verified and spooled, then checked entry by entry
-                _h, _d, spool = self.ctx.store.fetch_framed(info.name, SNAPSHOT_MAGIC, body, self.ctx.state_dir,
-                                                        self.ctx.check_stop)
-                parsed[0].body = spool
-                self._snapshots.append(parsed[0])
-                for _ in parsed[0].entries(info.name, self.ctx.check_stop):
+                snap = self.ctx.store.read_snapshot(info.name, pusher, self.ctx.state_dir, self.ctx.check_stop)
+                self._snapshots.append(snap)
+                for _ in snap.entries(info.name, self.ctx.check_stop):
                     pass
         except RelayObjectMissing:
             raise IntegrityError(info.name, "disappeared while being read") from None
-        snap = parsed[0]
         self.ctx.state.set_seen(info.name, info.size, info.mtime, {"seq": snap.seq})
         if snap.seq <= self.ctx.pos.get(pusher, 0) and not keep_old:
             snap = None
@@ -276,19 +265,13 @@ class Puller:
         """Apply one update; False (nothing done) if ``causal`` and its dependencies are not met."""
         name = update_name(pusher, seq)
         if (pusher, seq) not in self._spools:  # verify the whole object before anything from it is used
-            parsed: list[UpdateHeader] = []
-
-            def body_size(header: dict) -> tuple[int, None]:
-                parsed.append(UpdateHeader.parse(name, header, pusher, seq))
-                return sum(i.entry.size for i in parsed[0].items if i.data == INLINE), None
-
-            try:
-                _header, digest, spool = self.ctx.store.fetch_framed(name, UPDATE_MAGIC, body_size, self.ctx.state_dir,
-                                                                 self.ctx.check_stop)
+            try:  # the reader every client and escalectl check share (escale.protocol)
+                header, digest, spool = self.ctx.store.read_update(name, pusher, seq, self.ctx.state_dir,
+                                                                   self.ctx.check_stop)
             except RelayObjectMissing:
                 raise IntegrityError(name, "disappeared while being read (collected meanwhile, or deleted "
                                            "by the relay)") from None
-            self._spools[(pusher, seq)] = (parsed[0], digest, spool)
+            self._spools[(pusher, seq)] = (header, digest, spool)
         h, digest, spool = self._spools[(pusher, seq)]
         spool.seek(0)
         if not self._ready(h.deps):
