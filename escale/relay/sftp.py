@@ -56,9 +56,9 @@ How the relay contract is met
   seconds; ``ObjectInfo.version`` is size and mtime. escale's state cache waits until an
   object is a few seconds old before trusting it by (size, mtime), so a same-size
   rewrite within one second is still read.
-- **Errors and retries.** A dropped connection, a timeout or a reset is retried
-  ``max retries`` times (default 5) with exponential back-off and jitter, on a new
-  connection; an upload is sent again from its start when its source can be read again
+- **Errors and retries.** A connection that cannot be made, drops, times out or is reset
+  is retried ``max retries`` times (default 5) by the shared policy
+  (:mod:`escale.relay.retry`: exponential back-off with jitter), on a new connection; an upload is sent again from its start when its source can be read again
   (a file, or a body of at most 8 MiB, kept in memory), otherwise the put fails and the
   next cycle sends it. A download that breaks resumes at its offset, provided the
   object's size and mtime did not change. Refused credentials are an
@@ -78,7 +78,6 @@ import io
 import logging
 import os
 import posixpath
-import random
 import socket
 import stat as statmod
 import threading
@@ -90,6 +89,7 @@ from ..errors import (AuthenticationError, ConfigError, ObjectExists, PermanentR
                       RelayObjectMissing, SourceError, TransientRelayError)
 from .address import redact, split_network_address
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
+from . import retry as retries
 from .options import KEYFILE, MAX_RETRIES, parse_path_text
 from .split import MAX_OBJECT_SIZE
 
@@ -104,19 +104,9 @@ BLOCK = 1 << 20
 REPLAY_BUFFER = 8 << 20
 #: bytes asked for at once when reading (paramiko splits them into 32 KiB requests in flight)
 READ_WINDOW = 4 << 20
-DEFAULT_RETRIES = 5
 DEFAULT_TIMEOUT = 30.0
-BACKOFF_BASE = 0.5
-BACKOFF_MAX = 30.0
 #: no escale object is deeper than b/<cid>/<seq>/<n>
 MAX_RELAY_DEPTH = 16
-
-
-def _retries(text: str) -> int:
-    n = int(text.strip())
-    if n < 0:
-        raise ValueError("max retries must be 0 or more")
-    return n
 
 
 def _seconds(text: str) -> float:
@@ -163,12 +153,15 @@ class SFTP(Relay):
         if net.scheme not in self.schemes:
             raise ConfigError(f"'{redact(address.strip())}' is not an SFTP address (sftp://host/path)",
                               option="relay address")
+        self.retry = retries.RetryPolicy.from_option(max_retries)  # ConfigError naming 'max retries'
         try:
             self._port = net.port or (int(port) if port not in (None, "") else None)
-            self.max_retries = DEFAULT_RETRIES if max_retries in (None, "") else _retries(str(max_retries))
+        except (TypeError, ValueError):
+            raise ConfigError(f"bad port {port!r}", option="port") from None
+        try:
             self.timeout = DEFAULT_TIMEOUT if timeout in (None, "") else _seconds(str(timeout))
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad value: {exc}", option="max retries" if max_retries else "port") from None
+            raise ConfigError(f"bad timeout: {exc}", option="timeout") from None
         self.alias = net.host
         self._user = user or net.user
         self._password = password if password is not None else net.password
@@ -385,23 +378,15 @@ class SFTP(Relay):
             return self.root or "."
         return f"{self.root}/{name}" if self.root else name
 
-    def _backoff(self, attempt: int) -> float:
-        return min(BACKOFF_MAX, BACKOFF_BASE * 2 ** attempt) * random.uniform(0.5, 1.0)
+    @property
+    def max_retries(self) -> int:
+        return self.retry.max_retries
 
     def _call(self, what: str, fn, *, retry: bool = True):
-        """``fn(sftp)``, reconnecting and retrying on a dropped connection or a timeout."""
-        attempt = 0
-        while True:
-            try:
-                sftp = self._sftp()
-            except TransientRelayError:  # cannot connect (refused, timeout): the server may be back soon
-                if not retry or attempt >= self.max_retries:
-                    raise
-                delay = self._backoff(attempt)
-                attempt += 1
-                log.warning("%s: cannot connect; trying again in %.1f s", self.address, delay)
-                time.sleep(delay)
-                continue
+        """``fn(sftp)``, on a new connection and again (the shared retry policy,
+        :mod:`escale.relay.retry`) when the connection could not be made, dropped or timed out."""
+        def once(_attempt: int):
+            sftp = self._sftp()  # TransientRelayError when it cannot connect: the server may be back soon
             gen = self._local.generation
             try:
                 return fn(sftp)
@@ -411,14 +396,11 @@ class SFTP(Relay):
                 if not self._lost(exc, gen):
                     raise self._error(what, exc) from exc
                 self._drop(gen)
-                if not retry or attempt >= self.max_retries:
-                    raise TransientRelayError(f"{what} on {self.address} failed: the connection broke "
-                                              f"({_describe(exc)})") from exc
-                delay = self._backoff(attempt)
-                attempt += 1
-                log.warning("%s: %s: connection broke (%s); retrying in %.1f s", self.address, what,
-                            _describe(exc), delay)
-                time.sleep(delay)
+                reason = f"the connection broke ({_describe(exc)})"
+                raise retries.transient(f"{what} on {self.address} failed: {reason}", reason=reason) from exc
+
+        policy = self.retry if retry else retries.RetryPolicy(max_retries=0)
+        return retries.call(once, policy=policy, what=f"{what} on {self.address}")
 
     def _lost(self, exc: BaseException, gen: int) -> bool:
         """Whether ``exc`` is the connection failing (not the server refusing a request)."""
@@ -552,8 +534,8 @@ class SFTP(Relay):
         check_name(name)
         folder, _, base = name.rpartition("/")
         body = _Body(stream, size, name)
-        attempt = 0
-        while True:
+
+        def attempt(_n: int) -> int:
             tmp = (folder + "/" if folder else "") + f"{TMP_MARK}{base}.{uuid.uuid4().hex}"
             try:
                 self._mkdirs(folder)
@@ -564,17 +546,13 @@ class SFTP(Relay):
                 else:
                     self._replace(tmp, name)
                 return n
-            except TransientRelayError:
-                self._remove_quietly(tmp)
-                if not body.replayable or attempt >= self.max_retries:
-                    raise
-                delay = self._backoff(attempt)
-                attempt += 1
-                log.warning("%s: writing %s broke; sending it again in %.1f s", self.address, name, delay)
-                time.sleep(delay)
             except BaseException:
                 self._remove_quietly(tmp)
                 raise
+
+        # sent again from its start after a dropped connection, when the data can be read again
+        return retries.call(attempt, policy=self.retry, what=f"writing {name} on {self.address}",
+                            replayable=lambda: body.replayable)
 
     def _upload(self, sftp, tmp: str, body: "_Body", folder: str) -> tuple[int, str]:
         path = self._abs(tmp)
@@ -801,10 +779,10 @@ class _RefuseUnknown:
         raise _HostKeyRefused(
             f"{self.relay.address}: the host key of {name} is unknown ({_fingerprint(key)}; not in "
             f"{', '.join(self.loaded) or 'any known_hosts file'}). escale never accepts a host key by itself. "
-            f"Check this fingerprint with the server's administrator, then accept it: "
+            "Check this fingerprint with the server's administrator, then accept it: "
             f"\"ssh-keyscan {port}-t {key.get_name()} {self.host} >> {where}\" "
             f"(or connect once with \"ssh {port}{self.host}\" and answer yes)"
-            + ("" if default else f", or set 'known hosts' to a file that holds it"))
+            + ("" if default else ", or set 'known hosts' to a file that holds it"))
 
 
 class _Body:
@@ -919,11 +897,11 @@ class _Download(io.RawIOBase):
                     raise RelayError(f"reading relay object {self.name} from {self.relay.address} failed: "
                                      f"{_describe(exc)}") from exc
                 self.relay._drop(gen)
-                delay = self.relay._backoff(self.resumes)
+                delay = self.relay.retry.delay(self.resumes)
                 self.resumes += 1
                 log.warning("%s: reading %s broke at byte %d (%s); resuming in %.1f s", self.relay.address,
                             self.name, self.offset, _describe(exc), delay)
-                time.sleep(delay)
+                self.relay.retry.sleep(delay)
                 self._reopen()
 
     def _reopen(self) -> None:
