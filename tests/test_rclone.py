@@ -10,8 +10,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
