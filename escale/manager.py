@@ -414,6 +414,8 @@ class Manager:
         if ctx.repository.may_push():
             if ctx.repository.may_pull():
                 view = list_relay(ctx.relay)
+                if set(view.members) - set(ctx.cards):  # a member joined since the first listing
+                    self.members.read_cards(view, repair=False)
                 drop_strangers(view, ctx.known, ctx.junk)
             self.upload(view, report)
         ctx.folder.purge_trash(self.trash_retention_days)

@@ -577,10 +577,9 @@ def test_two_first_clients_race_for_the_repository_header(tmp_path, relay_gdrive
     assert a.tree() == b.tree() and {"from-a.txt", "from-b.txt"} <= set(a.tree())
 
 
-@pytest.mark.xfail(strict=True, reason="protocol, not Drive: a member whose card appears between a cycle's "
-                                       "two listings is reported as a stranger ('ignored … no member card'), "
-                                       "exit 1; reported to the lead")
 def test_first_clients_racing_both_end_their_first_cycle_cleanly(tmp_path, relay_gdrive) -> None:
+    """A member whose card appears between a cycle's two listings is a member, not a stranger
+    whose objects are junk (both first cycles used to exit 1: 'ignored … no member card')."""
     _cl, _address, results = _first_clients_race(tmp_path, relay_gdrive)
     assert [code for _r, code in results] == [0, 0], [err[-600:] for (_o, err), _c in results]
 
