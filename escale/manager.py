@@ -377,7 +377,7 @@ class Manager:
     def status(self) -> RepositoryStatus:
         """What the relay and our state say, without syncing (safe while a daemon runs)."""
         with self._inspecting() as view:
-            return self.members.status(view, len(self.held_deletions()))
+            return self.members.status(view, len(self.held_deletions()), self.acks.to_take)
 
     def held_deletions(self) -> list[str]:
         """Paths whose deletion is held back (read from the state; safe while a daemon runs)."""
@@ -407,12 +407,15 @@ class Manager:
             self.members.refuse_name_clash()
             self.members.ensure_card()
         ctx.load_flags()
+        pulled = False
         if ctx.repository.may_pull():
+            applied = ctx.state.applied()
             self.download(view, report)
+            pulled = report.did_work or bool(report.errors) or ctx.state.applied() != applied
         else:
             self.acks.write_ack(present=ctx.me in view.acks)  # a heartbeat only
         if ctx.repository.may_push():
-            if ctx.repository.may_pull():
+            if pulled:  # listed again only when pulling changed something (idle cost: one listing)
                 view = list_relay(ctx.relay)
                 if set(view.members) - set(ctx.cards):  # a member joined since the first listing
                     self.members.read_cards(view, repair=False)

@@ -196,7 +196,7 @@ def repository_status(repo, daemon_pid: int | None) -> dict:
         doc["members"] = [{"name": m.name, "mode": m.mode, "this_client": m.is_me,
                            "last_activity": iso(m.last_activity),
                            "updates_on_relay": m.pending_updates,
-                           "updates_to_take": getattr(m, "to_take", None)} for m in st.members]
+                           "updates_to_take": m.to_take} for m in st.members]
         doc["held_deletions"] = st.held_deletes
     if state_dir is not None and (Path(state_dir) / "state.sqlite").exists():
         state = State(Path(state_dir))
@@ -220,7 +220,7 @@ def repository_status(repo, daemon_pid: int | None) -> dict:
 
 
 def _member_labels(st) -> list[tuple[str, str]]:
-    return [(m.client_id, m.name) for m in st.members if getattr(m, "client_id", None)]
+    return [(m.client_id, m.name) for m in st.members if m.client_id]
 
 
 def gather(cfg, repos, daemon) -> dict:

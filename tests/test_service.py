@@ -378,6 +378,7 @@ def test_escalectl_start_status_reload_stop(svc: Cluster, runtime: Path) -> None
         repo = doc["repositories"][0]
         assert repo["name"] == "repo" and repo["daemon_status"] == "live" and repo["error"] is None
         assert repo["last_cycle"]["result"] == "ok" and repo["repository_id"]
+        assert repo["local_changes_unpublished"] == 0 and repo["last_cycle"]["unpublished"] == 0
         assert {m["name"] for m in repo["members"]} == {"a", "b"}
         assert [m["this_client"] for m in repo["members"] if m["name"] == "a"] == [True]
         assert repo["relay_usage"]["used_bytes"] > 0 and repo["relay_usage"]["used"].endswith("B")
@@ -529,3 +530,22 @@ def test_init_interactive_and_escale_without_config_points_to_it(svc: Cluster, t
     assert "[mine]" in text and f"relay address = file://{relay}" in text and "passphrase = " in text
     p = _escale("--once", env=env)  # the default file is found now
     assert p.returncode == 0, p
+
+
+def test_status_counts_updates_each_member_has_to_take(svc: Cluster) -> None:
+    a, b, c = svc.add("a"), svc.add("b"), svc.add("c")
+    b.once()
+    c.once()
+    a.write("one.txt", "1")
+    a.once()
+    a.write("two.txt", "2")
+    a.once()
+    b.once()  # b takes both; c takes none
+    doc = status(a)
+    members = {m["name"]: m for m in doc["repositories"][0]["members"]}
+    assert members["a"]["updates_on_relay"] == 2
+    assert (members["a"]["updates_to_take"], members["b"]["updates_to_take"], members["c"]["updates_to_take"]) \
+        == (0, 0, 2), members
+    code, out, _ = ctl(a, "status")
+    assert any(l.split()[:2] == ["c", "shared"] and ", 2 to take," in l for l in out.splitlines()), out
+    assert doc["daemon"]["running"] is False and doc["repositories"][0]["daemon_status"] is None

@@ -47,6 +47,17 @@ class Acks:
         """(seq, digest) of ``pusher``'s update that ``cid`` says it applied last."""
         return self.positions(view, cid).get(pusher)
 
+    def to_take(self, view: RelayView, cid: str) -> int:
+        """Updates of the other members on the relay that ``cid`` has not acknowledged
+        (what it still has to pull; escalectl status)."""
+        waiting = 0
+        for pusher, seqs in view.updates.items():
+            if pusher == cid:
+                continue
+            have = self.ack_entry(view, cid, pusher)
+            waiting += sum(1 for s in seqs if s > (have[0] if have else 0))
+        return waiting
+
     def acked_seq(self, view: RelayView, cid: str) -> int:
         return self.positions(view, cid).get(self.ctx.me, (0, ""))[0]
 

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import keycache
@@ -38,6 +39,9 @@ class MemberStatus:
     #: the latest time this member signed (its acknowledgements' heartbeat, its newest
     #: update): one whose time stops advancing is offline, or hidden by the relay
     last_activity: float | None = None
+    client_id: str = ""
+    #: updates of other members on the relay that this one has not acknowledged (None: unknown)
+    to_take: int | None = None
 
 
 @dataclass(frozen=True)
@@ -237,12 +241,15 @@ class Membership:
             self.ctx.relay.delete(member_name(cid))
         return removed
 
-    def status(self, view: RelayView, held_deletes: int) -> RepositoryStatus:
-        """What the relay and our state say, without syncing (safe while a daemon runs)."""
+    def status(self, view: RelayView, held_deletes: int,
+               to_take: Callable[[RelayView, str], int] | None = None) -> RepositoryStatus:
+        """What the relay and our state say, without syncing (safe while a daemon runs);
+        ``to_take(view, cid)``: updates a member has not acknowledged (escale.sync.acks)."""
         self.read_cards(view, repair=False)
         members = [MemberStatus(self.ctx.names.get(cid, "?") if cid in self.ctx.cards else "?",
                                 printable(str(self.ctx.cards.get(cid, {}).get("mode", "?")), 16),
-                                len(view.updates.get(cid, {})), cid == self.ctx.me, self._last_activity(view, cid))
+                                len(view.updates.get(cid, {})), cid == self.ctx.me, self._last_activity(view, cid),
+                                cid, to_take(view, cid) if to_take is not None else None)
                    for cid in sorted(view.members)]
         try:
             storage = self.ctx.relay.usage()

@@ -82,13 +82,17 @@ class Pusher:
         changes = self._guard_deletions(changes, base, report)
         supplies = self._supplies(view, scan, base)
         items = [self._item(e) for e in changes] + supplies
+        report.unpublished = len(unsettled) + len(self.held_deletions())
         if not items:
             return report
+        left = len(changes)
         for batch in self._batches(items, report):
             self.ctx.check_stop()
             if not self._publish(batch, report):
                 report.waiting_for_room = True
                 break
+            left -= sum(1 for i in batch if not i.supply)
+        report.unpublished += max(0, left) if report.waiting_for_room else 0
         return report
 
     def _guard_deletions(self, changes: list[Entry], base: dict[str, Entry], report: CycleReport) -> list[Entry]:

@@ -25,6 +25,9 @@ class CycleReport:
     waiting_for_room: bool = False
     #: (event, path) of each file this cycle moved, for the log (escale/journal.py)
     files: list[tuple[str, str]] = field(default_factory=list)
+    #: local changes this cycle found but could not publish (changing or unreadable files,
+    #: deletions held back, no room on the relay); None when it did not push
+    unpublished: int | None = None
 
     @property
     def did_work(self) -> bool:
