@@ -35,10 +35,34 @@ SERVER_SCRIPT = r'''
 import json, os, sys
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler, DTPHandler
+from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.servers import FTPServer
 
 cfg = json.load(open(sys.argv[1]))
 FAULTS = os.path.join(cfg["base"], "faults.json")
+EXTRA = os.path.join(cfg["base"], "extra_lines.json")
+
+
+class HostileFS(AbstractedFS):
+    """Listings with the lines of ``extra_lines.json`` added ({folder: {"MLSD"|"LIST": [line]}}):
+    what a hostile or broken server may answer."""
+
+    def _extra(self, path, cmd):
+        try:
+            with open(EXTRA) as f:
+                extra = json.load(f)
+        except (OSError, ValueError):
+            return []
+        lines = extra.get(os.path.realpath(path), {}).get(cmd, [])
+        return [(line + "\r\n").encode("utf-8", "surrogateescape") for line in lines]
+
+    def format_mlsx(self, basedir, listing, *args, **kw):
+        yield from super().format_mlsx(basedir, listing, *args, **kw)
+        yield from self._extra(basedir, "MLSD")
+
+    def format_list(self, basedir, listing, *args, **kw):
+        yield from super().format_list(basedir, listing, *args, **kw)
+        yield from self._extra(basedir, "LIST")
 
 
 def take_fault(cmd):
@@ -153,6 +177,7 @@ if cfg["tls"]:
 else:
     Handler = make_handler(FTPHandler, DTPHandler)
 Handler.authorizer = auth
+Handler.abstracted_fs = HostileFS
 Handler.timeout = cfg["idle_timeout"]  # idle sessions are closed after this many seconds
 Handler.banner = "escale test FTP server ready."
 Handler.permit_foreign_addresses = False
@@ -259,6 +284,17 @@ class FTPServer:
             faults = []
         faults.append({"cmd": cmd, "action": action, "bytes": bytes, "times": times})
         path.write_text(json.dumps(faults))
+
+    def add_listing_lines(self, folder: Path, cmd: str, lines: list[str]) -> None:
+        """Make the server add ``lines`` to its ``cmd`` (MLSD or LIST) listings of ``folder``
+        (a folder on its disk), as a hostile or broken server would."""
+        path = self.base / "extra_lines.json"
+        try:
+            extra = json.loads(path.read_text())
+        except (OSError, ValueError):
+            extra = {}
+        extra.setdefault(os.path.realpath(folder), {}).setdefault(cmd, []).extend(lines)
+        path.write_text(json.dumps(extra))
 
     def faults_left(self) -> int:
         try:

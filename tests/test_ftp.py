@@ -520,3 +520,44 @@ def test_killed_pusher_leaves_no_partial_object_and_the_next_run_cleans_up(relay
     b.once()
     assert b.path("big.bin").read_bytes() == data
     assert [p.name for p in folder.rglob(f"{TMP_MARK}*")] == []
+
+
+# ------------------------------------------------------------------ a hostile server's listings
+HOSTILE_MLSD = ["type=file;size=5;modify=20260101000000; ../escape",
+                "type=file;size=5;modify=20260101000000; a/../../b",
+                "type=file;size=99999999999999999999;modify=20260101000000; /etc/passwd",
+                "type=file;size=5;modify=20260101000000; back\\slash",
+                "type=dir;modify=20260101000000; loop/..",
+                "type=dir;modify=20260101000000; ./"]
+HOSTILE_LIST = ["-rw-r--r--   1 u g 5 Jan 01  2026 ../escape",
+                "-rw-r--r--   1 u g 5 Jan 01  2026 a/../../b",
+                "-rw-r--r--   1 u g 5 Jan 01  2026 /etc/passwd",
+                "drwxr-xr-x   1 u g 0 Jan 01  2026 loop/..",
+                "drwxr-xr-x   1 u g 0 Jan 01  2026 ./"]
+
+
+@pytest.mark.parametrize("mlsd", [True, False], ids=["MLSD", "LIST"])
+def test_listing_entries_that_are_no_name_in_a_folder_are_ignored(own_server, mlsd, caplog) -> None:
+    """A hostile server's listing lines with '/', '..' or absolute names never become object
+    names (they would address things outside the relay folder), and a folder entry that
+    points back up ('loop/..') is not walked into (it made the walk endless)."""
+    import itertools
+
+    server = own_server(mlsd=mlsd)
+    relay = relay_on(server)
+    try:
+        relay.put("u/1", io.BytesIO(b"one"))
+        relay.put("u/2", io.BytesIO(b"two"))
+        folder = server.folder(relay.address)
+        for f in (folder, folder / "u"):
+            server.add_listing_lines(f, "MLSD" if mlsd else "LIST", HOSTILE_MLSD if mlsd else HOSTILE_LIST)
+        with caplog.at_level(logging.WARNING, logger="escale.relay.ftp"):
+            listed = [i.name for i in itertools.islice(relay.list(), 50)]
+        assert sorted(listed) == ["u/1", "u/2"]
+        assert [i.name for i in itertools.islice(relay.list("u/"), 50)] == ["u/1", "u/2"]
+        assert "'../escape'" in caplog.text  # named, once per listing, not silently dropped
+        relay.delete("u/1")
+        relay.delete("u/2")
+        assert list(itertools.islice(relay.list(), 50)) == []
+    finally:
+        relay.close()

@@ -795,6 +795,10 @@ class FTP(Relay):
             first = False
             files, subs = [], []
             for e in entries:
+                if not _one_name(e.name):  # '../x', 'a/b', '/etc/passwd', 'x/..': no entry of this folder
+                    log.warning("%s: folder %s lists %r, which is no name in a folder; ignored",
+                                self.address, col or "/", e.name)
+                    continue
                 rel = (col + "/" if col else "") + e.name
                 if e.kind == "dir":
                     if e.name.startswith(LOCK_MARK):
@@ -1167,6 +1171,13 @@ class FTP(Relay):
 
 
 # -- ftplib plumbing ---------------------------------------------------------------------------
+def _one_name(name: str) -> bool:
+    """Whether a listed name is one entry of its folder (a hostile server's listing may
+    give '..', 'a/b' or an absolute path, which would address things outside the relay)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name \
+        and "\0" not in name
+
+
 def _code(exc) -> str:
     text = str(exc.args[0]) if getattr(exc, "args", None) else str(exc)
     return text[:3]
