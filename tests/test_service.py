@@ -549,3 +549,35 @@ def test_status_counts_updates_each_member_has_to_take(svc: Cluster) -> None:
     code, out, _ = ctl(a, "status")
     assert any(l.split()[:2] == ["c", "shared"] and ", 2 to take," in l for l in out.splitlines()), out
     assert doc["daemon"]["running"] is False and doc["repositories"][0]["daemon_status"] is None
+
+
+def test_daemon_publishes_the_transfer_in_progress(svc: Cluster) -> None:
+    """status.json in the state folder names a large transfer while it runs (what
+    escalectl status shows as 'sending big.bin: N %')."""
+    a, b = svc.add("a", refresh=600), svc.add("b")
+    b.once()
+    d = Daemon(a)
+    seen: list[dict] = []
+    try:
+        assert wait_for(lambda: any(a.state.rglob("status.json")), timeout=60), d.text()  # first cycle over
+        files = list(a.state.rglob("status.json"))
+        assert len(files) == 1, files
+        a.write("big.bin", os.urandom(150 << 20))
+
+        def transfer() -> bool:
+            try:
+                t = json.loads(files[0].read_text()).get("transfer")
+            except (OSError, ValueError):
+                return False
+            if t:
+                seen.append(t)
+            return bool(seen) or d.proc.poll() is not None
+        assert wait_for(transfer, timeout=120, interval=0.005), d.text()
+        assert d.wait_line(r"repo: sent big\.bin"), d.text()
+    finally:
+        code = d.stop()
+    assert code == 0, d.text()
+    assert seen and seen[0]["path"] == "big.bin" and seen[0]["direction"] == "send", seen
+    assert seen[0]["total_bytes"] == 150 << 20 and 0 <= seen[0]["done_bytes"] <= seen[0]["total_bytes"]
+    assert files[0].stat().st_mode & 0o777 == 0o600
+    assert json.loads(files[0].read_text())["transfer"] is None  # over once the cycle ended
