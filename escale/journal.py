@@ -21,6 +21,10 @@ SHOWN_NAMES = 5
 EVENTS = ("sent", "received", "deleted here", "sent deletion", "conflict copy")
 
 
+#: the relay failure each repository's last cycle met: the same one again is no news
+_last_failure: dict[str, str | None] = {}
+
+
 def log_cycle(report, summary: bool = True) -> None:
     """The log lines of one finished cycle (a :class:`CycleReport`); ``summary=False``
     when the caller prints the summary itself (``escale --once``)."""
@@ -42,6 +46,8 @@ def log_cycle(report, summary: bool = True) -> None:
                  extra={"repository": report.repository, "event": "files", "count": len(files)})
     if not summary:
         return
-    busy = report.did_work or report.errors or report.relay_error or report.waiting_for_room
+    again = report.relay_error is not None and _last_failure.get(report.repository) == report.relay_error
+    _last_failure[report.repository] = report.relay_error
+    busy = report.did_work or report.errors or (report.relay_error and not again) or report.waiting_for_room
     log.log(logging.INFO if busy else logging.DEBUG, "%s", report.summary(),
             extra={"repository": report.repository, "event": "cycle"})

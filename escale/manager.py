@@ -305,6 +305,7 @@ class Manager:
             watcher = FolderWatcher(self.folder.root, self.wake)
             watcher.start()
         try:
+            last_relay_error: str | None = None
             while True:
                 report = CycleReport(self.ctx.name)
                 try:
@@ -314,7 +315,9 @@ class Manager:
                     self.cycle(report)
                 except RelayError as exc:
                     report.relay_error = str(exc)
-                    log.error("%s: relay failed: %s%s", self.ctx.name, exc, "" if once else "; retrying next cycle")
+                    # the same failure again (an outage): said once, then at DEBUG (status and 'on error' tell it)
+                    level = logging.DEBUG if report.relay_error == last_relay_error else logging.ERROR
+                    log.log(level, "%s: relay failed: %s%s", self.ctx.name, exc, "" if once else "; retrying next cycle")
                     connected = False
                 except FolderUnavailable as exc:  # a disk unmounted under a running daemon: wait for it
                     if once:
@@ -332,6 +335,10 @@ class Manager:
                     log.exception("%s: unexpected error%s", self.ctx.name, "" if once else "; retrying next cycle")
                     report.error(f"unexpected error: {exc!r}")
                     connected = False  # reconnecting also finishes or rolls back a publication
+                if report.relay_error is None or report.relay_error != last_relay_error:
+                    if last_relay_error is not None and report.relay_error is None:
+                        log.info("%s: the relay answers again", self.ctx.name)
+                    last_relay_error = report.relay_error
                 for observer in self.observers:  # the daemon's log, status file, 'on error' (escale/journal.py…)
                     observer(report)
                 if once or self.stop.is_set():
