@@ -136,3 +136,34 @@ def test_restore_refuses_a_relay_that_is_not_empty(cluster, tmp_path):
     assert code == 0 and f"{len(before)} already there" in out, (out, err)
     assert cluster.relay_objects() == before
     a.once()
+
+
+def test_restoring_an_older_backup_loses_nothing_and_clients_carry_on(secret_cluster, tmp_path):
+    """A relay backup taken before clients synced further, restored: the pusher's updates
+    that come back after they were collected are named once, removed by their writer, and
+    never stop a puller from taking the pusher's newer updates (a puller used to stop
+    following that pusher for good); old acknowledgements are rewritten by their owners."""
+    cluster = secret_cluster
+    a, b = cluster.add("a"), cluster.add("b")
+    cluster.round()
+    a.write("one.txt", "first")
+    a.once()
+    code, out, err = ctl(a, "backup", str(tmp_path / "old.tar"))
+    assert code == 0, (out, err)
+    cluster.round(rounds=2)  # b applies update 1, a collects it
+    a.write("two.txt", "second")
+    cluster.round(rounds=2)
+    assert b.path("two.txt").read_text() == "second"
+
+    code, out, err = ctl(a, "restore", "--force", str(tmp_path / "old.tar"))
+    assert code == 0, (out, err)
+    a.write("three.txt", "third")
+    for _ in range(3):  # the returned update is named (exit 1) until its writer removes it
+        for c in (a, b):
+            c.once(check=False)
+    a.write("four.txt", "fourth")
+    cluster.round(rounds=2)  # clean again: every cycle ends 0
+    assert b.path("four.txt").read_text() == "fourth" and b.path("three.txt").read_text() == "third"
+    assert a.tree() == b.tree()
+    r = b.once()
+    assert "reappeared" not in r.err, r

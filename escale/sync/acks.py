@@ -30,6 +30,19 @@ class Acks:
         acks = {p: [s, d] for p, (s, d) in self.ctx.state.applied().items()}
         self.ctx.store.put_json(ack_name(self.ctx.me), {"v": FORMAT_VERSION, "acks": acks, "time": now})
         self.ctx.state.set("ack_time", str(now))
+        self.ctx.state.set("ack_written", "1")
+
+    def ours_replaced(self, view: RelayView) -> bool:
+        """Our acknowledgements changed on the relay though we did not write them (a relay
+        restored from an older backup): pushers would read old positions until the next
+        heartbeat. Compares listings only (a stat may spell a version differently)."""
+        info = view.acks.get(self.ctx.me)
+        listed = info.version if info is not None else ""
+        before, wrote = self.ctx.state.get("ack_listed"), self.ctx.state.get("ack_written") == "1"
+        if before != listed or wrote:
+            self.ctx.state.set("ack_listed", listed)
+            self.ctx.state.set("ack_written", "0")
+        return bool(before) and bool(listed) and listed != before and not wrote
 
     def positions(self, view: RelayView, cid: str) -> dict[str, tuple[int, str]]:
         """What ``cid``'s acknowledgements say it applied last of each pusher (nothing if

@@ -35,6 +35,7 @@ class Collector:
                 self.ctx.problem(IntegrityError(snapshot_name(self.ctx.me), "missing or older than the one written "
                                              "(removed or rolled back by the relay); writing it again"))
                 self.write_snapshot()
+        self._remove_returned(view)
         published = self.ctx.state.published()
         if not published:
             return 0
@@ -90,6 +91,22 @@ class Collector:
                 self.ctx.state.drop_published(p.seq)
         log.info("%s: collected %d acknowledged update(s)", self.ctx.name, len(done))
         return len(done)
+
+    def _remove_returned(self, view: RelayView) -> None:
+        """Our updates that came back after we collected them (a relay restored from an
+        older backup, or replayed by it) are deleted again: their pullers have them (our
+        snapshot covers them) and they would be reported as replayed on every cycle."""
+        snapshot_seq = int(self.ctx.state.get("snapshot_seq", "0"))
+        ours = {p.seq for p in self.ctx.state.published()}
+        returned = sorted(s for s in view.updates.get(self.ctx.me, {}) if s <= snapshot_seq and s not in ours)
+        for seq in returned:
+            self.ctx.relay.delete(update_name(self.ctx.me, seq))
+            for info in view.blobs.get((self.ctx.me, seq), []):
+                self.ctx.relay.delete(info.name)
+            view.updates[self.ctx.me].pop(seq, None)
+        if returned:
+            log.warning("%s: removed %d update(s) of ours collected earlier that were back on the relay "
+                        "(an older relay backup restored?)", self.ctx.name, len(returned))
 
     def write_snapshot(self) -> None:
         seq = self.ctx.state.own_seq

@@ -117,7 +117,8 @@ class Puller:
                 self._drain(pusher, queues, report, causal=False)
             except IntegrityError as exc:
                 self._fail(pusher, queues, {}, exc, report)
-        self.acks.write_ack(force=self.ctx.state.applied() != applied_before)
+        replaced = self.acks.ours_replaced(view)
+        self.acks.write_ack(force=replaced or self.ctx.state.applied() != applied_before)
         self.acks.compare_acks(view)
         self._publish_wants(view)
         self._report_failures(report)
@@ -155,9 +156,11 @@ class Puller:
                                      "to an earlier state")
         floor = self.ctx.state.mark(f"floor:{pusher}")
         replayed = [s for s in seqs if s < floor]
-        if replayed:
-            raise IntegrityError(update_name(pusher, replayed[0]), "reappeared after it was collected: "
-                                 "an old update replayed by the relay; ignored")
+        if replayed:  # named every cycle until its writer removes it; never a reason to stop following
+            self.ctx.problem(IntegrityError(update_name(pusher, replayed[0]), "reappeared after it was collected: "
+                                            "an old update replayed by the relay (or an older relay backup "
+                                            "restored); ignored"))
+            seqs = [s for s in seqs if s >= floor]
         # below the floor every update was seen collected; a listing that misses an update
         # in flight must not push the floor past what we have not applied yet
         self.ctx.state.raise_mark(f"floor:{pusher}", min(seqs[0], have + 1) if seqs else have + 1)
