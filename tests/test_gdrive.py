@@ -364,6 +364,28 @@ def test_bad_options_are_config_errors() -> None:
         GoogleDrive("gdrive:///a/../b")
 
 
+def test_plain_http_api_endpoint_off_loopback_is_refused(tmp_path) -> None:
+    """'api endpoint = http://…' anywhere but this machine would send the Drive access token
+    (and, at refresh, the refresh token) unencrypted: refused with exit 3 naming the option
+    (it was accepted); http:// stays allowed for 127.0.0.1/localhost (a local server, a proxy)."""
+    from escale.errors import ConfigError
+
+    for url in ("http://www.googleapis.com/", "http://drive.example.com:8080/", "http://10.0.0.2/"):
+        with pytest.raises(ConfigError, match="api endpoint"):
+            GoogleDrive("gdrive:///x", api_endpoint=url)
+    for url in ("http://127.0.0.1:9/", "http://localhost:8080/", "http://[::1]:80/", "https://example.com/"):
+        assert GoogleDrive("gdrive:///x", api_endpoint=url).endpoint.startswith(url.rstrip("/"))
+    (tmp_path / "local").mkdir()
+    conf = tmp_path / "escale.conf"
+    conf.write_text(f"[r]\nlocal path = {tmp_path / 'local'}\nrelay address = gdrive:///escale\n"
+                    "api endpoint = http://www.googleapis.com/\nencryption = off\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "escale", "-c", str(conf), "--once"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "api endpoint" in proc.stderr and "https" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_configuration_section(tmp_path) -> None:
     """The address forms keep a folder id's case, 'relay directory' is appended, and the
     backend's options reach it parsed."""

@@ -126,6 +126,16 @@ def _parse_url(text: str) -> str:
     t = text.strip()
     if not (t.startswith("http://") or t.startswith("https://")):
         raise ValueError(f"'{t}' is not an http(s):// URL (e.g. http://127.0.0.1:8080/)")
+    if t.startswith("http://"):
+        from urllib.parse import urlsplit
+
+        try:
+            host = urlsplit(t).hostname or ""
+        except ValueError:
+            host = ""
+        if host not in ("127.0.0.1", "localhost", "::1"):  # the access token would travel in the clear
+            raise ValueError(f"'{t}' is plain http: the Drive tokens would travel unencrypted; use https:// "
+                             "(http:// is for a server on this machine: 127.0.0.1, localhost, [::1])")
     return t if t.endswith("/") else t + "/"
 
 
@@ -306,7 +316,7 @@ class GoogleDrive(Relay):
     options = (
         RelayOption("api_endpoint", ("api endpoint",), _parse_url,
                     doc="root URL of the Drive API (default Google's; a local test server or a compatible "
-                        "proxy, e.g. http://127.0.0.1:8080/)"),
+                        "proxy, e.g. http://127.0.0.1:8080/; plain http:// only on this machine)"),
         RelayOption("app_data_folder", ("app data folder", "appdatafolder"), parse_bool,
                     doc="keep the relay in the hidden application data folder (scope drive.appdata; "
                         "invisible in the Drive web page)"),
