@@ -9,13 +9,16 @@ are per file: a file that cannot be written is wanted again and reported every c
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from ..access import safe_join
 from ..checksum import FileChangedError
 from ..errors import IntegrityError, RelayObjectMissing, UnsafePath
-from ..folder import ContentMismatch, LocalChanged
+from ..folder import ContentMismatch, LocalChanged, PendingWrite
 from ..fsnames import NameTwin
 from ..index import DIR, FILE, GONE, MAX_INT, Entry, LocalFile
 from ..plan import Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode, reconcile
@@ -23,6 +26,25 @@ from .context import Repo, Stoppable
 from .report import CycleReport
 
 log = logging.getLogger(__name__)
+
+
+#: files up to this size are written, verified, and made durable in groups (see flush)
+DEFER_MAX = 1 << 20
+DEFER_FILES = 512
+DEFER_BYTES = 32 << 20
+
+
+@dataclass
+class _Deferred:
+    """A plan stopped after its write: the write waits for the group's fsync, then the rest runs."""
+
+    write: PendingWrite
+    plan: Plan
+    next: int
+    entry: Entry
+    expect: LocalFile | None
+    report: CycleReport
+    where: tuple[str, str]  # (relay object, pusher): for errors and re-asking
 
 
 class LazyBlob:
@@ -52,6 +74,10 @@ class Applier:
         self.failures: dict[str, str] = {}  # files we could not write (path -> why), kept in the state
         self.failed_now: set[str] = set()
         self.reask = False  # a content was wanted (again) this pull: publish a new request
+        #: small files written and verified, waiting for their grouped fsync and rename (flush)
+        self.pending: list[_Deferred] = []
+        self.pending_paths: set[str] = set()
+        self.pending_bytes = 0
 
     def begin(self) -> None:
         """A new pull: base and wants are read row by row from the state (never loaded
@@ -80,7 +106,9 @@ class Applier:
             if self.ctx.repository.may_pull() and self.ctx.flags.get(e.path, (None, None))[1] is False:
                 self.ctx.state.hold(e)  # w-: not applied, and our deps must not claim we saw it
             return
-        try:
+        if self.pending and not (e.kind == FILE and e.origin is None and e.path not in self.pending_paths):
+            self.flush()  # anything but a plain file write may look at (or move) what is pending
+        with self._errors(objname, e, pusher, report):
             local = self.local(e.path)
             if local is not None and local.kind not in (FILE, DIR):
                 log.info("%s: %s: left alone: a symbolic link or special file is there", self.ctx.name, e.path)
@@ -99,9 +127,15 @@ class Applier:
             else:
                 copy_from = None
             move = copy_from is not None and copy_from == e.origin and self.moves.get(e.origin) == e.hash
-            self._execute(plan, e, local, source, copy_from, report, move=move)
+            self._execute(plan, e, local, source, copy_from, report, move=move, where=(objname, pusher))
             if wanted is not None:
                 self.ctx.state.unwant(e.path)
+
+    @contextlib.contextmanager
+    def _errors(self, objname: str, e: Entry, pusher: str, report: CycleReport) -> Iterator[None]:
+        """What a failure to apply one entry means (errors are per file)."""
+        try:
+            yield
         except NameTwin as exc:  # the file system takes it for another file here: never overwrite that
             report.error(f"relay object {objname}: {e.path}: {exc}")
             self.ctx.state.hold(e)
@@ -135,6 +169,7 @@ class Applier:
 
     def _local_source(self, e: Entry) -> str | None:
         """A local file holding exactly e's content (renames travel without content)."""
+        self.flush()
         if self.by_hash is None:
             self.by_hash = {}
             for p, b in self.ctx.state.base_rows():
@@ -152,9 +187,9 @@ class Applier:
         return None
 
     def _execute(self, plan: Plan, e: Entry, local: LocalFile | None, source, copy_from: str | None,
-                 report: CycleReport, move: bool = False) -> None:
+                 report: CycleReport, move: bool = False, start: int = 0, where: tuple[str, str] = ("", "")) -> None:
         expect = local
-        for step in plan.steps:
+        for i, step in enumerate(plan.steps[start:], start):
             if isinstance(step, Displace):
                 target = step.target
                 if target is not None and step.spare is not None and self.local(target) is not None:
@@ -182,11 +217,17 @@ class Applier:
                 else:
                     whole = isinstance(source, LazyBlob)
                     stream = Stoppable(source.open() if whole else source, self.ctx.check_stop)
+                    defer = not whole and e.size <= DEFER_MAX
                     with self.ctx.bar(stream, e.size, f"recv {e.path}") as shown:
-                        self.ctx.folder.fetch(target, e, shown, target_expect, whole=whole)
-                self._cache_written(target, e)
-                report.received += 1
-                report.files.append(("received", target))
+                        written = self.ctx.folder.fetch(target, e, shown, target_expect, whole=whole, defer=defer)
+                    if defer:  # the rest of the plan runs once it is durable and in place (flush)
+                        self.pending.append(_Deferred(written, plan, i + 1, e, expect, report, where))
+                        self.pending_paths.add(target)
+                        self.pending_bytes += e.size
+                        if len(self.pending) >= DEFER_FILES or self.pending_bytes >= DEFER_BYTES:
+                            self.flush()
+                        return
+                self._received(target, e, report)
             elif isinstance(step, MakeDir):
                 self.ctx.folder.make_dir(step.path, step.mode)
             elif isinstance(step, SetMode):
@@ -202,6 +243,32 @@ class Applier:
         if plan.note and plan.note != "up to date":
             log.info("%s: %s: %s", self.ctx.name, e.path, plan.note)
         log.debug("%s: %s: %s", self.ctx.name, e.path, ", ".join(type(s).__name__ for s in plan.steps) or "nothing to do")
+
+    def _received(self, target: str, e: Entry, report: CycleReport) -> None:
+        self._cache_written(target, e)
+        report.received += 1
+        report.files.append(("received", target))
+
+    def flush(self) -> None:
+        """Make the pending small files durable together, put them in place, and finish
+        their plans (remember them). Called before anything that may look at them and
+        before the update's base is committed: the base never records a file that is not
+        on disk under its name."""
+        pending, self.pending, self.pending_paths, self.pending_bytes = self.pending, [], set(), 0
+        if not pending:
+            return
+        outcomes = self.ctx.folder.finish_writes([d.write for d in pending])
+        for d, failure in zip(pending, outcomes):
+            with self._errors(d.where[0], d.entry, d.where[1], d.report):
+                if failure is not None:
+                    raise failure
+                self._received(d.write.target, d.entry, d.report)
+                self._execute(d.plan, d.entry, d.expect, None, None, d.report, start=d.next, where=d.where)
+
+    def abandon(self) -> None:
+        """The pull stopped before a flush: drop the temporaries (nothing was remembered)."""
+        pending, self.pending, self.pending_paths, self.pending_bytes = self.pending, [], set(), 0
+        self.ctx.folder.abandon_writes([d.write for d in pending])
 
     def _copy_target(self, step: Fetch) -> str | None:
         """Where a conflict copy goes: its name, or its spare name if another file holds

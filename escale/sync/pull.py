@@ -291,22 +291,28 @@ class Puller:
         self.apply.moves = {i.entry.path: i.entry.prev for i in h.items if i.entry.kind == GONE}
         seen = lambda b: saw(pusher, h.deps, b, h.unseen)  # noqa: E731
         with self.ctx.state.transaction():
-            for item in h.items:
-                self.ctx.check_stop()
-                start = body.pos
-                inline = item.entry.size if item.data == INLINE else 0
-                source = None
-                if item.data == INLINE:
-                    source = body
-                elif item.data == BLOB:
-                    source = LazyBlob(self.ctx, blob_name(pusher, seq, item.blob))
-                try:
-                    self.apply.apply_entry(name, item.entry, pusher, source, report, supply=item.supply, seen=seen)
-                finally:
-                    if isinstance(source, LazyBlob):
-                        source.close()
-                if not body.skip_to(start + inline):
-                    raise IntegrityError(name, "truncated: content shorter than announced")
+            try:
+                for item in h.items:
+                    self.ctx.check_stop()
+                    start = body.pos
+                    inline = item.entry.size if item.data == INLINE else 0
+                    source = None
+                    if item.data == INLINE:
+                        source = body
+                    elif item.data == BLOB:
+                        source = LazyBlob(self.ctx, blob_name(pusher, seq, item.blob))
+                    try:
+                        self.apply.apply_entry(name, item.entry, pusher, source, report, supply=item.supply,
+                                               seen=seen)
+                    finally:
+                        if isinstance(source, LazyBlob):
+                            source.close()
+                    if not body.skip_to(start + inline):
+                        raise IntegrityError(name, "truncated: content shorter than announced")
+                # small files are made durable in groups: all of them before the base that records them
+                self.apply.flush()
+            finally:
+                self.apply.abandon()  # stopped or failed before the flush: their temporaries go
             self.ctx.state.set_applied(pusher, seq, digest.hex())
             self.ctx.pos[pusher] = seq
         self._spools.pop((pusher, seq))[2].close()

@@ -1,0 +1,72 @@
+"""Bulk transfers (issue 16): grouped durability of small pulled files, and a returning
+machine that does not fetch what later updates replaced or deleted."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import time
+
+from cluster import kill9, temp_files
+
+
+def base_files(client) -> dict[str, str]:
+    """What B's base records as files (path -> digest), read straight from its state."""
+    found = list(client.state.rglob("state.sqlite"))
+    assert len(found) == 1, found
+    db = sqlite3.connect(found[0])
+    try:
+        rows = [json.loads(e) for (e,) in db.execute("SELECT entry FROM base")]
+    finally:
+        db.close()
+    return {r["path"]: r["hash"] for r in rows if r.get("kind") == "file"}
+
+
+def test_kill9_during_grouped_writes_leaves_no_partial_file_and_no_unwritten_base(cluster):
+    """Small pulled files are fsynced in groups, then renamed, then remembered: a kill at any
+    point leaves every real name either absent or holding the pusher's exact bytes, and the
+    base never records a file that is not there with that content."""
+    a = cluster.add("A")
+    b = cluster.add("B")
+    b.once()
+    for i in range(1200):
+        a.write(f"d{i % 6}/f{i:04d}.txt", os.urandom(4096))
+    before = a.tree()
+    a.once()
+    kills, mid = [], 0
+    for delay in (None, None, 0.3, 0.6, 1.0, 1.5):
+        proc = b.start("--once")
+        end = time.monotonic() + 30
+        if delay is None:  # as soon as a group of temporaries waits for its flush
+            while proc.poll() is None and time.monotonic() < end and len(temp_files(b.folder)) < 2:
+                time.sleep(0.002)
+        else:
+            try:
+                proc.wait(delay)
+            except subprocess.TimeoutExpired:
+                pass
+        alive = proc.poll() is None
+        temps = len(temp_files(b.folder))
+        kill9(proc)
+        proc.communicate(timeout=60)
+        mid += alive and temps >= 2
+        kills.append(f"{delay}:{'killed' if alive else 'finished'}:{temps} temps")
+        got = b.tree()
+        for rel, v in got.items():
+            if ".escale-tmp-" in rel:
+                continue
+            assert rel in before, f"unexpected {rel} after {kills[-1]}"
+            if v[0] == "file":
+                assert v[1] == before[rel][1], f"{rel} partially written after {kills[-1]}"
+        for rel, digest in base_files(b).items():
+            data = (b.folder / rel).read_bytes() if (b.folder / rel).is_file() else None
+            assert data is not None, f"the base records {rel}, which is not in the folder ({kills[-1]})"
+            assert hashlib.sha256(data).hexdigest() == digest, f"{rel}: base and file differ ({kills[-1]})"
+    print("kills:", kills)
+    assert mid >= 1, f"no kill landed while a group of writes was pending: {kills}"
+    for _ in range(2):
+        b.once()
+    assert b.tree() == before
+    assert temp_files(b.folder) == []
