@@ -172,6 +172,15 @@ def _serve(root: str, port: int, host_key: str, authorized: str, flags: list[str
             def posix_rename(self, oldpath, newpath):
                 raise asyncssh.SFTPOpUnsupported("posix-rename not supported")
 
+        if "--hostile-names" in flags:  # listings also name things outside the folder
+            async def scandir(self, path):
+                async for entry in super().scandir(path):
+                    yield entry
+                attrs = asyncssh.SFTPAttrs(type=asyncssh.FILEXFER_TYPE_REGULAR, size=5,
+                                           permissions=0o100644, mtime=1, atime=1)
+                for name in (b"../escape", b"a/../../b", b"/etc/passwd", b"back\\slash"):
+                    yield asyncssh.SFTPName(name, attrs=attrs)
+
     async def main() -> None:
         await asyncssh.listen("127.0.0.1", port, server_host_keys=[host_key], authorized_client_keys=authorized,
                               sftp_factory=Chroot, allow_scp=False, agent_forwarding=False,

@@ -333,3 +333,26 @@ def test_killed_pusher_leaves_no_temporary_behind(relay_sftp, tmp_path) -> None:
     b.once()
     assert b.path("big.bin").read_bytes() == data
     assert temporaries(folder) == []
+
+
+def test_listing_names_that_are_no_entry_of_a_folder_are_ignored(tmp_path, caplog) -> None:
+    """A hostile SFTP server whose listings name '../escape', 'a/../../b', '/etc/passwd' or a
+    backslash: none becomes an object name (they were listed as objects, addressing things
+    outside the relay folder); each is named in a warning."""
+    import logging
+
+    pytest.importorskip("asyncssh")
+    s = start_server(tmp_path / "srv", flags=("--hostile-names",))
+    try:
+        relay = opened(s)
+        try:
+            relay.put("u/1", io.BytesIO(b"one"))
+            relay.put("u/2", io.BytesIO(b"two"))
+            with caplog.at_level(logging.WARNING, logger="escale.relay.sftp"):
+                assert sorted(i.name for i in relay.list()) == ["u/1", "u/2"]
+                assert [i.name for i in relay.list("u/")] == ["u/1", "u/2"]
+            assert "'../escape'" in caplog.text
+        finally:
+            relay.close()
+    finally:
+        s.stop()

@@ -446,6 +446,10 @@ class SFTP(Relay):
                 n = a.filename
                 if n in (".", ".."):
                     continue
+                if not n or "/" in n or "\\" in n or "\0" in n:  # a hostile server's '../x', '/etc/passwd'
+                    log.warning("%s: folder %s lists %r, which is no name in a folder; ignored",
+                                self.address, rel or "/", n)
+                    continue
                 full = f"{rel}/{n}" if rel else n
                 mode = a.st_mode or 0
                 if statmod.S_ISLNK(mode):
