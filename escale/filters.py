@@ -99,6 +99,8 @@ class Filter:
     _extensions: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _include_dir: list[Matcher] = field(init=False, repr=False, compare=False)
     _exclude_dir: list[Matcher] = field(init=False, repr=False, compare=False)
+    #: accepts_dir's answer per folder: a scan asks it once per file, for far fewer folders
+    _dir_memo: dict[str, bool] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.include = _patterns(self.include, "include")
@@ -133,6 +135,15 @@ class Filter:
     def accepts_dir(self, relpath: str | os.PathLike[str]) -> bool:
         """May files directly in this folder ('' = top level) be synced?"""
         reldir = os.fspath(relpath).strip("/")
+        known = self._dir_memo.get(reldir)
+        if known is None:
+            known = self._accepts_dir(reldir)
+            if len(self._dir_memo) >= 65536:
+                self._dir_memo.clear()
+            self._dir_memo[reldir] = known
+        return known
+
+    def _accepts_dir(self, reldir: str) -> bool:
         if not self.may_descend(reldir):
             return False
         if self._include_dir:

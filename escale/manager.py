@@ -232,7 +232,7 @@ class Manager:
                 cache_path = Path(opt)
             ctx.cache = ChecksumCache(cache_path, ctx.algorithm)
             root = Path(ctx.repository.path)
-            ctx.folder = Folder(root, ctx.algorithm, ctx.cache.digest_stream)
+            ctx.folder = Folder(root, ctx.algorithm, ctx.cache.digest_stream, known=ctx.cache.lookup)
             ctx.folder.remove_temporaries()
             if ctx.enc_name == "off":
                 log.warning("%s: encryption is off: the relay sees file names and contents", ctx.name)
