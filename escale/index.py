@@ -21,7 +21,7 @@ MAX_INT = 2 ** 63 - 1
 _HEX = re.compile(r"^[0-9a-f]{16,128}$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a base of a million entries, half the memory
 class Entry:
     path: str
     kind: str
@@ -87,7 +87,7 @@ def version_of(kind: str | None, digest: str | None) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(slots=True)  # a scan holds one per local file
 class LocalFile:
     """What the scan saw of one local path (digest filled in lazily)."""
 

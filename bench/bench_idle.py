@@ -1,0 +1,123 @@
+"""Idle cost of escale: CPU and memory of an idle ``--once``, relay requests per idle cycle,
+start-up of an encrypted repository, ``escale --version``; side by side with rclone.
+
+    python bench/bench_idle.py [--files N] [--tmp DIR]
+
+- idle ``--once`` with N files (file:// relay, encryption off): CPU (user + system) and peak
+  RSS of the process, from wait4(); the peer is ``rclone sync --dry-run`` of the same folder
+  to a copy of itself (what rclone does to find that nothing changed).
+- start-up of an encrypted repository (scrypt passphrase), first run and later runs, 10 files;
+  ``escale --version``.
+- relay requests per idle cycle and at start-up, counted inside one process: calls to the
+  file:// backend's methods, HTTP requests sent by requests (WebDAV, wsgidav). Counts are
+  deterministic; tests/test_idle_requests.py asserts them.
+
+Each figure is the min / median of ``--runs`` runs (default 3). The machine is shared:
+wall times are noisy, CPU times less so.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def measure(cmd: list[str], env=None) -> tuple[float, float, int]:
+    """(wall s, CPU s, peak RSS MiB) of one command."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _pid, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(map(str, cmd))}\n{p.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss // 1024
+
+
+def runs(cmd, n, env=None) -> str:
+    got = [measure(cmd, env) for _ in range(n)]
+    walls, cpus, rss = zip(*got)
+    return (f"wall {min(walls):.2f} / {statistics.median(walls):.2f} s, CPU {min(cpus):.2f} / "
+            f"{statistics.median(cpus):.2f} s, peak RSS {min(rss)} / {int(statistics.median(rss))} MiB")
+
+
+def make_files(folder: Path, n: int) -> None:
+    for i in range(n):
+        d = folder / f"d{i // 1000:03d}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:06d}.txt").write_bytes(b"x%d\n" % i)
+
+
+def conf(work: Path, name: str, folder: Path, relay: str, extra: str = "encryption = off\n") -> Path:
+    c = work / f"{name}.conf"
+    c.write_text(f"cache dir = {work}/state-{name}\n[bench]\nlocal path = {folder}\nrelay address = {relay}\n"
+                 f"client name = {name}\n{extra}")
+    c.chmod(0o600)
+    return c
+
+
+def idle_once(work: Path, n: int, nruns: int) -> None:
+    a = work / "A"
+    make_files(a, n)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    c = conf(work, "A", a, f"file://{work}/relay")
+    esc = [sys.executable, "-m", "escale", "-q", "--once", "-c", str(c)]
+    measure(esc, env)  # the first sync
+    print(f"| idle --once, {n} files, file:// | escale | {runs(esc, nruns, env)} |")
+    if shutil.which("rclone"):
+        copy = work / "copy"
+        subprocess.run(["rclone", "--config", "/dev/null", "copy", str(a), str(copy)], check=True)
+        rc = ["rclone", "--config", "/dev/null", "sync", "--dry-run", str(a), str(copy)]
+        print(f"| idle --once, {n} files, file:// | rclone sync --dry-run | {runs(rc, nruns)} |")
+
+
+def startup(work: Path, nruns: int) -> None:
+    a = work / "E"
+    make_files(a, 10)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    c = conf(work, "E", a, f"file://{work}/relay-e", "passphrase = text:bench passphrase\n")
+    esc = [sys.executable, "-m", "escale", "-q", "--once", "-c", str(c)]
+    print(f"| encrypted --once, first run (creates) | escale | {runs(esc[:], 1, env)} |")
+    print(f"| encrypted --once, later runs | escale | {runs(esc, nruns, env)} |")
+    print(f"| escale --version | escale | {runs([sys.executable, '-m', 'escale', '--version'], nruns, env)} |")
+    if shutil.which("rclone"):
+        print(f"| rclone version | rclone | {runs(['rclone', 'version'], nruns)} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--tmp", default=None)
+    args = ap.parse_args()
+    print("| what | tool | min / median |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        startup(Path(tmp), args.runs)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        idle_once(Path(tmp), args.files, args.runs)
+    from idle_requests import count_idle  # tests/idle_requests.py: the counting the tests assert on
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for kind in ("file", "wsgidav"):
+            start, idle = count_idle(Path(tmp) / kind, kind, files=20)
+            print(f"| requests, {kind} | escale | start-up + first cycle {sum(start.values())} "
+                  f"({_fmt(start)}); idle cycle {sum(idle.values())} ({_fmt(idle)}) |")
+    print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+
+
+def _fmt(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Requests per idle cycle (issue 16): counted, never timed. An idle cycle makes no request per
+synced file, reads and writes nothing, and lists the relay at most twice (once before the pull,
+once before the push); the counts do not depend on the number of files."""
+from __future__ import annotations
+
+import pytest
+
+from idle_requests import count_idle
+
+
+def test_idle_cycle_on_a_file_relay_lists_and_reads_nothing_per_file(tmp_path):
+    _start_few, idle_few = count_idle(tmp_path / "few", "file", files=3)
+    _start_many, idle_many = count_idle(tmp_path / "many", "file", files=60)
+    assert idle_few == idle_many  # nothing per file
+    assert idle_many.get("list", 0) <= 2
+    assert not {k: v for k, v in idle_many.items() if k in ("get", "put", "delete", "abort_incomplete")}
+
+
+@pytest.mark.parametrize("kind", ["wsgidav"])
+def test_idle_cycle_on_webdav_sends_only_listings_and_none_per_file(tmp_path, kind, relay_webdav_wsgidav):
+    _start_few, idle_few = count_idle(tmp_path / "few", kind, files=3, server=relay_webdav_wsgidav)
+    _start_many, idle_many = count_idle(tmp_path / "many", kind, files=60, server=relay_webdav_wsgidav)
+    assert idle_few == idle_many  # nothing per file
+    assert set(idle_many) <= {"PROPFIND"}, idle_many
