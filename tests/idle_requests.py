@@ -49,8 +49,8 @@ def counting(kind: str):
     try:
         yield counts
     finally:
-        for cls, name, orig in patched:
-            setattr(cls, name, orig)
+        for owner, name, orig in patched:
+            setattr(owner, name, orig)
 
 
 def _conf(work: Path, name: str, address: str, extra: str) -> Path:
