@@ -410,7 +410,8 @@ class Manager:
             view = list_relay(ctx.relay)
         self.members.read_cards(view, repair=False)
         drop_strangers(view, ctx.known, ctx.junk)
-        if ctx.me not in view.members:  # joining (refused under a taken name), or removed by hand
+        joining = ctx.me not in view.members
+        if joining:  # joining (refused under a taken name), or removed by hand
             self.members.refuse_name_clash()
             self.members.ensure_card()
         ctx.load_flags()
@@ -422,7 +423,7 @@ class Manager:
         else:
             self.acks.write_ack(present=ctx.me in view.acks)  # a heartbeat only
         if ctx.repository.may_push():
-            if pulled:  # listed again only when pulling changed something (idle cost: one listing)
+            if pulled or joining or self.puller.wrote:  # else the pull's listing is still ours (idle: one)
                 view = list_relay(ctx.relay)
                 if set(view.members) - set(ctx.cards):  # a member joined since the first listing
                     self.members.read_cards(view, repair=False)

@@ -19,18 +19,20 @@ class Acks:
     def __init__(self, ctx: Repo):
         self.ctx = ctx
 
-    def write_ack(self, force: bool = False, present: bool | None = None) -> None:
+    def write_ack(self, force: bool = False, present: bool | None = None) -> bool:
         """Our acknowledgements, with a signed time: rewritten when they change, and at
-        least every ACTIVITY_INTERVAL as a heartbeat others see in ``escalectl status``."""
+        least every ACTIVITY_INTERVAL as a heartbeat others see in ``escalectl status``.
+        Returns whether they were written."""
         last = float(self.ctx.state.get("ack_time", "0"))
         if not force and time.time() - last < ACTIVITY_INTERVAL and (
                 present if present is not None else self.ctx.relay.stat(ack_name(self.ctx.me)) is not None):
-            return
+            return False
         now = time.time()
         acks = {p: [s, d] for p, (s, d) in self.ctx.state.applied().items()}
         self.ctx.store.put_json(ack_name(self.ctx.me), {"v": FORMAT_VERSION, "acks": acks, "time": now})
         self.ctx.state.set("ack_time", str(now))
         self.ctx.state.set("ack_written", "1")
+        return True
 
     def ours_replaced(self, view: RelayView) -> bool:
         """Our acknowledgements changed on the relay though we did not write them (a relay

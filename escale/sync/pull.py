@@ -40,6 +40,9 @@ class Puller:
         self.ctx, self.acks, self.apply = ctx, acks, apply
         self._spools: dict[tuple[str, int], tuple[UpdateHeader, bytes, BinaryIO]] = {}
         self._snapshots: list[Snapshot] = []
+        #: whether the last pull wrote to the relay (its acknowledgement, its request): the
+        #: push then lists the relay again, else it uses the pull's listing (one per cycle)
+        self.wrote = False
 
     def pull(self, view: RelayView, report: CycleReport) -> CycleReport:
         """Apply every pusher's new updates in causal order, then acknowledge them.
@@ -50,6 +53,7 @@ class Puller:
         collected is caught up from its snapshot; several such snapshots are merged.
         """
         self.apply.begin()
+        self.wrote = False
         self._spools = {}
         self._snapshots = []
         try:
@@ -118,9 +122,10 @@ class Puller:
             except IntegrityError as exc:
                 self._fail(pusher, queues, {}, exc, report)
         replaced = self.acks.ours_replaced(view)
-        self.acks.write_ack(force=replaced or self.ctx.state.applied() != applied_before)
+        self.wrote |= self.acks.write_ack(force=replaced or self.ctx.state.applied() != applied_before,
+                                          present=self.ctx.me in view.acks)
         self.acks.compare_acks(view)
-        self._publish_wants(view)
+        self.wrote |= self._publish_wants(view)
         self._report_failures(report)
         return report
 
@@ -319,12 +324,13 @@ class Puller:
         self.ctx.folder.end_batch()
         return True
 
-    def _publish_wants(self, view: RelayView) -> None:
+    def _publish_wants(self, view: RelayView) -> bool:
+        """Write (or delete) our request for contents we lack; returns whether it did."""
         wants = self.ctx.state.wants_page(MAX_WANTS_PUBLISHED)  # the rest once these arrive
         key = repr(wants)
         if key == self.ctx.state.get("wants_published", "[]") and (bool(wants) == (self.ctx.me in view.requests)) \
                 and not (wants and self.apply.reask):
-            return
+            return False
         if wants:
             # the counter lets suppliers tell a replayed old request from a new one; it
             # follows the clock too, so a client whose state was reset does not go back
@@ -335,6 +341,7 @@ class Puller:
         else:
             self.ctx.relay.delete(request_name(self.ctx.me))
         self.ctx.state.set("wants_published", key)
+        return True
 
 
 class _Body:
