@@ -45,6 +45,7 @@ from .sync.report import CycleReport
 from .sync.membership import Membership, MemberStatus, RepositoryStatus  # noqa: F401 (MemberStatus: kept importable)
 from .sync.moves import Moves
 from .sync.pull import Puller
+from .sync.interrupted import ended_cleanly, sweep_due, swept
 from .sync.push import Pusher
 from .sync.quota import Quota
 
@@ -263,17 +264,23 @@ class Manager:
             self.members.ensure_card()  # kept up to date; a new card waits for the cycle's name check
         self.pusher.recover_outbox()
         ctx.relay.delete(reservation_name(ctx.me))
-        # interrupted uploads of our own objects (we are their only writer)
-        me = ctx.me
-        removed = sum(ctx.relay.abort_incomplete(prefix) for prefix in (
-            f"u/{me}/", f"b/{me}/", ack_name(me), snapshot_name(me), member_name(me),
-            request_name(me), reservation_name(me)))
-        if removed:
-            log.info("%s: removed %d interrupted upload(s) from the relay", ctx.name, removed)
+        # interrupted uploads of our own objects (we are their only writer), after a run that
+        # did not end cleanly, or once a day: one listing per prefix (7 requests on S3)
+        if sweep_due(ctx.state):
+            me = ctx.me
+            removed = sum(ctx.relay.abort_incomplete(prefix) for prefix in (
+                f"u/{me}/", f"b/{me}/", ack_name(me), snapshot_name(me), member_name(me),
+                request_name(me), reservation_name(me)))
+            swept(ctx.state)
+            if removed:
+                log.info("%s: removed %d interrupted upload(s) from the relay", ctx.name, removed)
 
     def close(self) -> None:
         ctx = self.ctx
         owned = self._access_args is not None
+        if ctx.state is not None:
+            with contextlib.suppress(Exception):
+                ended_cleanly(ctx.state)
         for closer in (getattr(ctx.cache, "close", None), getattr(ctx.state, "close", None),
                        ctx.relay.close, ctx.repository.close if owned else None):
             if closer:
