@@ -255,7 +255,10 @@ def _stored(text: str) -> Entry:
     d = json.loads(text)
     d["kind"] = sys.intern(d["kind"])  # a few distinct values, held once per base instead of per entry
     d["author"] = sys.intern(d.get("author", ""))
-    return Entry(**d)
+    try:
+        return Entry(**d)
+    except TypeError:  # a field this version does not know (a row from another version): the checked way
+        return Entry.from_dict(d)
 
 
 class InstanceLock:
