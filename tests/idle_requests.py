@@ -12,6 +12,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +93,7 @@ def count_idle(work: Path, kind: str, files: int = 20, server=None) -> tuple[dic
                            check=True, capture_output=True)
         from escale.config import load_config
         from escale.manager import Manager
+        from escale.sync.context import SEEN_SETTLE_SECONDS
 
         m = Manager.from_config(load_config(confs["a"]).repositories["r"])
         try:
@@ -99,7 +101,10 @@ def count_idle(work: Path, kind: str, files: int = 20, server=None) -> tuple[dic
                 m.open()
                 m.connect()
                 m.cycle()
-            m.cycle()  # settles what the first cycle wrote (our own acknowledgement, read back once)
+            # small objects written less than SEEN_SETTLE_SECONDS ago are read again each cycle
+            # (a one-second mtime could hide a rewrite): wait, then one cycle caches them
+            time.sleep(SEEN_SETTLE_SECONDS + 0.5)
+            m.cycle()
             with counting(kind) as idle:
                 m.cycle()
         finally:
