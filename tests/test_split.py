@@ -307,3 +307,29 @@ def test_every_backend_declares_max_object_size() -> None:
 
     missing = sorted({cls.__name__ for cls in BACKENDS.values() if MAX_OBJECT_SIZE not in cls.options})
     assert missing == []
+
+
+def test_a_forged_manifest_beside_a_part_does_not_stop_the_listing(tmp_path) -> None:
+    """Another member (or the relay) stores a manifest lookalike whose part sizes do not add
+    up, or that claims more parts than a manifest may list, beside a part name: the listing
+    goes on (it raised IntegrityError: every client's every cycle stopped) and reading that
+    object is refused by name."""
+    import struct
+
+    inner = LocalMount(f"file://{tmp_path}/relay")
+    relay = Splitting(inner, 64 * KiB)
+    relay.open()
+    relay.put("a", io.BytesIO(b"genuine"))
+    bad_sum = struct.pack("<16sQ32s4sI", MAGIC, 999, b"\0" * 32, b"\xde\xad\xbe\xef", 2) + \
+        struct.pack("<Q32s", 1, b"\0" * 32) * 2
+    too_many = struct.pack("<16sQ32s4sI", MAGIC, 0, b"\0" * 32, b"\xde\xad\xbe\xef", 10 ** 7) + \
+        struct.pack("<Q32s", 0, b"\0" * 32) * 3
+    for name, body in (("u/X/1", bad_sum), ("u/X/2", too_many)):
+        inner.put(name, io.BytesIO(body))
+        inner.put(f"{name}.~part.deadbeef.1.1", io.BytesIO(b"x"))
+    listed = {i.name: i.size for i in relay.list()}
+    assert listed == {"a": 7, "u/X/1": len(bad_sum), "u/X/2": len(too_many)}
+    assert read(relay, "a") == b"genuine"
+    for name in ("u/X/1", "u/X/2"):
+        with pytest.raises(IntegrityError, match=name):
+            read(relay, name)
