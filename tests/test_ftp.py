@@ -561,3 +561,24 @@ def test_listing_entries_that_are_no_name_in_a_folder_are_ignored(own_server, ml
         assert list(itertools.islice(relay.list(), 50)) == []
     finally:
         relay.close()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e308"])
+def test_a_timeout_that_is_no_usable_number_is_a_config_error(tmp_path, value) -> None:
+    """'timeout = nan' (or inf, 1e308) was accepted, then every cycle died on an unexpected
+    ValueError/OverflowError (exit 1, a traceback); now exit 3 naming the option."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "l").mkdir()
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[r]\nlocal path = {tmp_path / 'l'}\nrelay address = ftps://u@127.0.0.1:1/x\n"
+                    f"encryption = off\ntimeout = {value}\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "escale", "-c", str(conf), "--once"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "'timeout'" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(ConfigError, match="timeout"):
+        FTP("ftps://u@127.0.0.1:1/x", timeout=value)

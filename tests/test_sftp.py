@@ -356,3 +356,12 @@ def test_listing_names_that_are_no_entry_of_a_folder_are_ignored(tmp_path, caplo
             relay.close()
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e308"])
+def test_a_timeout_that_is_no_usable_number_is_a_config_error(value) -> None:
+    """A non-finite or absurd timeout was taken and failed later in the socket layer."""
+    from escale.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="timeout"):
+        SFTP("sftp://u@127.0.0.1:1/x", timeout=value)

@@ -131,13 +131,17 @@ def _parse_tls_mode(text: str) -> str:
     return t
 
 
+#: a longer timeout is a typo (sockets refuse one beyond time_t)
+MAX_TIMEOUT = 86400.0
+
+
 def _parse_timeout(text: str) -> float:
     try:
         t = float(str(text).strip())
     except ValueError:
         raise ValueError(f"'{text}' is not a number of seconds") from None
-    if t <= 0:
-        raise ValueError("must be a number of seconds above 0")
+    if not 0 < t <= MAX_TIMEOUT:  # also NaN and inf, which failed later in the socket layer
+        raise ValueError(f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:.0f}")
     return t
 
 

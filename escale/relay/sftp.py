@@ -111,8 +111,8 @@ MAX_RELAY_DEPTH = 16
 
 def _seconds(text: str) -> float:
     v = float(text.strip())
-    if v <= 0:
-        raise ValueError("a timeout is a number of seconds above 0")
+    if not 0 < v <= 86400:  # also NaN and inf, which failed later in the socket layer
+        raise ValueError("a timeout is a number of seconds above 0 and at most 86400")
     return v
 
 
