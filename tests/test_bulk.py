@@ -70,3 +70,37 @@ def test_kill9_during_grouped_writes_leaves_no_partial_file_and_no_unwritten_bas
         b.once()
     assert b.tree() == before
     assert temp_files(b.folder) == []
+
+
+def trash_files(client) -> list[str]:
+    trash = client.folder / ".escale" / "trash"
+    return sorted(str(p.relative_to(trash)) for p in trash.rglob("*") if p.is_file()) if trash.exists() else []
+
+
+def test_returning_machine_does_not_fetch_what_later_updates_replace_or_delete(cluster):
+    """B was away while A wrote, rewrote and deleted files: B takes only the outcome. Before,
+    it downloaded every intermediate version (blobs and inline) and moved each straight to
+    its trash."""
+    a = cluster.add("A")
+    b = cluster.add("B")
+    b.once()
+    a.write("big.bin", os.urandom(3_000_000))
+    a.write("gone.bin", os.urandom(3_000_000))
+    a.write("small.txt", os.urandom(3000))
+    a.write("kept.bin", os.urandom(3_000_000))
+    a.once()
+    a.write("big.bin", os.urandom(3_000_000))
+    (a.folder / "gone.bin").unlink()
+    a.once()
+    a.write("small.txt", os.urandom(2000))
+    a.once()
+    b.once()
+    assert b.tree() == a.tree()
+    assert trash_files(b) == [], "B downloaded versions that later updates had replaced or deleted"
+    # and a machine that is up to date keeps replacing with a trash copy, as ever
+    a.write("kept.bin", os.urandom(1000))
+    a.once()
+    b.once()
+    assert b.tree() == a.tree()
+    assert any(t.endswith("kept.bin") for t in trash_files(b))
+

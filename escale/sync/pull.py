@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from ..stream import copy_exactly
 from ..errors import IntegrityError, RelayObjectMissing
-from ..index import GONE
+from ..index import FILE, GONE
 from ..plan import saw, stamp
 from ..protocol import (BLOB, FORMAT_VERSION, INLINE, RelayView, Snapshot,
                         UpdateHeader, blob_name, request_name, snapshot_name, update_name)
@@ -195,13 +195,14 @@ class Puller:
         queue = queues[pusher]
         while queue and queue[0] <= self.ctx.pos.get(pusher, 0):
             queue.pop(0)  # covered by a snapshot
+        later = self._superseded(pusher, queue) if len(queue) > 1 else {}
         while queue:
             self.ctx.check_stop()
             seq = queue[0]
             if seq != self.ctx.pos.get(pusher, 0) + 1:
                 raise IntegrityError(update_name(pusher, self.ctx.pos.get(pusher, 0) + 1),
                                      "missing: the sequence of its client has a gap")
-            if not self._apply_update(pusher, seq, report, causal):
+            if not self._apply_update(pusher, seq, report, causal, later):
                 break
             queue.pop(0)
             progress = True
@@ -269,17 +270,45 @@ class Puller:
                 self.ctx.pos[snap.client] = snap.seq
         self.ctx.folder.end_batch()
 
-    def _apply_update(self, pusher: str, seq: int, report: CycleReport, causal: bool = True) -> bool:
+    def _spooled(self, pusher: str, seq: int) -> None:
+        """Fetch, verify and spool update ``seq`` of ``pusher`` (once)."""
+        name = update_name(pusher, seq)
+        if (pusher, seq) in self._spools:
+            return
+        try:  # the reader every client and escalectl check share (escale.protocol)
+            header, digest, spool = self.ctx.store.read_update(name, pusher, seq, self.ctx.state_dir,
+                                                               self.ctx.check_stop)
+        except RelayObjectMissing:
+            raise IntegrityError(name, "disappeared while being read (collected meanwhile, or deleted "
+                                       "by the relay)") from None
+        self._spools[(pusher, seq)] = (header, digest, spool)
+
+    def _superseded(self, pusher: str, queue: list[int]) -> dict[str, int]:
+        """Path -> the last queued update of ``pusher`` that writes it (a returning machine:
+        a file's content that a later pending update of the same pusher replaces or deletes
+        is history, never downloaded). Paths a later update renames from are left out: their
+        content may be reused by the rename. An update that cannot be read ends the look-ahead
+        (its error comes when its turn comes)."""
+        last: dict[str, int] = {}
+        origins: dict[str, int] = {}
+        for seq in queue:
+            try:
+                self._spooled(pusher, seq)
+            except IntegrityError:
+                break
+            for item in self._spools[(pusher, seq)][0].items:
+                last[item.entry.path] = seq
+                if item.entry.origin is not None:
+                    origins[item.entry.origin] = seq
+        for path in origins:
+            last.pop(path, None)
+        return last
+
+    def _apply_update(self, pusher: str, seq: int, report: CycleReport, causal: bool = True,
+                      later: dict[str, int] | None = None) -> bool:
         """Apply one update; False (nothing done) if ``causal`` and its dependencies are not met."""
         name = update_name(pusher, seq)
-        if (pusher, seq) not in self._spools:  # verify the whole object before anything from it is used
-            try:  # the reader every client and escalectl check share (escale.protocol)
-                header, digest, spool = self.ctx.store.read_update(name, pusher, seq, self.ctx.state_dir,
-                                                                   self.ctx.check_stop)
-            except RelayObjectMissing:
-                raise IntegrityError(name, "disappeared while being read (collected meanwhile, or deleted "
-                                           "by the relay)") from None
-            self._spools[(pusher, seq)] = (header, digest, spool)
+        self._spooled(pusher, seq)
         h, digest, spool = self._spools[(pusher, seq)]
         spool.seek(0)
         if not self._ready(h.deps):
@@ -301,6 +330,12 @@ class Puller:
                     self.ctx.check_stop()
                     start = body.pos
                     inline = item.entry.size if item.data == INLINE else 0
+                    if later and later.get(item.entry.path, 0) > seq and item.entry.kind == FILE:
+                        # a later update of this pusher writes the path again: this version is
+                        # history (the pusher saw it, so the later one applies as its successor)
+                        if not body.skip_to(start + inline):
+                            raise IntegrityError(name, "truncated: content shorter than announced")
+                        continue
                     source = None
                     if item.data == INLINE:
                         source = body
