@@ -582,3 +582,15 @@ def test_a_timeout_that_is_no_usable_number_is_a_config_error(tmp_path, value) -
     assert "'timeout'" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(ConfigError, match="timeout"):
         FTP("ftps://u@127.0.0.1:1/x", timeout=value)
+
+
+def test_unverified_tls_is_warned_about(relay_ftps_pyftpdlib, caplog) -> None:
+    """'verify ssl = no' on ftps:// turned certificate checks off without a word (WebDAV warns):
+    anyone between client and server could read the password. Now a warning names it."""
+    with caplog.at_level(logging.WARNING, logger="escale.relay.ftp"):
+        relay = relay_on(relay_ftps_pyftpdlib, verify_ssl="no")
+    try:
+        relay.put("x", io.BytesIO(b"x"))
+    finally:
+        relay.close()
+    assert sum("verify ssl = no" in r.getMessage() for r in caplog.records) == 1

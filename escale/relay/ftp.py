@@ -476,6 +476,10 @@ class FTP(Relay):
 
         where = f"{self.host}:{self.port}"
         if self.tls:
+            if self.verify is False and not self._warned_plain:
+                self._warned_plain = True
+                log.warning("%s: TLS certificate verification is off ('verify ssl = no'): anyone on the way "
+                            "can pose as the server and read the password", self.address)
             ftp = _implicit_class()(context=self._context(), timeout=self.timeout) if self.implicit \
                 else _explicit_class()(context=self._context(), timeout=self.timeout)
         else:
