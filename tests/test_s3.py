@@ -17,6 +17,7 @@ import uuid
 import pytest
 
 from cluster import Cluster, kill9, wait_for
+from peak import peak_rss
 from escale.errors import AuthenticationError, ObjectExists, RelayError, RelayObjectMissing, SourceError
 from escale.relay import backend_for
 from escale.relay.s3 import MIN_PART_SIZE, PROBE_MARK, S3
@@ -457,15 +458,9 @@ def test_one_gigabyte_file_multipart_with_bounded_memory(relay_s3_seaweedfs, tmp
         """Peak RSS of one ``escale --once``, measured by a small launcher process: wait4()
         from pytest itself would report pytest's own peak too (Linux carries the parent's
         high-water mark over fork and exec)."""
-        launcher = ("import os, subprocess, sys\n"
-                    "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
-                    "_pid, status, usage = os.wait4(p.pid, 0)\n"
-                    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n")
-        r = subprocess.run([sys.executable, "-c", launcher, *client.cmd("--once", "-q")], env=cluster.env,
-                           capture_output=True, text=True, timeout=600)
-        code, maxrss = map(int, r.stdout.split())
-        assert code == 0, r.stderr[-2000:]
-        return maxrss * 1024  # KiB on Linux
+        code, peak, err = peak_rss(client.cmd("--once", "-q"), cluster.env)
+        assert code == 0, err[-2000:]
+        return peak
 
     relay = cluster.backend()
     push_rss = run(a)

@@ -9,16 +9,15 @@ import sqlite3
 import stat
 import subprocess
 
+from peak import peak_rss
 from cluster import Cluster
 
 
 def peak_rss_mib(cmd: list[str], env: dict) -> tuple[int, str]:
-    """(peak RSS in MiB of the child, its stderr); the child's own maxrss from wait4."""
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
-    err = p.stderr.read()
-    _pid, status, usage = os.wait4(p.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, err
-    return usage.ru_maxrss // 1024, err
+    """(peak RSS in MiB of the command alone, its stderr): see tests/peak.py."""
+    code, peak, err = peak_rss(cmd, env)
+    assert code == 0, err
+    return peak >> 20, err
 
 
 def test_second_run_of_an_encrypted_repository_keeps_the_derived_key(tmp_path):
