@@ -39,21 +39,23 @@ def relay_cluster(request, tmp_path):
     return Cluster(tmp_path, address, conf, kwargs, kind=kind)
 
 
-#: on the local Drive server every CLI cycle also pays googleapiclient's import (about 0.8 s), so
-#: one scenario runs there by default and the others in the slow suite (the Drive scenarios of
-#: tests/test_gdrive.py — three clients encrypted, kill -9, rate-limit storm — run by default)
-_GDRIVE_DEFAULT = ("test_concurrent_edit_gives_one_winner_and_one_conflict_copy_everywhere",)
-
-#: scenarios heavy enough that, on network relays, they belong to the slow suite
-_HEAVY = ("test_three_shared_clients_all_kinds_of_changes",)
+#: the multi-client scenarios run whole on the local kinds; on a network relay two run by
+#: default (a conflict resolved alike everywhere, a late joiner catching up) and the others in
+#: the slow suite (.ci/run runs it): each backend also has the conformance suite
+#: (tests/test_relay_contract.py) and its own three-client, kill -9 and fault scenarios in its
+#: test file, so the default suite stays near ten minutes on two cores
+_NETWORK_DEFAULT = ("test_concurrent_edit_gives_one_winner_and_one_conflict_copy_everywhere",
+                    "test_late_joiner_receives_everything")
+#: on the local Drive server every CLI cycle also pays googleapiclient's import (about 0.8 s):
+#: one scenario by default
+_GDRIVE_DEFAULT = _NETWORK_DEFAULT[:1]
 
 
 def pytest_collection_modifyitems(config, items):
-    """The 300 MB scenario runs by default on the local kinds; on every network relay it
-    is part of the slow suite (run by .ci/run, deselected by the README's test command)."""
+    """Scenarios on network relays beyond the default ones join the slow suite."""
     for item in items:
         kind = getattr(getattr(item, "callspec", None), "params", {}).get("relay_cluster")
-        if item.originalname in _HEAVY and kind not in (None, "file", "encrypted"):
-            item.add_marker(pytest.mark.slow)
-        elif kind == "gdrive" and item.originalname not in _GDRIVE_DEFAULT:
+        if kind in (None, "file", "encrypted"):
+            continue
+        if item.originalname not in (_GDRIVE_DEFAULT if kind == "gdrive" else _NETWORK_DEFAULT):
             item.add_marker(pytest.mark.slow)
