@@ -11,6 +11,10 @@ Nothing is ever written outside the folder: every relay-supplied path passes
 a link — so a folder or file swapped for a symbolic link meanwhile cannot redirect it.
 Names the file system takes for one (letter case, Unicode normalisation) are refused by
 name, never overwritten (:mod:`escale.fsnames`).
+
+Length: the one place that changes the user's folder (scan, verified writes, grouped
+durability, trash); its safety rules depend on each other (a write's temporary, its
+fsync, the rename only if the target is unchanged, the trash copy), and are read together.
 """
 from __future__ import annotations
 
