@@ -15,7 +15,6 @@ step is its own process (wall time around it, peak RSS from wait4()).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -23,10 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import make_big, make_small, print_table, run, same_tree  # noqa: E402
+from harness import ROOT, arguments, escale_pair, measure, print_table, size_cases  # noqa: E402
 
 
 def start_server(work: Path) -> tuple[subprocess.Popen, dict]:
@@ -36,46 +32,18 @@ def start_server(work: Path) -> tuple[subprocess.Popen, dict]:
 
 
 def escale_case(work: Path, make, server: dict, encryption: str = "off") -> dict:
-    a, b = work / "A", work / "B"
-    a.mkdir()
-    size = make(a)
-    address = server["address"] + "-" + os.path.basename(work)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    confs = {}
-    for name, folder in (("A", a), ("B", b)):
-        conf = work / f"{name}.conf"
-        conf.write_text(f"cache dir = {work}/state-{name}\n[bench]\nlocal path = {folder}\n"
-                        f"relay address = {address}\n{server['conf']}"
-                        f"client name = {name}\nencryption = {encryption}\n"
-                        + ("passphrase = text:bench passphrase\n" if encryption != "off" else ""))
-        conf.chmod(0o600)
-        confs[name] = conf
-    esc = [sys.executable, "-m", "escale", "-q", "--once", "-c"]
-    run(esc + [str(confs["B"])], env)  # B registers first, as a running peer would be
-    push = run(esc + [str(confs["A"])], env)
-    pull = run(esc + [str(confs["B"])], env)
-    assert same_tree(a, b), "escale: trees differ"
-    return {"size": size, "push": push, "pull": pull}
+    return escale_pair(work, make, server["address"] + "-" + os.path.basename(work), server["conf"], encryption)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--small", type=int, default=5000, help="number of 4 KiB files")
-    ap.add_argument("--big", type=int, default=200, help="size of the big file in MB (10^6 bytes)")
-    ap.add_argument("--tmp", default=None, help="work folder (default: a temporary one)")
-    args = ap.parse_args()
-    cases = [(f"{args.small} × 4 KiB files", lambda f: make_small(f, args.small)),
-             (f"one {args.big} MB file", lambda f: make_big(f, args.big * 10**6))]
-    rows = []
+    args = arguments(big=200).parse_args()
+    cases = size_cases(args.small, args.big)
     with tempfile.TemporaryDirectory(dir=args.tmp) as srv_dir:
         proc, server = start_server(Path(srv_dir))
         try:
-            for label, make in cases:
-                for tool, enc in (("escale (encryption off)", "off"), ("escale (aes256gcm)", "aes256gcm")):
-                    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-                        r = escale_case(Path(tmp), make, server, enc)
-                    rows.append((label, tool, r))
-                    print(f"{label} {tool}: push {r['push'][0]:.2f} s, pull {r['pull'][0]:.2f} s", file=sys.stderr)
+            rows, _ = measure(cases, (
+                ("escale (encryption off)", lambda w, m: escale_case(w, m, server)),
+                ("escale (aes256gcm)", lambda w, m: escale_case(w, m, server, "aes256gcm"))), args.tmp)
         finally:
             proc.terminate()
             proc.wait()

