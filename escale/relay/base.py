@@ -66,6 +66,15 @@ from typing import BinaryIO, Callable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
+#: the name prefixes of a backend's own temporaries (a put under way) and probe objects: one
+#: convention for every backend, hidden from listings
+TMP_MARK = ".escale-put-"
+PROBE_MARK = ".escale-probe-"
+#: temporaries older than this are leftovers of a killed writer (removed by listings)
+STALE_TMP_SECONDS = 6 * 3600
+#: a non-seekable body up to this size is held in memory so that its put can be retried
+REPLAY_BUFFER = 8 << 20
+
 
 @dataclass(frozen=True)
 class RelayOption:

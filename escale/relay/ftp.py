@@ -90,29 +90,25 @@ from urllib.parse import unquote
 
 from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExists, PermanentRelayError, QuotaExceeded,
                       RelayError, RelayObjectMissing, SourceError, TransientRelayError)
+from ..stream import read_exactly
 from ..values import parse_bool, parse_verify_ssl
 from .address import redact, split_network_address
-from .base import Capabilities, ObjectInfo, Relay, RelayOption, check_name
+from .base import (PROBE_MARK, REPLAY_BUFFER, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay,
+                   RelayOption, check_name)
 from . import retry
 from .options import MAX_RETRIES, TLS
 from .split import MAX_OBJECT_SIZE
 
 log = logging.getLogger(__name__)
 
-TMP_MARK = ".escale-put-"
 LOCK_MARK = ".escale-lock-"
 OLD_MARK = ".escale-old-"
-PROBE_MARK = ".escale-probe-"
 _HIDDEN = (TMP_MARK, LOCK_MARK, OLD_MARK, PROBE_MARK)
-#: temporaries older than this are leftovers of a killed writer (removed by listings)
-STALE_TMP_SECONDS = 6 * 3600
 #: a create-if-absent lock older than this (server clock) is a crashed writer's
 STALE_LOCK_SECONDS = 120.0
 #: how long a create waits for another writer's lock to go before it checks again
 LOCK_WAIT_SECONDS = 10.0
 BLOCK = 1 << 20
-#: a non-seekable body up to this size is held in memory so that its put can be retried
-REPLAY_BUFFER = 8 << 20
 DEFAULT_TIMEOUT = 60.0
 #: idle control connections kept open for reuse
 MAX_IDLE = 4
@@ -300,18 +296,11 @@ class _Body:
                            "bytes announced")
 
     def _read(self, n: int) -> bytes:
-        chunks, left = [], n
         try:
-            while left > 0:
-                data = self.stream.read(min(left, BLOCK))
-                if not data:
-                    break
-                chunks.append(data)
-                left -= len(data)
+            return read_exactly(self.stream, n)
         except OSError as exc:
             raise SourceError(f"cannot read the data to send as relay object {self.name}: "
                               f"{exc.strerror or exc}") from exc
-        return b"".join(chunks)
 
     @property
     def replayable(self) -> bool:

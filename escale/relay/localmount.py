@@ -47,15 +47,12 @@ from typing import BinaryIO, Iterator
 from ..confined import O_NEW, Found, LinkInTree, Tree
 from ..errors import ObjectExists, RelayError, RelayObjectMissing, SourceError
 from . import retry
-from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
+from .base import STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay, Usage, check_name
 from .options import MAX_RETRIES
 from .split import MAX_OBJECT_SIZE
 
 log = logging.getLogger(__name__)
 
-TMP_MARK = ".escale-put-"
-#: temporary files older than this are leftovers of a killed writer
-STALE_TMP_SECONDS = 6 * 3600
 COPY_BUFFER = 1 << 20
 #: no escale object is deeper than b/<cid>/<seq>/<n>; a folder nested deeper than this
 #: is not ours, and walking it without bound would exhaust the stack or the time

@@ -95,7 +95,7 @@ from urllib.parse import urlsplit
 from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExists, QuotaExceeded, RelayError,
                       RelayObjectMissing, SourceError, TransientRelayError)
 from ..values import parse_bool, parse_size, parse_verify_ssl
-from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
+from .base import PROBE_MARK, Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
 from .options import MAX_RETRIES, VERIFY_SSL
 from .split import MAX_OBJECT_SIZE
 from . import retry
@@ -122,8 +122,6 @@ CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60
 #: resumptions of one download after its connection broke mid-body
 MAX_RESUMES = 8
-#: names of probe objects (create-if-absent support), hidden from listings
-PROBE_MARK = ".escale-probe-"
 #: seconds between the PUT and the read-back of a create-only put without server support
 SETTLE = 1.0
 

@@ -87,21 +87,17 @@ from typing import BinaryIO, Iterator
 
 from ..errors import (AuthenticationError, ConfigError, ObjectExists, PermanentRelayError, RelayError,
                       RelayObjectMissing, SourceError, TransientRelayError)
+from ..stream import read_exactly
 from .address import redact, split_network_address
-from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
+from .base import (PROBE_MARK, REPLAY_BUFFER, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay,
+                   RelayOption, Usage, check_name)
 from . import retry as retries
 from .options import KEYFILE, MAX_RETRIES, parse_path_text
 from .split import MAX_OBJECT_SIZE
 
 log = logging.getLogger(__name__)
 
-TMP_MARK = ".escale-put-"
-PROBE_MARK = ".escale-probe-"
-#: temporaries older than this are leftovers of a killed writer
-STALE_TMP_SECONDS = 6 * 3600
 BLOCK = 1 << 20
-#: a non-seekable body up to this size is kept in memory so that its put can be retried
-REPLAY_BUFFER = 8 << 20
 #: bytes asked for at once when reading (paramiko splits them into 32 KiB requests in flight)
 READ_WINDOW = 4 << 20
 DEFAULT_TIMEOUT = 30.0
@@ -817,14 +813,7 @@ class _Body:
 
     def _read(self, n: int) -> bytes:
         try:
-            out, left = [], n
-            while left > 0:
-                b = self.stream.read(min(BLOCK, left))
-                if not b:
-                    break
-                out.append(b)
-                left -= len(b)
-            return b"".join(out)
+            return read_exactly(self.stream, n)
         except OSError as exc:
             raise _BodyError(f"cannot read the data to send as relay object {self.name}: "
                              f"{exc.strerror or exc}") from exc

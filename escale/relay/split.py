@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from ..errors import IntegrityError, ObjectExists, RelayError, RelayObjectMissing, SourceError
+from ..stream import read_exactly
 from ..values import parse_size
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage
 
@@ -144,17 +145,6 @@ class Manifest:
     def part_names(self, name: str) -> list[str]:
         n = len(self.parts)
         return [part_name(name, self.uid, k, n) for k in range(1, n + 1)]
-
-
-def _read_exactly(stream: BinaryIO, n: int) -> bytes:
-    chunks, left = [], n
-    while left > 0:
-        data = stream.read(min(left, BLOCK))
-        if not data:
-            break
-        chunks.append(data)
-        left -= len(data)
-    return b"".join(chunks)
 
 
 class _Prefixed(io.RawIOBase):
@@ -339,10 +329,10 @@ class Splitting(Relay):
             if info.size >= manifest_size(1) and (info.size - _HEAD.size) % _PART.size == 0:
                 try:
                     with self.inner.get(info.name) as f:
-                        head = _read_exactly(f, len(MAGIC))
+                        head = read_exactly(f, len(MAGIC))
                         if head == MAGIC:  # read no more than the largest manifest, whatever the listing says
                             more = min(info.size, manifest_size(MAX_PARTS)) - len(MAGIC) + 1
-                            m = Manifest.decode(info.name, head + _read_exactly(f, more))
+                            m = Manifest.decode(info.name, head + read_exactly(f, more))
                 except RelayObjectMissing:
                     return None  # deleted since it was listed
                 except IntegrityError as exc:
@@ -387,13 +377,13 @@ class Splitting(Relay):
     def get(self, name: str) -> BinaryIO:
         raw = self.inner.get(name)
         try:
-            head = _read_exactly(raw, len(MAGIC))
+            head = read_exactly(raw, len(MAGIC))
             if head != MAGIC:
                 if _seekable(raw):  # a local file: handed back as it is, no copy on the way
                     raw.seek(0)
                     return raw
                 return io.BufferedReader(_Prefixed(head, raw), BLOCK)
-            rest = _read_exactly(raw, manifest_size(MAX_PARTS) - len(MAGIC) + 1)
+            rest = read_exactly(raw, manifest_size(MAX_PARTS) - len(MAGIC) + 1)
         except BaseException:
             raw.close()
             raise
@@ -424,7 +414,7 @@ class Splitting(Relay):
                 if size is None:
                     size = stream.seek(0, os.SEEK_END) - start
                     stream.seek(start)
-                head = _read_exactly(stream, len(MAGIC))
+                head = read_exactly(stream, len(MAGIC))
                 stream.seek(start)
                 return stream, size, head
             if size is None and self.limit is not None:
@@ -434,10 +424,10 @@ class Splitting(Relay):
                     spool.write(data)
                 size = spool.tell()
                 spool.seek(0)
-                head = _read_exactly(spool, len(MAGIC))
+                head = read_exactly(spool, len(MAGIC))
                 spool.seek(0)
                 return spool, size, head  # type: ignore[return-value]
-            head = _read_exactly(stream, len(MAGIC))
+            head = read_exactly(stream, len(MAGIC))
         except OSError as exc:
             if isinstance(exc, SourceError):
                 raise
@@ -481,7 +471,7 @@ class Splitting(Relay):
                                       f"bytes early (part {k} of {n})")
                 parts.append((want, window.hash.digest()))
                 left -= want
-            if _read_exactly(stream, 1):
+            if read_exactly(stream, 1):
                 raise SourceError(f"relay object {name}: the data to send is longer than the {size} bytes announced")
             manifest = Manifest(size, total.digest(), uid, tuple(parts)).encode()
             self.inner.put(name, io.BytesIO(manifest), create_only=create_only, size=len(manifest))

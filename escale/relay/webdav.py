@@ -94,10 +94,12 @@ from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import (AuthenticationError, ConfigError, ObjectExists, QuotaExceeded, RelayError,
                       RelayObjectMissing, SourceError, TransientRelayError)
+from ..stream import read_exactly
 from ..values import parse_verify_ssl
 from . import retry
 from .address import redact, split_network_address
-from .base import Capabilities, ObjectInfo, Relay, Usage, check_name
+from .base import (PROBE_MARK, REPLAY_BUFFER, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay,
+                   Usage, check_name)
 from .options import MAX_RETRIES, TLS
 from .split import MAX_OBJECT_SIZE
 
@@ -126,13 +128,7 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 log = logging.getLogger(__name__)
 
-TMP_MARK = ".escale-put-"
-PROBE_MARK = ".escale-probe-"
-#: temporaries older than this are leftovers of a killed writer
-STALE_TMP_SECONDS = 6 * 3600
 BLOCK = 1 << 20
-#: a non-seekable body up to this size is held in memory so that its put can be retried
-REPLAY_BUFFER = 8 << 20
 DEFAULT_TIMEOUT = 60.0
 DAV = "{DAV:}"
 _PROPFIND_BODY = (b'<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop>'
@@ -235,7 +231,7 @@ class _Body:
 
     def _read_upto(self, n: int) -> bytes:
         try:
-            return _read_upto(self.stream, n)
+            return read_exactly(self.stream, n)
         except OSError as exc:
             raise _BodyError(f"cannot read the data to send as relay object {self.name}: "
                                  f"{exc.strerror or exc}") from exc
@@ -322,17 +318,6 @@ class _Sized:
 
     def __len__(self) -> int:
         return self._len
-
-
-def _read_upto(stream: BinaryIO, n: int) -> bytes:
-    chunks, left = [], n
-    while left > 0:
-        data = stream.read(min(left, BLOCK))
-        if not data:
-            break
-        chunks.append(data)
-        left -= len(data)
-    return b"".join(chunks)
 
 
 class _Download(io.RawIOBase):
