@@ -42,16 +42,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from servers_webdav import free_port
+
 ACCESS_KEY = "AKIDESCALETEST"
 SECRET_KEY = "escale-test-secret-key"
 BUCKET = "escale-test"
 START_TIMEOUT = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def s3_client(endpoint: str, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, attempts: int = 3):

@@ -29,22 +29,9 @@ from pathlib import Path
 
 import pytest
 
+from servers_webdav import _die_with_parent, free_port
+
 USER = "escale"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def make_keys(folder: Path) -> dict[str, Path]:
