@@ -65,6 +65,20 @@ class PendingWrite:
     fd: int  # a descriptor of the temporary, kept open for the grouped fsync
     expect: LocalFile | None
     stat: os.stat_result
+    #: the folder the temporary was made in, to remove it whatever happens to the path
+    #: meanwhile (the rename walks the path again: only the cleanup uses this)
+    dir_fd: int = -1
+
+    def discard(self) -> None:
+        """Remove the temporary (if still there) and release the descriptors."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        if self.dir_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp, dir_fd=self.dir_fd)
+            with contextlib.suppress(OSError):
+                os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
 #: threads that fsync deferred writes at once (the disk, not the CPU, is what they wait for)
@@ -312,7 +326,7 @@ class Folder:
                     os.utime(out.fileno(), ns=(entry.mtime_ns, entry.mtime_ns))
                     written = os.fstat(out.fileno())
                     if defer:
-                        pending = PendingWrite(target, tmp, os.dup(out.fileno()), expect, written)
+                        pending = PendingWrite(target, tmp, os.dup(out.fileno()), expect, written, os.dup(fd))
                         kept = True
                         return pending
                 if not self._unchanged_at(fd, name, expect):
@@ -349,6 +363,7 @@ class Folder:
                 return exc
             finally:
                 os.close(p.fd)
+                p.fd = -1
 
         if len(pending) == 1:
             outcomes[0] = flush(pending[0])
@@ -374,6 +389,8 @@ class Folder:
                             os.unlink(p.tmp, dir_fd=fd)
             except (OSError, EscaleError) as exc:
                 outcomes[i] = exc
+            finally:  # a folder swapped meanwhile: its temporary is still removed
+                p.discard()
         for target in folders.values():
             try:
                 with self._at(target) as (fd, _name):
@@ -385,10 +402,7 @@ class Folder:
     def abandon_writes(self, pending: list[PendingWrite]) -> None:
         """Drop deferred writes (the pull stopped): close and remove their temporaries."""
         for p in pending:
-            with contextlib.suppress(OSError):
-                os.close(p.fd)
-            with contextlib.suppress(OSError, EscaleError), self._at(p.target) as (fd, _name):
-                os.unlink(p.tmp, dir_fd=fd)
+            p.discard()
 
     def _open_local(self, relpath: str) -> BinaryIO:
         safe_join(self.root, relpath)

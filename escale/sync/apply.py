@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 #: files up to this size are written, verified, and made durable in groups (see flush)
 DEFER_MAX = 1 << 20
-DEFER_FILES = 512
+#: each waiting write holds two descriptors (the temporary and its folder): 2 × 192 stays well
+#: under the 1,024 open files many desktops allow a process by default
+DEFER_FILES = 192
 DEFER_BYTES = 32 << 20
 
 
