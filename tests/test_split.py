@@ -333,3 +333,31 @@ def test_a_forged_manifest_beside_a_part_does_not_stop_the_listing(tmp_path) -> 
     for name in ("u/X/1", "u/X/2"):
         with pytest.raises(IntegrityError, match=name):
             read(relay, name)
+
+
+def test_deleting_an_unlisted_object_with_a_forged_manifest_costs_one_listing(tmp_path) -> None:
+    """A client deleting an object it never listed takes its parts from the manifest. A
+    manifest (written by the relay or a hostile member) claiming 100,000 parts made it send
+    100,000 DELETEs; now the stored parts are found by one listing of the object's folder."""
+    import struct
+
+    class Counting(LocalMount):
+        deletes = 0
+
+        def delete(self, name: str) -> None:
+            Counting.deletes += 1
+            super().delete(name)
+
+    inner = Counting(f"file://{tmp_path}/relay")
+    inner.open()
+    n = 100_000
+    forged = struct.pack("<16sQ32s4sI", MAGIC, n, b"\0" * 32, b"\xde\xad\xbe\xef", n) + \
+        struct.pack("<Q32s", 1, b"\0" * 32) * n
+    inner.put("u/X/1", io.BytesIO(forged))
+    inner.put("u/X/1.~part.deadbeef.1.100000", io.BytesIO(b"x"))
+    inner.put("u/X/1.~part.cafecafe.1.2", io.BytesIO(b"y"))  # another upload's part: not this manifest's
+    inner.put("u/X/10", io.BytesIO(b"other object"))
+    Counting.deletes = 0
+    Splitting(inner, 64 * KiB).delete("u/X/1")
+    assert Counting.deletes == 2  # the manifest and the one part of its upload that exists
+    assert raw(inner) == {"u/X/1.~part.cafecafe.1.2": 1, "u/X/10": 12}

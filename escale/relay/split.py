@@ -500,13 +500,24 @@ class Splitting(Relay):
 
     def delete(self, name: str) -> None:
         parts = self._parts.pop(name, None)
-        if parts is None:  # not listed here: the manifest tells its parts
+        if parts is None:  # not listed here: the manifest tells which upload; a listing, which parts exist
             info = self.inner.stat(name)
             m = self._manifest_of(info) if info is not None else None
-            parts = m.part_names(name) if m else []
+            parts = self._present_parts(name, m.uid) if m else []
         self.inner.delete(name)  # the object is gone at once; its parts follow
         for pname in parts:
             self.inner.delete(pname)
+
+    def _present_parts(self, name: str, uid: str) -> list[str]:
+        """The stored parts of ``name``'s upload ``uid``: one listing of its folder, never one
+        DELETE per part a manifest claims (a forged one may claim a million)."""
+        folder = name.rpartition("/")[0]
+        found = []
+        for info in self.inner.list(f"{folder}/" if folder else ""):
+            p = parse_part_name(info.name)
+            if p is not None and p.base == name and p.uid == uid:
+                found.append(info.name)
+        return found
 
     def abort_incomplete(self, prefix: str) -> int:
         removed = self.inner.abort_incomplete(prefix)
