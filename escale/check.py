@@ -298,12 +298,12 @@ def check(manager, *, read_data: bool = False) -> CheckReport:
     is in the report, named; ``CheckReport.ok`` is False if there is any."""
     report = CheckReport(manager.name, manager.relay.address)
     try:
-        with manager._inspecting() as view:
+        with manager.inspecting() as view:
             report.objects += 1  # the header, checked by opening the repository
             store = ObjectStore(manager.relay, manager.cipher, None, lambda cid: None, manager.repository_id)
             with tempfile.TemporaryDirectory(prefix="escale-check-") as spool:
                 checker = _Checker(store, view, manager.state.pinned, manager.algorithm, read_data, spool, report,
-                                   manager._check_stop)
+                                   manager.check_stop)
                 store.keys = checker.keys.get
                 checker.run()
     except IntegrityError as exc:

@@ -360,7 +360,7 @@ class Manager:
                 self.close()
 
     @contextlib.contextmanager
-    def _inspecting(self):
+    def inspecting(self):
         """Read-only access for escalectl, safe while a daemon runs on the same state:
         our identity and pins, the relay, the key (from an existing header only)."""
         ctx = self.ctx
@@ -385,12 +385,12 @@ class Manager:
         """Remove the member card of a client that will not come back, so pushers stop
         waiting for its acknowledgements. If it does come back it re-registers and
         catches up from snapshots. Returns the ids removed."""
-        with self._inspecting() as view:
+        with self.inspecting() as view:
             return self.members.forget(view, client_name)
 
     def status(self) -> RepositoryStatus:
         """What the relay and our state say, without syncing (safe while a daemon runs)."""
-        with self._inspecting() as view:
+        with self.inspecting() as view:
             return self.members.status(view, len(self.held_deletions()), self.acks.to_take)
 
     def held_deletions(self) -> list[str]:
@@ -400,7 +400,7 @@ class Manager:
     def name_of(self, cid: str) -> str:
         return self.ctx.name_of(cid)
 
-    def _check_stop(self) -> None:
+    def check_stop(self) -> None:
         """Raise Terminated once ``stop`` is set (escale/check.py polls it during long reads)."""
         self.ctx.check_stop()
 

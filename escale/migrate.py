@@ -32,6 +32,7 @@ configuration reaches the new relay.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -48,6 +49,7 @@ from .protocol import HEADER_NAME, Notice, notice_name, parse_notice
 from .relay import redact
 from .relay.address import split_network_address
 from .relay.base import ObjectInfo, Relay
+from .state import InstanceLock
 from .stream import BLOCK, HashingReader
 
 log = logging.getLogger(__name__)
@@ -187,7 +189,7 @@ def migrate(manager, dst: Relay, *, quota: int | None = None, dry_run: bool = Fa
             raise RelayError(f"the repository already moved away from {public_address(src.address)} (a notice is "
                              "there): run 'escale --once' to follow it (this client's configuration and state "
                              "then name the new relay)")
-    with manager._inspecting():
+    with manager.inspecting(), _migrating(manager):
         src = manager.relay
         header = _read_all(src, HEADER_NAME)
         dst.open()
@@ -224,6 +226,18 @@ def migrate(manager, dst: Relay, *, quota: int | None = None, dry_run: bool = Fa
             dst.close()
     journal_path.unlink(missing_ok=True)
     return report
+
+
+@contextlib.contextmanager
+def _migrating(manager):
+    """One migration of a repository at a time on this machine: two would share one journal
+    and each write a notice (exit 4, AlreadyRunning, for the second)."""
+    lock = InstanceLock(Path(manager.state_dir), manager.name, name="migrate.lock", doing="being migrated")
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def alias_state(ctx, new_address: str) -> None:

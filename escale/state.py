@@ -264,9 +264,9 @@ def _stored(text: str) -> Entry:
 class InstanceLock:
     """Refuse a second escale process on the same repository state (flock, freed on any exit)."""
 
-    def __init__(self, directory: Path, label: str):
-        self.path = Path(directory) / "lock"
-        self.label = label
+    def __init__(self, directory: Path, label: str, name: str = "lock", doing: str = "being synced"):
+        self.path = Path(directory) / name
+        self.label, self.doing = label, doing
         self.fd: int | None = None
 
     def acquire(self) -> None:
@@ -281,7 +281,7 @@ class InstanceLock:
             except OSError:
                 pid = "?"
             os.close(fd)
-            raise AlreadyRunning(f"repository {self.label} is already being synced by another escale "
+            raise AlreadyRunning(f"repository {self.label} is already {self.doing} by another escale "
                                  f"process (pid {pid or '?'}; state in {self.path.parent})") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())

@@ -259,3 +259,30 @@ def test_destination_quota_and_dry_run(secret_cluster, tmp_path):
     assert code == 1 and "more than the 'disk quota'" in err and objects(small) == {}, (out, err)
     code, out, err = ctl(a, "migrate", "-r", "repo", "--dry-run", "small")
     assert code == 0 and "would copy" in out and "u/" in out and objects(small) == {}
+
+
+def test_a_second_migration_of_the_same_repository_is_refused(secret_cluster, tmp_path):
+    """Two `escalectl migrate` of one repository on one machine at once shared one journal and
+    would each write a notice: the second is refused (exit 4) while the first holds the lock,
+    and nothing is copied by it."""
+    import fcntl
+
+    cluster = secret_cluster
+    a = cluster.add("a")
+    a.write("f.txt", "x")
+    a.once()
+    state_dir = next(p.parent for p in a.state.rglob("state.sqlite"))
+    new = tmp_path / "new-relay"
+    new.mkdir()
+    fd = os.open(state_dir / "migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a migration in progress
+        code, out, err = ctl(a, "migrate", f"file://{new}")
+        assert code == 4, (code, out, err)
+        assert "already being migrated" in err and "repo" in err
+        assert objects(new) == {}
+    finally:
+        os.close(fd)
+    code, out, err = ctl(a, "migrate", f"file://{new}")  # once the first is done, it runs
+    assert code == 0, (out, err)
+    assert "object(s) copied" in out
