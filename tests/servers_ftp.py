@@ -65,15 +65,16 @@ class HostileFS(AbstractedFS):
         yield from self._extra(basedir, "LIST")
 
 
-def take_fault(cmd):
-    """The first fault scripted for ``cmd`` (consumed), or None."""
+def take_fault(cmd, arg=""):
+    """The first fault scripted for ``cmd`` (consumed), or None; a fault with ``arg`` set
+    applies only to commands whose argument contains it."""
     try:
         with open(FAULTS) as f:
             faults = json.load(f)
     except (OSError, ValueError):
         return None
     for i, fault in enumerate(faults):
-        if fault["cmd"] == cmd and fault.get("times", 1) > 0:
+        if fault["cmd"] == cmd and fault.get("times", 1) > 0 and fault.get("arg", "") in (arg or ""):
             fault["times"] = fault.get("times", 1) - 1
             with open(FAULTS + ".tmp", "w") as f:
                 json.dump(faults, f)
@@ -120,7 +121,7 @@ def make_handler(base_handler, base_dtp):
         cut_after = None
 
         def pre_process_command(self, line, cmd, arg):
-            fault = take_fault(cmd)
+            fault = take_fault(cmd, arg)
             if fault is not None:
                 if fault["action"] == "421":
                     self.respond("421 Service not available, closing control connection.")
@@ -133,6 +134,11 @@ def make_handler(base_handler, base_dtp):
                     self.cut_after = fault.get("bytes", 1)
                 if fault["action"] == "short":  # store less than was sent, and say 226
                     self.short_by = fault.get("bytes", 1)
+                if fault["action"] == "mute":  # do it, answer nothing (success or refusal), close
+                    self.respond = lambda *a, **k: None
+                    super().pre_process_command(line, cmd, arg)
+                    self.close()
+                    return
                 if fault["action"] == "lost":  # do it, then close before the answer leaves
                     super().pre_process_command(line, cmd, arg)
                     self.close()
@@ -271,10 +277,11 @@ class FTPServer:
         """The server-side folder of a relay address given by :meth:`new`."""
         return self.home / address.split("/", 3)[3]
 
-    def fault(self, cmd: str, action: str, *, bytes: int = 0, times: int = 1) -> None:
+    def fault(self, cmd: str, action: str, *, bytes: int = 0, times: int = 1, arg: str = "") -> None:
         """Script a fault: the next ``times`` ``cmd`` commands get ``action``: ``421`` (answer
         421 and close), ``drop`` (close the control connection without answering), ``lost``
-        (do it, then close before the answer leaves: a lost answer), ``cut`` (run the
+        (do it, then close before the answer leaves: a lost answer), ``mute`` (do it, send no
+        answer at all, not even a refusal, and close), ``cut`` (run the
         command, then drop both connections after ``bytes`` bytes of data) or ``short``
         (a STOR keeps ``bytes`` bytes less than it received, and answers 226)."""
         path = self.base / "faults.json"
@@ -282,7 +289,7 @@ class FTPServer:
             faults = json.loads(path.read_text())
         except (OSError, ValueError):
             faults = []
-        faults.append({"cmd": cmd, "action": action, "bytes": bytes, "times": times})
+        faults.append({"cmd": cmd, "action": action, "bytes": bytes, "times": times, "arg": arg})
         path.write_text(json.dumps(faults))
 
     def add_listing_lines(self, folder: Path, cmd: str, lines: list[str]) -> None:

@@ -423,7 +423,6 @@ def test_lost_answers_are_checked_not_repeated(own_server) -> None:
         server.fault("RNTO", "lost")
         relay.put("a/obj", io.BytesIO(b"mine"))
         assert relay.get("a/obj").read() == b"mine" and server.faults_left() == 0
-        server.fault("MKD", "lost")  # the create's lock folder (the folder itself exists)
         server.fault("RNTO", "lost")
         relay.put("h/header", io.BytesIO(b"header"), create_only=True)
         assert relay.get("h/header").read() == b"header"
@@ -594,3 +593,38 @@ def test_unverified_tls_is_warned_about(relay_ftps_pyftpdlib, caplog) -> None:
     finally:
         relay.close()
     assert sum("verify ssl = no" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_lost_answer_to_the_lock_folder_never_makes_two_creators(own_server, monkeypatch) -> None:
+    """Create-if-absent takes the lock folder ``.escale-lock-<name>`` with MKD. When MKD's
+    answer is lost and the folder is there, it may be another writer's (made first: our MKD
+    failed unheard). It was taken as ours, so two writers created the same name, the second
+    replacing the first's object. Now it counts as another's lock: the create waits, and
+    succeeds only once the lock goes (released, or stale)."""
+    import time
+
+    import escale.relay.ftp as ftp_module
+
+    monkeypatch.setattr(ftp_module, "LOCK_WAIT_SECONDS", 0.5)
+    server = own_server()
+    relay = relay_on(server, max_retries=3)
+    relay.retry.sleep = lambda seconds: None
+    try:
+        relay.put("h/seed", io.BytesIO(b"x"), create_only=True)  # h/ exists; MKD probed (it fails on a folder)
+        lock = server.folder(relay.address) / "h" / f"{LOCK_MARK}header"
+        lock.mkdir()  # another writer is creating h/header right now
+        server.fault("MKD", "mute", arg=LOCK_MARK)  # ours fails (it exists) and its answer is lost
+        with pytest.raises(TransientRelayError, match="another writer holds"):
+            relay.put("h/header", io.BytesIO(b"mine"), create_only=True)
+        assert relay.stat("h/header") is None and server.faults_left() == 0
+        lock.rmdir()  # the other writer is done (here: gave up)
+        server.fault("MKD", "mute", arg=LOCK_MARK)  # now our MKD makes the lock, and its answer is lost
+        with pytest.raises(TransientRelayError, match="another writer holds"):  # ours, but unknowable
+            relay.put("h/header", io.BytesIO(b"mine"), create_only=True)
+        monkeypatch.setattr(ftp_module, "STALE_LOCK_SECONDS", 0.0)  # here stale once a second old
+        time.sleep(1.1)  # the server's clock: seconds
+        relay.put("h/header", io.BytesIO(b"mine"), create_only=True)  # the next cycle: the stale lock goes
+        assert relay.get("h/header").read() == b"mine"
+        assert leftovers(server, relay) == []
+    finally:
+        relay.close()

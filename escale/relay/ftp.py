@@ -53,7 +53,9 @@ How the relay contract is met
   a lock folder ``.escale-lock-<name>``: the one writer whose ``MKD`` succeeds checks
   the name is free, renames its temporary into place and removes the lock. A lock older
   than two minutes (by the server's clock: the age is measured against the time the
-  server gave the writer's own temporary) is a crashed writer's and is broken. The
+  server gave the writer's own temporary) is a crashed writer's and is broken. A lost
+  answer to the lock's ``MKD`` counts as another writer's lock (ours may have failed,
+  unheard, against theirs): the create waits for it to go, never risks two creators. The
   first create probes that ``MKD`` of an existing folder does fail; where it does not,
   create-if-absent is a check then a rename (``atomic_create`` false, with a warning).
 - **Downloads** (``RETR``) are read as they arrive; a transfer that breaks is resumed
@@ -1025,10 +1027,12 @@ class FTP(Relay):
                         raise
                     return False
 
-            # a lost answer to MKD: the lock is there, and it is ours (the one writer that
-            # sent it then); a retry must not wait for it to go stale
-            got = self._run(f"MKD {lock}", mkd, done=lambda: self._is_folder(lock))
-            if got is None or got:
+            # A lost answer to MKD leaves the lock there, but not necessarily ours: another
+            # writer's MKD may have made it first (ours then failed, unheard). Taking it as ours
+            # would let two writers create the same name, so the resend's "exists" counts as
+            # someone else's lock: a lost answer costs a wait until the lock is stale, never a
+            # second writer.
+            if self._run(f"MKD {lock}", mkd):
                 return
             if self.stat(name) is not None:
                 if self._holds(name, body):
