@@ -194,6 +194,18 @@ def test_create_only_falls_back_where_the_server_ignores_it(s3_rclone, caplog) -
     assert [i.name for i in relay.list()] == ["header"]
 
 
+def test_no_interrupted_upload_is_found_where_the_server_never_had_one(s3_rclone) -> None:
+    """rclone serve s3 answers ListMultipartUploads with NoSuchUpload while its bucket has never
+    had a multipart upload: that is "none to abort", not a relay failure (a fresh client's
+    start-up failed on it: bench/run.py's s3-rclone bench)."""
+    relay = make_relay(s3_rclone)
+    relay.open()
+    relay.put("u/me/1", io.BytesIO(b"x"))
+    assert relay.abort_incomplete("u/me/") == 0
+    assert relay.abort_incomplete("") == 0
+    assert relay.get("u/me/1").read() == b"x"
+
+
 # --------------------------------------------------------------------------- multipart
 
 

@@ -801,6 +801,8 @@ class S3(Relay):
             if code in ("NotImplemented", "501"):
                 log.debug("%s cannot list multipart uploads", self.where)
                 return removed
+            if code == "NoSuchUpload":  # rclone serve s3, while its bucket never had one: none
+                return removed
             raise self._error(exc, f"interrupted uploads under '{self.prefix + prefix}'") from None
         return removed
 
