@@ -92,10 +92,10 @@ from urllib.parse import unquote
 
 from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExists, PermanentRelayError, QuotaExceeded,
                       RelayError, RelayObjectMissing, SourceError, TransientRelayError)
-from ..stream import read_exactly
 from ..values import parse_bool, parse_verify_ssl
 from .address import redact, split_network_address
-from .base import (PROBE_MARK, REPLAY_BUFFER, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay,
+from .body import PutBody
+from .base import (PROBE_MARK, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay,
                    RelayOption, check_name)
 from . import retry
 from .options import MAX_RETRIES, TLS
@@ -261,92 +261,6 @@ class _Transient(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-class _Body:
-    """The data of one put: replayable when seekable or small, sent once otherwise."""
-
-    def __init__(self, stream: BinaryIO, size: int | None, name: str):
-        self.stream, self.name = stream, name
-        self.expected = size
-        self.data: bytes | None = None
-        self.start = 0
-        self.seekable = False
-        self.started = False
-        self.count = 0
-        try:
-            if stream.seekable():
-                self.start = stream.tell()
-                self.seekable = True
-        except (AttributeError, OSError, ValueError):
-            self.seekable = False
-        if not self.seekable and (size is None or size <= REPLAY_BUFFER):
-            head = self._read(REPLAY_BUFFER + 1)
-            if len(head) <= REPLAY_BUFFER:
-                self.data = head
-            else:  # longer than announced or unknown: send it once, from this head on
-                self.head = head
-        if not hasattr(self, "head"):
-            self.head = b""
-        if self.data is not None and size is not None and len(self.data) != size:
-            raise self._length_error(len(self.data))
-
-    def _length_error(self, got: int) -> SourceError:
-        if got < (self.expected or 0):
-            return SourceError(f"relay object {self.name}: source stream ended {self.expected - got} bytes early")
-        return SourceError(f"relay object {self.name}: source stream is longer than the {self.expected} "
-                           "bytes announced")
-
-    def _read(self, n: int) -> bytes:
-        try:
-            return read_exactly(self.stream, n)
-        except OSError as exc:
-            raise SourceError(f"cannot read the data to send as relay object {self.name}: "
-                              f"{exc.strerror or exc}") from exc
-
-    @property
-    def replayable(self) -> bool:
-        return self.data is not None or self.seekable or not self.started
-
-    def blocks(self) -> Iterator[bytes]:
-        """The bytes to send, in blocks, from the start (raises SourceError)."""
-        self.count = 0
-        self.started = True
-        if self.data is not None:
-            for i in range(0, len(self.data), BLOCK):
-                self.count += len(self.data[i:i + BLOCK])
-                yield self.data[i:i + BLOCK]
-            return
-        if self.seekable:
-            try:
-                self.stream.seek(self.start)
-            except OSError as exc:
-                raise SourceError(f"cannot read the data to send as relay object {self.name}: {exc}") from exc
-        if self.head:
-            head, self.head = self.head, b""
-            self.count += len(head)
-            yield head
-        while True:
-            want = BLOCK if self.expected is None else min(BLOCK, self.expected - self.count + 1)
-            data = self._read(max(want, 1))
-            if not data:
-                break
-            self.count += len(data)
-            if self.expected is not None and self.count > self.expected:
-                raise self._length_error(self.count)
-            yield data
-        if self.expected is not None and self.count != self.expected:
-            raise self._length_error(self.count)
-
-    def digest(self) -> str | None:
-        if self.data is not None:
-            return hashlib.sha256(self.data).hexdigest()
-        if not self.seekable:
-            return None
-        h = hashlib.sha256()
-        for block in self.blocks():
-            h.update(block)
-        return h.hexdigest()
 
 
 class FTP(Relay):
@@ -879,7 +793,7 @@ class FTP(Relay):
         return io.BufferedReader(_Download(self, name), BLOCK)
 
     # -- writing ---------------------------------------------------------------------------
-    def _store(self, rel: str, body: _Body) -> None:
+    def _store(self, rel: str, body: PutBody) -> None:
         """Send ``body`` to ``rel`` (a temporary), retrying while the data can be sent again."""
         import ftplib
 
@@ -936,7 +850,7 @@ class FTP(Relay):
     def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
         check_name(name)
         folder, _, base = name.rpartition("/")
-        body = _Body(stream, size, name)
+        body = PutBody(stream, size, name)
         self._mkdirs(folder)
         tmp = (folder + "/" if folder else "") + f"{TMP_MARK}{base}.{uuid.uuid4().hex}"
         moved = False
@@ -990,7 +904,7 @@ class FTP(Relay):
         except Exception as e:  # noqa: BLE001 - a leftover is hidden and removed by abort_incomplete
             log.debug("%s: could not remove %s: %s", self.address, old, e)
 
-    def _create(self, name: str, tmp: str, body: _Body) -> None:
+    def _create(self, name: str, tmp: str, body: PutBody) -> None:
         """Give ``tmp`` the name ``name`` only if no other object has it (see the module doc)."""
         if self._create_atomic is None:
             self._create_atomic = self._probe()
@@ -1013,7 +927,7 @@ class FTP(Relay):
         finally:
             self._release_lock(lock)
 
-    def _take_lock(self, lock: str, name: str, tmp: str, body: _Body) -> None:
+    def _take_lock(self, lock: str, name: str, tmp: str, body: PutBody) -> None:
         import ftplib
 
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
@@ -1098,7 +1012,7 @@ class FTP(Relay):
                         "is not atomic there", self.address)
         return ok
 
-    def _holds(self, name: str, body: _Body) -> bool:
+    def _holds(self, name: str, body: PutBody) -> bool:
         """Whether ``name`` holds exactly the bytes of ``body`` (the outcome check of a
         create whose answer was lost)."""
         want = body.digest()

@@ -87,11 +87,11 @@ from typing import BinaryIO, Iterator
 
 from ..errors import (AuthenticationError, ConfigError, ObjectExists, PermanentRelayError, RelayError,
                       RelayObjectMissing, SourceError, TransientRelayError)
-from ..stream import read_exactly
 from .address import redact, split_network_address
-from .base import (PROBE_MARK, REPLAY_BUFFER, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay,
+from .base import (PROBE_MARK, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay,
                    RelayOption, Usage, check_name)
 from . import retry as retries
+from .body import PutBody
 from .options import KEYFILE, MAX_RETRIES, parse_path_text
 from .split import MAX_OBJECT_SIZE
 
@@ -114,10 +114,6 @@ def _seconds(text: str) -> float:
 
 class _ConnectionLost(Exception):
     """The SSH connection broke during a call (internal: triggers a reconnect and a retry)."""
-
-
-class _BodyError(SourceError):
-    """The data to send could not be read (a local file error, never retried here)."""
 
 
 class SFTP(Relay):
@@ -533,7 +529,7 @@ class SFTP(Relay):
     def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
         check_name(name)
         folder, _, base = name.rpartition("/")
-        body = _Body(stream, size, name)
+        body = PutBody(stream, size, name)
 
         def attempt(_n: int) -> int:
             tmp = (folder + "/" if folder else "") + f"{TMP_MARK}{base}.{uuid.uuid4().hex}"
@@ -554,7 +550,7 @@ class SFTP(Relay):
         return retries.call(attempt, policy=self.retry, what=f"writing {name} on {self.address}",
                             replayable=lambda: body.replayable)
 
-    def _upload(self, sftp, tmp: str, body: "_Body", folder: str) -> tuple[int, str]:
+    def _upload(self, sftp, tmp: str, body: PutBody, folder: str) -> tuple[int, str]:
         path = self._abs(tmp)
         try:
             f = sftp.open(path, "wbx")
@@ -783,62 +779,6 @@ class _RefuseUnknown:
             f"\"ssh-keyscan {port}-t {key.get_name()} {self.host} >> {where}\" "
             f"(or connect once with \"ssh {port}{self.host}\" and answer yes)"
             + ("" if default else ", or set 'known hosts' to a file that holds it"))
-
-
-class _Body:
-    """One put's data: read in blocks, sent again from its start on a retry when it can be
-    (a seekable source, or a body of at most REPLAY_BUFFER bytes kept in memory)."""
-
-    def __init__(self, stream: BinaryIO, size: int | None, name: str):
-        self.stream, self.size, self.name = stream, size, name
-        self.data: bytes | None = None
-        self.start: int | None = None
-        self.used = False
-        try:
-            if stream.seekable():
-                self.start = stream.tell()
-        except (AttributeError, OSError, ValueError):
-            self.start = None
-        if self.start is None and (size is None or size <= REPLAY_BUFFER):
-            head = self._read(REPLAY_BUFFER + 1)
-            if len(head) <= REPLAY_BUFFER:
-                self.data = head
-            else:
-                self._head = head
-        self._check_size = size
-
-    @property
-    def replayable(self) -> bool:
-        return self.data is not None or self.start is not None or not self.used
-
-    def _read(self, n: int) -> bytes:
-        try:
-            return read_exactly(self.stream, n)
-        except OSError as exc:
-            raise _BodyError(f"cannot read the data to send as relay object {self.name}: "
-                             f"{exc.strerror or exc}") from exc
-
-    def blocks(self) -> Iterator[bytes]:
-        self.used = True
-        count = 0
-        if self.data is not None:
-            for i in range(0, len(self.data), BLOCK):
-                yield self.data[i:i + BLOCK]
-            count = len(self.data)
-        else:
-            if self.start is not None:
-                self.stream.seek(self.start)
-            head = getattr(self, "_head", b"")
-            if head:
-                self._head = b""
-                count += len(head)
-                yield head
-            while block := self._read(BLOCK):
-                count += len(block)
-                yield block
-        if self._check_size is not None and count != self._check_size:
-            raise _BodyError(f"relay object {self.name}: source stream gave {count} bytes, "
-                             f"expected {self._check_size}")
 
 
 class _Download(io.RawIOBase):
