@@ -163,3 +163,43 @@ def test_the_command_reader_catches_made_up_commands() -> None:
     found = [p for c in cmds for p in problems(c)]
     assert len(found) == 3
     assert "--turbo" in found[0] and "--colour" in found[1] and "no escalectl subcommand 'frobnicate'" in found[2]
+
+
+# --------------------------------------------------------------------------- cited tests
+
+
+def cited_tests(text: str) -> list[tuple[str | None, str, bool]]:
+    """(file or None, test name, is a prefix) of every test a text cites: ``test_x``,
+    ``test_file.py::test_x`` or a prefix written ``test_x_…``."""
+    return [(m["file"], m["name"], bool(m["more"]))
+            for m in re.finditer(r"(?:(?:tests/)?(?P<file>test_\w+\.py)::)?\b(?P<name>test_\w+)\b(?!\.py)(?P<more>…)?",
+                                 text)]
+
+
+def missing_tests(text: str, defined: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for file, name, prefix in cited_tests(text):
+        where = {f for n, fs in defined.items() if (n.startswith(name) if prefix else n == name) for f in fs}
+        if not where or (file is not None and file not in where):
+            bad.append(f"{file + '::' if file else ''}{name}{'…' if prefix else ''}")
+    return bad
+
+
+def defined_tests() -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for f in (ROOT / "tests").glob("test_*.py"):
+        for m in re.finditer(r"^(?:    )?def (test_\w+)", f.read_text(), re.M):
+            found.setdefault(m[1], set()).add(f.name)
+    return found
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: p.name)
+def test_every_cited_test_exists(doc: Path) -> None:
+    """The threat model and others prove their claims by naming tests: the names must hold."""
+    assert missing_tests(doc.read_text(), defined_tests()) == []
+
+
+def test_the_citation_reader_catches_a_renamed_test() -> None:
+    defined = {"test_a_b": {"test_x.py"}, "test_c": {"test_y.py"}}
+    text = "`test_x.py::test_a_b`, `test_a_…`, `test_y.py::test_a_b`, `test_gone`, `test_c`, test_q.py alone"
+    assert missing_tests(text, defined) == ["test_y.py::test_a_b", "test_gone"]
