@@ -1,9 +1,7 @@
 """Count the relay requests of escale's start-up and of an idle cycle (issue 16).
 
-Counting happens in one process, on real relays: for file://, calls to the backend's
-methods (each is one listing, read, write or delete on the mounted folder); for WebDAV,
-the HTTP requests ``requests`` sends, by method. Used by tests/test_idle_requests.py and
-bench/bench_idle.py.
+Counting happens in one process, on real relays (see :func:`counting` for what one request
+is on each backend). Used by tests/test_idle_requests.py and bench/bench_idle.py.
 """
 from __future__ import annotations
 
@@ -19,38 +17,94 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("list", "stat", "get", "put", "delete", "abort_incomplete", "usage")
 
 
+#: how requests are counted, by relay kind (anything else: HTTP requests through ``requests``)
+COUNTERS = {"file": "file", "s3-moto": "s3", "s3-seaweedfs": "s3", "ftp-pyftpdlib": "ftp", "ftps-pyftpdlib": "ftp",
+            "sftp": "sftp", "gdrive": "gdrive"}
+#: FTP commands that set up a connection or a data transfer rather than ask for something
+FTP_SETUP = {"USER", "PASS", "AUTH", "PBSZ", "PROT", "FEAT", "OPTS", "TYPE", "PWD", "CWD", "EPSV", "PASV",
+             "NOOP", "QUIT"}
+
+
+class Counts(collections.Counter):
+    """Requests by kind (an HTTP method, an S3 operation, an FTP command, an SFTP request);
+    ``depths`` counts PROPFINDs by their Depth header."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depths: collections.Counter = collections.Counter()
+
+
+def _patch(patched: list, owner, name: str, count) -> None:
+    orig = getattr(owner, name)
+
+    def wrapper(self, *a, **kw):
+        count(*a, **kw)
+        return orig(self, *a, **kw)
+
+    patched.append((owner, name, orig))
+    setattr(owner, name, wrapper)
+
+
 @contextlib.contextmanager
 def counting(kind: str):
-    """Count requests while the block runs: yields a Counter filled as they happen."""
-    counts: collections.Counter = collections.Counter()
-    patched = []
-    if kind == "file":
-        from escale.relay.localmount import LocalMount as cls
+    """Count requests while the block runs: yields a Counts filled as they happen.
+
+    file://: calls of the backend's methods (each one listing, read, write or delete on the
+    mounted folder); S3: botocore operations (one HTTP request each: botocore's own retries
+    are off); FTP: commands sent on the control connections (a listing is ``EPSV`` + ``MLSD``:
+    :data:`FTP_SETUP` are counted apart, as ``setup``); SFTP: SFTP protocol requests
+    (``readdir`` pages, ``stat``, ``open``, ``read``…); Drive: HTTP requests through httplib2,
+    by method and the API path's first part; the rest (WebDAV, rclone): HTTP requests by method."""
+    counts = Counts()
+    patched: list = []
+    mode = COUNTERS.get(kind, "http")
+    if mode == "file":
+        from escale.relay.localmount import LocalMount
 
         for name in METHODS:
-            orig = getattr(cls, name)
+            _patch(patched, LocalMount, name, lambda *a, _n=name, **kw: counts.update([_n]))
+    elif mode == "s3":
+        import botocore.endpoint
 
-            def wrapper(self, *a, _orig=orig, _name=name, **kw):
-                counts[_name] += 1
-                return _orig(self, *a, **kw)
+        _patch(patched, botocore.endpoint.Endpoint, "make_request",
+               lambda operation_model, *a, **kw: counts.update([operation_model.name]))
+    elif mode == "ftp":
+        import ftplib
 
-            patched.append((cls, name, orig))
-            setattr(cls, name, wrapper)
+        def ftp(line, *a, **kw):
+            verb = line.split(" ", 1)[0].upper()
+            counts.update(["setup" if verb in FTP_SETUP else verb])
+
+        _patch(patched, ftplib.FTP, "putcmd", ftp)
+    elif mode == "sftp":
+        import paramiko.sftp
+        import paramiko.sftp_client
+
+        _patch(patched, paramiko.sftp_client.SFTPClient, "_async_request",
+               lambda fileobj, t, *a, **kw: counts.update([paramiko.sftp.CMD_NAMES.get(t, str(t))]))
+    elif mode == "gdrive":
+        import httplib2
+        from urllib.parse import urlsplit
+
+        def http(uri, method="GET", *a, **kw):
+            path = urlsplit(uri).path
+            part = path.split("/drive/v3/", 1)[1].split("/", 1)[0] if "/drive/v3/" in path else path.rsplit("/", 1)[-1]
+            counts.update([f"{method} {part}"])
+
+        _patch(patched, httplib2.Http, "request", http)
     else:
         import requests
 
-        orig = requests.Session.request
+        def http(method, *a, headers=None, **kw):
+            counts.update([method])
+            if method == "PROPFIND":
+                counts.depths.update([(headers or {}).get("Depth", "?")])
 
-        def request(self, method, *a, **kw):
-            counts[method] += 1
-            return orig(self, method, *a, **kw)
-
-        patched.append((requests.Session, "request", orig))
-        requests.Session.request = request
+        _patch(patched, requests.Session, "request", http)
     try:
         yield counts
     finally:
-        for owner, name, orig in patched:
+        for owner, name, orig in reversed(patched):
             setattr(owner, name, orig)
 
 
@@ -64,9 +118,12 @@ def _conf(work: Path, name: str, address: str, extra: str) -> Path:
     return c
 
 
-def count_idle(work: Path, kind: str, files: int = 20, server=None) -> tuple[dict, dict]:
+def count_idle(work: Path, kind: str, files: int = 20, server=None) -> tuple[Counts, Counts]:
     """(requests of start-up plus the first cycle, requests of an idle cycle after that) of a
-    client ``a`` sharing a repository with a client ``b``, ``files`` files synced."""
+    client ``a`` sharing a repository with a client ``b``, ``files`` files synced.
+
+    ``server``: one of the tests' servers (``new() -> (address, config lines, keywords)``);
+    for the WebDAV kinds (wsgidav, apache, rclone) one is started when none is given."""
     work.mkdir(parents=True, exist_ok=True)
     own = None
     if kind == "file":
@@ -77,10 +134,7 @@ def count_idle(work: Path, kind: str, files: int = 20, server=None) -> tuple[dic
 
             own = server = make_server(kind, work / "server")
             server.start()
-        from servers_webdav import PASSWORD, USER
-
-        address = f"{server.url}/dav/{work.name}-{os.getpid()}"
-        extra = f"user = {USER}\npassword = {PASSWORD}\n"
+        address, extra, _kwargs = server.new()
     try:
         confs = {n: _conf(work, n, address, extra) for n in ("a", "b")}
         for i in range(files):
@@ -109,7 +163,7 @@ def count_idle(work: Path, kind: str, files: int = 20, server=None) -> tuple[dic
                 m.cycle()
         finally:
             m.close()
-        return dict(start), dict(idle)
+        return start, idle
     finally:
         if own is not None:
             own.cleanup()

@@ -186,8 +186,11 @@ class WsgiDAV(DAVServer):
 class Apache(DAVServer):
     kind = "apache"
 
-    def __init__(self, base: Path, client_ca: Path | None = None, limit_body: int | None = None, **kw):
+    def __init__(self, base: Path, client_ca: Path | None = None, limit_body: int | None = None,
+                 depth_infinity: bool = False, **kw):
         self.client_ca = client_ca
+        #: DavDepthInfinity On (off by default: PROPFIND Depth: infinity is refused with 403)
+        self.depth_infinity = depth_infinity
         #: LimitRequestBody (Apache 2.4.54+ refuses bodies over 1 GiB by default): 413 above it
         self.limit_body = limit_body
         # the workers run as www-data: every folder from / down to the data must be
@@ -234,7 +237,8 @@ class Apache(DAVServer):
                 "<Directory />", "  AllowOverride None", "  Require all denied", "</Directory>",
                 f"<Directory {self.data}>", "  Dav On", "  AuthType Basic", '  AuthName "dav"',
                 f"  AuthUserFile {self.base}/htpasswd", "  Require valid-user", "  AllowOverride None",
-                "</Directory>", *([f"LimitRequestBody {self.limit_body}"] if self.limit_body else [])]
+                "</Directory>", *([f"LimitRequestBody {self.limit_body}"] if self.limit_body else []),
+                *(["DavDepthInfinity On"] if self.depth_infinity else [])]
         if self.tls:
             conf += ["SSLEngine on", f"SSLCertificateFile {self.tls[0]}", f"SSLCertificateKeyFile {self.tls[1]}",
                      f"SSLSessionCache shmcb:{self.base}/run/ssl_scache(512000)"]

@@ -1,27 +1,107 @@
-"""Requests per idle cycle (issue 16): counted, never timed. An idle cycle makes no request per
-synced file, reads and writes nothing, and lists the relay once (the push lists again only
-when the pull wrote to the relay); the counts do not depend on the number of files."""
+"""Requests per idle cycle and at start-up (issue 16): counted, never timed.
+
+An idle cycle makes no request per synced file, reads and writes nothing, and lists the relay
+once: one request where the backend lists everything at once (a mounted folder, WebDAV with
+``Depth: infinity``, S3's ListObjectsV2, Drive's files.list on the flat relay folder); the
+push lists again only when the pull wrote to the relay. Start-up (connect) takes the
+header's, the member card's and the reservation's presence from the first cycle's listing.
+The counts do not depend on the number of files.
+"""
 from __future__ import annotations
+
+import logging
 
 import pytest
 
 from idle_requests import count_idle, counting
 
+#: the most requests an idle cycle may make, and start-up plus the first cycle, per relay kind;
+#: what one request is on each backend: tests/idle_requests.py's ``counting``
+LIMITS = {
+    "file": (1, None),
+    "webdav-wsgidav": (1, None),
+    "webdav-rclone": (1, None),
+    "webdav-apache-infinity": (1, None),  # DavDepthInfinity On
+    "s3-moto": (1, None),
+    "s3-seaweedfs": (1, None),
+    "gdrive": (1, None),
+    "rclone-local": (1, None),
+}
+
+
+def _check(start, idle, kind):
+    idle_max, start_max = LIMITS[kind]
+    assert sum(idle.values()) <= idle_max, (kind, dict(idle))
+    if start_max is not None:
+        assert sum(start.values()) <= start_max, (kind, dict(start))
+
 
 def test_idle_cycle_on_a_file_relay_lists_and_reads_nothing_per_file(tmp_path):
-    _start_few, idle_few = count_idle(tmp_path / "few", "file", files=3)
+    start, idle_few = count_idle(tmp_path / "few", "file", files=3)
     _start_many, idle_many = count_idle(tmp_path / "many", "file", files=60)
     assert idle_few == idle_many  # nothing per file
-    assert sum(idle_many.values()) <= 2  # one listing (a second only when the pull wrote), no stat
-    assert not {k: v for k, v in idle_many.items() if k in ("get", "put", "delete", "abort_incomplete")}
+    assert dict(idle_many) == {"list": 1}  # one listing, no stat
+    _check(start, idle_many, "file")
 
 
-@pytest.mark.parametrize("kind", ["wsgidav"])
-def test_idle_cycle_on_webdav_sends_only_listings_and_none_per_file(tmp_path, kind, relay_webdav_wsgidav):
-    _start_few, idle_few = count_idle(tmp_path / "few", kind, files=3, server=relay_webdav_wsgidav)
-    _start_many, idle_many = count_idle(tmp_path / "many", kind, files=60, server=relay_webdav_wsgidav)
-    assert idle_few == idle_many  # nothing per file
-    assert set(idle_many) <= {"PROPFIND"}, idle_many
+@pytest.mark.parametrize("kind", ["wsgidav", "rclone"])
+def test_webdav_lists_the_relay_in_one_request_where_depth_infinity_is_answered(tmp_path, kind, request):
+    server = request.getfixturevalue(f"relay_webdav_{kind}")
+    _start_few, idle_few = count_idle(tmp_path / "few", kind, files=3, server=server)
+    start, idle = count_idle(tmp_path / "many", kind, files=60, server=server)
+    assert idle_few == idle  # nothing per file
+    assert dict(idle) == {"PROPFIND": 1} and dict(idle.depths) == {"infinity": 1}, (idle, idle.depths)
+    _check(start, idle, f"webdav-{kind}")
+
+
+def test_apache_with_depth_infinity_on_lists_in_one_request(tmp_path):
+    from servers_webdav import ServerUnavailable, make_server
+
+    server = make_server("apache", tmp_path / "server", depth_infinity=True)
+    try:
+        server.start()
+    except ServerUnavailable as exc:
+        pytest.skip(f"Apache unavailable: {exc}")
+    try:
+        start, idle = count_idle(tmp_path / "w", "apache", files=10, server=server)
+    finally:
+        server.cleanup()
+    assert dict(idle) == {"PROPFIND": 1} and dict(idle.depths) == {"infinity": 1}, (idle, idle.depths)
+    _check(start, idle, "webdav-apache-infinity")
+
+
+def test_apache_refusing_depth_infinity_is_walked_and_asked_once_per_process(tmp_path, relay_webdav_apache, caplog):
+    """Apache's default (DavDepthInfinity Off) answers 403 propfind-finite-depth: the relay is
+    walked one collection per request, the refusal is remembered and logged once."""
+    from escale.relay import webdav
+
+    webdav._FINITE_DEPTH.clear()
+    caplog.set_level(logging.INFO, logger="escale.relay.webdav")
+    start, idle = count_idle(tmp_path / "w", "apache", files=10, server=relay_webdav_apache)
+    assert start.depths["infinity"] == 1, start.depths  # asked once, at start-up
+    assert "infinity" not in idle.depths and set(idle) == {"PROPFIND"}, (idle, idle.depths)
+    # the walk: the root, m/, u/ and a/ at least (one per collection), never one per file
+    assert 4 <= idle["PROPFIND"] <= 6, idle
+    said = [r for r in caplog.records if "refuses 'Depth: infinity'" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]
+
+
+@pytest.mark.parametrize("kind", ["s3-moto", "s3-seaweedfs", "gdrive", "rclone-local"])
+def test_idle_cycle_is_one_listing_on_backends_that_list_at_once(tmp_path, kind, request):
+    server = request.getfixturevalue("relay_" + kind.replace("-", "_"))
+    start, idle = count_idle(tmp_path / "w", kind, files=10, server=server)
+    _check(start, idle, kind)
+
+
+@pytest.mark.parametrize("kind", ["ftp-pyftpdlib", "sftp"])
+def test_idle_cycle_on_ftp_and_sftp_lists_per_folder_only(tmp_path, kind, request):
+    """FTP (MLSD) and SFTP (readdir) list one folder per request; nothing per file."""
+    server = request.getfixturevalue("relay_" + kind.replace("-", "_"))
+    _start, idle_few = count_idle(tmp_path / "few", kind, files=3, server=server)
+    _start, idle_many = count_idle(tmp_path / "many", kind, files=60, server=server)
+    assert idle_few == idle_many, (idle_few, idle_many)
+    lists = "MLSD" if kind.startswith("ftp") else "opendir"
+    assert set(idle_many) <= {lists, "readdir", "close", "setup"}, idle_many
 
 
 def _start_up_sweeps(conf) -> int:
@@ -72,3 +152,53 @@ def _ended_cleanly_unset(client) -> bool:
     (db,) = client.state.glob("*/state.sqlite")
     with sqlite3.connect(db) as con:
         return con.execute("SELECT COUNT(*) FROM meta WHERE key = 'ended_cleanly'").fetchone()[0] == 0
+
+
+def test_a_server_answering_depth_infinity_as_depth_1_is_walked_and_lists_everything(relay_webdav_wsgidav, caplog):
+    """sabre/dav (Nextcloud, ownCloud) answers ``Depth: infinity`` as ``Depth: 1`` unless told
+    otherwise: the collections of that answer look empty. They are listed again, the cut is
+    found, and the server is walked from then on; the listing is never short."""
+    import io
+
+    from servers_webdav import FaultProxy
+
+    from escale.relay import webdav
+    from escale.relay.webdav import WebDAV
+
+    address, _conf, kwargs = relay_webdav_wsgidav.new()
+    names = ["escale.json", "m/0123456789abcdef", "u/0123456789abcdef/1", "u/0123456789abcdef/2",
+             "b/0123456789abcdef/2/0", "a/0123456789abcdef", "q/x y%z#+.txt", "ü/ñ"]
+    direct = WebDAV(address, **kwargs)
+    direct.open()
+    for n in names:
+        direct.put(n, io.BytesIO(n.encode()), size=len(n.encode()))
+    expected = sorted((i.name, i.size) for i in direct.list())
+    assert expected == sorted((n, len(n.encode())) for n in names)
+
+    def as_depth_1(method, headers):
+        if headers.get("Depth") == "infinity":
+            headers["Depth"] = "1"
+        return headers
+
+    proxy = FaultProxy(relay_webdav_wsgidav.url, rate=0, request_headers=as_depth_1).start()
+    webdav._FINITE_DEPTH.clear()
+    caplog.set_level(logging.INFO, logger="escale.relay.webdav")
+    try:
+        relay = WebDAV(proxy.url + address[len(relay_webdav_wsgidav.url):], **kwargs)
+        relay.open()
+        for _ in range(2):
+            assert sorted((i.name, i.size) for i in relay.list()) == expected
+        assert sorted((i.name, i.size) for i in relay.list("u/")) == [e for e in expected if e[0].startswith("u/")]
+        depths = [h.get("Depth") for m, _p, h in proxy.seen if m == "PROPFIND"]
+        assert depths.count("infinity") == 1, depths  # asked once: then walked
+        said = [r for r in caplog.records if "only in part" in r.getMessage()]
+        assert len(said) == 1
+    finally:
+        proxy.stop()
+        webdav._FINITE_DEPTH.clear()
+    # a server that answers it whole: the same listing, in one request (and prefixes too)
+    with counting("webdav") as counts:
+        assert sorted((i.name, i.size) for i in direct.list()) == expected
+        assert sorted(i.name for i in direct.list("u/0123456789abcdef/")) == ["u/0123456789abcdef/1",
+                                                                           "u/0123456789abcdef/2"]
+    assert dict(counts.depths) == {"infinity": 2}, counts.depths

@@ -46,8 +46,12 @@ How the relay contract is met
   and only if absent. Where only ``If-None-Match`` is honoured, the put goes straight to
   the final name with it. Where neither is, a stat precedes the move (not atomic; a
   warning says so).
-- **Listings** walk collections with ``PROPFIND Depth: 1`` (servers refuse
-  ``Depth: infinity``: Apache answers 403 by default). ``getlastmodified`` has a
+- **Listings** are one ``PROPFIND Depth: infinity`` of the relay folder where the server
+  answers it (wsgidav, rclone, Apache with ``DavDepthInfinity On``); a server that refuses
+  it (Apache by default: 403 ``propfind-finite-depth``) is remembered for the process and
+  walked with one ``Depth: 1`` per collection, as is one that answers it only in part
+  (sabre/dav, so Nextcloud, by default answers ``Depth: 1``: see :meth:`WebDAV._from_tree`).
+  ``getlastmodified`` has a
   one-second resolution, so an object rewritten within a second with the same size would
   look unchanged; :class:`ObjectInfo.mtime` is therefore the server time plus a fraction
   of a second derived from the (normalised) ETag: it changes whenever the server's
@@ -179,6 +183,23 @@ class _Entry:
                  ok: bool = True):
         self.path, self.collection, self.size, self.mtime, self.etag = path, collection, size, mtime, etag
         self.props, self.ok = props, ok
+
+
+class _Refused(Exception):
+    """The server refused a PROPFIND's depth (the caller falls back to ``Depth: 1``)."""
+
+    def __init__(self, status: int, finite: bool):
+        super().__init__(status)
+        self.status, self.finite = status, finite
+
+
+#: answers to ``PROPFIND Depth: infinity`` that mean "not this depth" (RFC 4918 9.1: 403 with
+#: propfind-finite-depth; others answer 400, 405, 501, or 507 for too large an answer)
+_DEPTH_REFUSALS = (400, 403, 405, 501, 507)
+#: servers (scheme://host:port) that list one collection per request, and why: found once per process
+_FINITE_DEPTH: dict[str, str] = {}
+_REFUSED = object()
+_MEMBER = ("", None)
 
 
 class _BodyError(SourceError):
@@ -598,7 +619,7 @@ class WebDAV(Relay):
             r.close()
             raise AuthenticationError(f"authentication failed for {self.address}"
                                       f" (HTTP {status} on {method} {what or '/'})")
-        if status == 507:
+        if status == 507 and status not in passthrough:
             r.close()
             raise QuotaExceeded(f"relay {self.address} is full (HTTP 507 Insufficient Storage) "
                                 f"while writing {what or '/'}")
@@ -610,19 +631,23 @@ class WebDAV(Relay):
         r.close()
         raise retry.transient(f"{method} {what or '/'} on {self.address} failed: {reason}", retry_after, reason)
 
-    def _propfind(self, name: str, depth: str, collection: bool = True, body: bytes = _PROPFIND_BODY
-                  ) -> list[_Entry] | None:
+    def _propfind(self, name: str, depth: str, collection: bool = True, body: bytes = _PROPFIND_BODY,
+                  refused: tuple[int, ...] = ()) -> list[_Entry] | None:
         """The entries of a PROPFIND (parsed as the body arrives), or None on 404. An answer
-        cut or garbled on the way is transient: the whole PROPFIND is retried."""
+        cut or garbled on the way is transient: the whole PROPFIND is retried. A status in
+        ``refused`` raises _Refused (the caller has another way)."""
         url = self._url(name, collection)
         headers = {"Depth": depth, "Content-Type": 'application/xml; charset="utf-8"',
                    "Accept-Encoding": "identity"}
 
         def once(attempt: int) -> list[_Entry] | None:
-            r = self._attempt("PROPFIND", url, name, attempt, headers=headers, data=body, stream=True)
+            r = self._attempt("PROPFIND", url, name, attempt, headers=headers, data=body, stream=True,
+                              passthrough=refused)
             try:
                 if r.status_code == 404:
                     return None
+                if r.status_code in refused:
+                    raise _Refused(r.status_code, b"propfind-finite-depth" in r.raw.read(1 << 16))
                 if r.status_code != 207:
                     raise self._status_error("PROPFIND", name, r)
                 try:
@@ -692,8 +717,10 @@ class WebDAV(Relay):
         mine = unicodedata.normalize("NFC", self.base_path)
         return (mine,) if self._href_base in (None, mine) else (mine, self._href_base)
 
-    def _unmapped(self, entries: list[_Entry], col: str) -> RelayError:
-        bad = next(e.path for e in entries if self._rel(e.path) is None)
+    def _unmapped(self, entries: list[_Entry], col: str, tree: bool = False) -> RelayError:
+        inside = col + "/" if col else ""
+        bad = next(e.path for e in entries if (rel := self._rel(e.path)) is None
+                   or (tree and rel != col and not rel.startswith(inside)))
         return RelayError(f"PROPFIND {col or '/'} on {self.address}: the server named a member '{bad}', which "
                           f"is not under the relay folder '{self.base_path}' (a proxy rewriting paths?); "
                           "refusing to guess")
@@ -782,8 +809,109 @@ class WebDAV(Relay):
             self._session = None
 
     def _walk(self, folder: str, prefix: str = "", temporaries: bool = False) -> Iterator[tuple[str, _Entry]]:
+        """(name, entry) of every non-collection under ``folder`` whose name starts with
+        ``prefix``: one ``PROPFIND Depth: infinity`` where the server answers it, else one
+        ``Depth: 1`` per collection (:meth:`_walk_collections`)."""
+        if self._server_key() not in _FINITE_DEPTH:
+            tree = self._propfind_tree(folder)
+            if tree is not _REFUSED:
+                yield from self._from_tree(folder, prefix, temporaries, tree)
+                return
+        yield from self._walk_collections(folder, prefix, temporaries)
+
+    def _server_key(self) -> str:
+        return self.base_url[: len(self.base_url) - len(quote(self.base_path))]
+
+    def _propfind_tree(self, folder: str):
+        """The entries of ``PROPFIND Depth: infinity`` on ``folder`` (None: it is missing), or
+        _REFUSED when the server refuses that depth: Apache by default (403 with a
+        ``propfind-finite-depth`` precondition), wsgidav when configured so, others with 400,
+        405, 501 or 507. The refusal is remembered for this server for the process, and said
+        once. A 403 that was really an authentication failure shows again at once, on the
+        first ``Depth: 1`` request."""
+        try:
+            return self._propfind(folder, "infinity", refused=_DEPTH_REFUSALS)
+        except _Refused as exc:
+            self._finite_depth(f"it refuses 'Depth: infinity' (HTTP {exc.status}"
+                               f"{', propfind-finite-depth' if exc.finite else ''})")
+            return _REFUSED
+
+    def _finite_depth(self, why: str) -> None:
+        key = self._server_key()
+        if key not in _FINITE_DEPTH:
+            _FINITE_DEPTH[key] = why
+            log.info("%s: the server lists one collection per request: %s (Apache: 'DavDepthInfinity On' "
+                     "lists the relay in one request)", self.address, why)
+
+    def _from_tree(self, folder: str, prefix: str, temporaries: bool, entries: list[_Entry] | None
+                   ) -> Iterator[tuple[str, _Entry]]:
+        """The walk's answer, read from one ``Depth: infinity`` answer.
+
+        A server may also answer such a request as if it were ``Depth: 1`` (sabre/dav, so
+        Nextcloud and ownCloud, unless told otherwise) or stop at some depth: the
+        collections at the answer's deepest level would then look empty, and the listing
+        would be short. They are listed again one by one (in a complete answer they are
+        empty collections, rare in escale's layout: a writer prunes its own); if one of them
+        holds anything, the server cut the answer, and it is walked from now on."""
+        if entries is None:
+            if folder == "":
+                raise RelayError(f"relay folder {self.address} is missing")
+            return
+        inside = folder + "/" if folder else ""
+        files: list[tuple[str, _Entry]] = []
+        cols: dict[str, int] = {}
+        deepest = 0
+
+        def entered(col: str) -> bool:
+            return col == folder or (col + "/").startswith(prefix) or prefix.startswith(col + "/")
+
+        for e in entries:
+            rel = self._rel(e.path)
+            if rel is None or not (rel == folder or rel.startswith(inside)):
+                raise self._unmapped(entries, folder, tree=True)
+            if rel == folder:
+                continue
+            depth = rel[len(inside):].count("/") + 1
+            deepest = max(deepest, depth)
+            parent = rel.rpartition("/")[0]
+            if not e.ok:
+                if entered(parent):
+                    log.warning("%s: the server reports an error for '%s' in the listing; skipped",
+                                self.address, rel)
+                continue
+            if e.collection:
+                cols[rel] = depth
+                continue
+            if not entered(parent):
+                continue
+            base = rel.rpartition("/")[2]
+            if base.startswith((TMP_MARK, PROBE_MARK)):
+                if e.mtime and time.time() - e.mtime > STALE_TMP_SECONDS:  # a killed writer's
+                    self._delete_quietly(rel)
+                    continue
+                if not temporaries:
+                    continue
+            if rel.startswith(prefix) or (temporaries and base.startswith(TMP_MARK)):
+                files.append((rel, e))
+        self._known.add(folder)
+        self._known.update(cols)
+        files.sort()
+        yield from files
+        cut = False
+        for col in sorted(c for c, d in cols.items() if d == deepest and entered(c)):
+            for item in self._walk_collections(col, prefix, temporaries, members=True):
+                if item is _MEMBER:
+                    cut = True
+                else:
+                    yield item
+        if cut:
+            self._finite_depth("it answers 'Depth: infinity' only in part")
+
+    def _walk_collections(self, folder: str, prefix: str = "", temporaries: bool = False, members: bool = False
+                          ) -> Iterator[tuple[str, _Entry]]:
         """(name, entry) of every non-collection under ``folder``, depth first, one PROPFIND
-        (Depth 1) per collection; only collections that can hold ``prefix`` are entered."""
+        (Depth 1) per collection; only collections that can hold ``prefix`` are entered.
+        ``members``: also yield _MEMBER once ``folder`` shows anything in it."""
         stack = [folder]
         first = True
         while stack:
@@ -802,6 +930,9 @@ class WebDAV(Relay):
                     raise self._unmapped(entries, col)
                 if rel == col:
                     continue
+                if members and col == folder:
+                    members = False
+                    yield _MEMBER
                 if not e.ok:
                     log.warning("%s: the server reports an error for '%s' in the listing; skipped",
                                 self.address, rel)
