@@ -203,3 +203,48 @@ def test_the_citation_reader_catches_a_renamed_test() -> None:
     defined = {"test_a_b": {"test_x.py"}, "test_c": {"test_y.py"}}
     text = "`test_x.py::test_a_b`, `test_a_…`, `test_y.py::test_a_b`, `test_gone`, `test_c`, test_q.py alone"
     assert missing_tests(text, defined) == ["test_y.py::test_a_b", "test_gone"]
+
+
+# --------------------------------------------------------------------------- named files and objects
+
+
+def named_files(text: str) -> list[str]:
+    """Source files a text names: ``escale/…py``, ``tests/…py``, ``bench/…py``, ``escale/data/…``."""
+    return re.findall(r"(?<![\w/.])((?:escale|tests|bench)/[\w./-]*\.(?:py|service))\b", text)
+
+
+def named_objects(text: str) -> list[str]:
+    """Dotted names a text gives in code spans: ``escale.config.set_option``, ``escale.relay.WebDAV.usage()``."""
+    return [m for m in re.findall(r"`(escale(?:\.\w+)+)(?:\(\))?`", text) if m not in ("escale.json", "escale.conf", "escale.conf.example")]
+
+
+def resolves(dotted: str) -> bool:
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[i:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False
+        return True
+    return False
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: p.name)
+def test_every_named_file_and_object_exists(doc: Path) -> None:
+    text = doc.read_text()
+    assert [f for f in named_files(text) if not (ROOT / f).exists()] == []
+    assert [o for o in named_objects(text) if not resolves(o)] == []
+
+
+def test_the_name_readers_catch_a_moved_module() -> None:
+    text = "see `escale/relay/webdav.py`, escale/gone.py and `escale.config.set_option`, `escale.config.nothing`"
+    assert named_files(text) == ["escale/relay/webdav.py", "escale/gone.py"]
+    assert [f for f in named_files(text) if not (ROOT / f).exists()] == ["escale/gone.py"]
+    assert [o for o in named_objects(text) if not resolves(o)] == ["escale.config.nothing"]
