@@ -248,3 +248,48 @@ def test_the_name_readers_catch_a_moved_module() -> None:
     assert named_files(text) == ["escale/relay/webdav.py", "escale/gone.py"]
     assert [f for f in named_files(text) if not (ROOT / f).exists()] == ["escale/gone.py"]
     assert [o for o in named_objects(text) if not resolves(o)] == ["escale.config.nothing"]
+
+
+# --------------------------------------------------------------------------- documented defaults
+
+#: an address each backend can be built from without reaching anything
+ADDRESSES = {"file": "file:///tmp/escale-test-docs/relay", "webdav": "https://127.0.0.1:1/dav",
+             "s3": "s3://bucket-docs/p", "googledrive": "gdrive:///escale/docs", "ftp": "ftps://127.0.0.1:1/x",
+             "sftp": "sftp://127.0.0.1:1/x"}
+
+
+def documented_row(text: str, heading: str, option: str) -> list[str] | None:
+    """The cells of ``option``'s row in the table under ``### <heading>``."""
+    part = re.search(rf"^###\s+{re.escape(heading)}\s*\n(.*?)(?=^#{{1,3}}\s|\Z)", text, re.M | re.S | re.I)
+    if part is None:
+        return None
+    for line in part.group(1).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == f"`{option}`":
+            return cells
+    return None
+
+
+@pytest.mark.parametrize("label", sorted(ADDRESSES) + ["rclone"])
+def test_documented_max_retries_default_is_the_backends(label: str) -> None:
+    """The 'default' column of each backend's `max retries` row is what the backend uses."""
+    from escale.relay import backend_for
+
+    text = CONFIGURATION.read_text()
+    cells = documented_row(text, f"{'WebDAV' if label == 'webdav' else label} relays", "max retries")
+    assert cells is not None, f"no `max retries` row under '### {label} relays'"
+    # columns: option | aliases | key | type | default | meaning
+    documented = int(cells[4])
+    if label == "rclone":  # rclone's requests go through the WebDAV backend, with its retries
+        built = backend_for("https")(ADDRESSES["webdav"], max_retries=None)
+    else:
+        built = backend_for(ADDRESSES[label].partition(":")[0])(ADDRESSES[label])
+    assert built.retry.max_retries == documented
+
+
+def test_the_row_reader_finds_a_backends_row() -> None:
+    text = ("### s3 relays\n\n| option | aliases | key | type | default | meaning |\n|---|---|---|---|---|---|\n"
+            "| `max retries` | | `max_retries` | int ≥ 0 | 9 | x |\n### ftp relays\n| `max retries` | | | | 5 | y |\n")
+    assert documented_row(text, "s3 relays", "max retries")[4] == "9"
+    assert documented_row(text, "ftp relays", "max retries")[4] == "5"
+    assert documented_row(text, "sftp relays", "max retries") is None
