@@ -450,7 +450,7 @@ class Manager:
         return self.puller.pull(view or list_relay(self.ctx.relay), report)
 
     def upload(self, view: RelayView | None = None, report: CycleReport | None = None) -> CycleReport:
-        """Publish local changes and requested contents (0.7 name), then collect acked updates."""
+        """Collect acked updates, then publish local changes and requested contents (0.7 name)."""
         report = report or CycleReport(self.ctx.name)
         view = view or list_relay(self.ctx.relay)
         self.collector.collect(view)
