@@ -583,3 +583,23 @@ def test_daemon_publishes_the_transfer_in_progress(svc: Cluster) -> None:
     assert seen[0]["total_bytes"] == 150 << 20 and 0 <= seen[0]["done_bytes"] <= seen[0]["total_bytes"]
     assert files[0].stat().st_mode & 0o777 == 0o600
     assert json.loads(files[0].read_text())["transfer"] is None  # over once the cycle ended
+
+
+def test_verbosity_option_sets_the_console_level(tmp_path) -> None:
+    """0.7's ``verbosity`` (``verbosity level``) was accepted and then ignored: 0 now keeps the
+    console to warnings, 1 (the default) adds what happened, 2 or more logs every file (debug,
+    as 0.7's "at 2 or more, logs every file"). -q / -v on the command line win."""
+    from cluster import Cluster
+
+    cluster = Cluster(tmp_path)
+    levels = {}
+    for v in (0, 1, 2):
+        c = cluster.add(f"v{v}", extra=f"verbosity = {v}\n")
+        c.write("x.txt", "hello")
+        err = c.once().err
+        levels[v] = {lvl for lvl in ("DEBUG", "INFO", "WARNING") if f" {lvl} " in err}
+    assert levels == {0: {"WARNING"}, 1: {"INFO", "WARNING"}, 2: {"DEBUG", "INFO", "WARNING"}}
+    quiet = cluster.add("q", extra="verbosity = 2\n")
+    assert " DEBUG " not in quiet.once("-q").err
+    loud = cluster.add("l", extra="verbosity = 0\n")
+    assert " INFO " in loud.once("-v").err

@@ -74,8 +74,14 @@ def exit_code(reports: list[CycleReport]) -> int:
     return EXIT_OK
 
 
-def _verbosity(args) -> int:
-    return -1 if args.quiet else args.verbose
+def _verbosity(args, repositories=()) -> int:
+    """The console's level: -q / -v on the command line, else the highest ``verbosity`` of
+    the repositories run (0: warnings only, 1: the default, 2 or more: debug)."""
+    if args.quiet:
+        return -1
+    if args.verbose or not repositories:
+        return args.verbose
+    return max(r.verbosity for r in repositories) - 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         cfg = load_config(path)
         g = cfg.globals
-        setup_logging(_verbosity(args), g.log_file, g.log_level, g.log_rotate, g.log_format)
+        chosen = select(cfg, args.repository)
+        setup_logging(_verbosity(args, chosen), g.log_file, g.log_level, g.log_rotate, g.log_format)
         if args.once:
-            chosen = select(cfg, args.repository)
             managers = [_manager(r, args) for r in chosen]
             alerts = [_alert(r) for r in chosen]
             for m, alert in zip(managers, alerts):
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 for alert in alerts:
                     if alert is not None:
                         alert.join()
-        return Daemon(Path(path), args).run(select(cfg, args.repository))
+        return Daemon(Path(path), args).run(chosen)
     except AlreadyRunning as exc:
         print(f"escale: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -259,7 +265,7 @@ class Daemon:
             log.error("configuration not reloaded (the repositories go on as they were): %s", exc)
             return
         g = cfg.globals
-        setup_logging(_verbosity(self.args), g.log_file, g.log_level, g.log_rotate, g.log_format)
+        setup_logging(_verbosity(self.args, wanted.values()), g.log_file, g.log_level, g.log_rotate, g.log_format)
         for name in list(self.running):
             if name not in wanted:
                 self._stop(name)
