@@ -73,7 +73,9 @@ class _Shared:
 class Manager:
     """Sync one local folder with one relay (escale 0.7's constructor, still accepted).
 
-    ``Manager(LocalMount, repository='/path/to/folder', address='file:///relay').run()``
+    ``Manager(LocalMount, repository='/path/to/folder', address='file:///relay',
+    passphrase='/path/to/passphrase').run()``; without a passphrase, ``encryption='off'``
+    must say that plaintext is meant (0.7's plaintext default is refused).
     """
 
     # the repository's shared context, as attributes (escale 0.7 and the CLI use some)
@@ -127,7 +129,11 @@ class Manager:
             cipher, enc_name = encryption, encryption.name
         else:
             cipher = Plain()
-            enc_name = encryption or ("aes256gcm" if passphrase else "off")
+            enc_name = encryption or ("aes256gcm" if passphrase else None)
+        if enc_name is None:  # secure by default, as a configuration file: plaintext is asked for
+            raise ConfigError("no passphrase: give passphrase= (a file, or the text), or encryption='off' to "
+                              "sync in plaintext (the relay then sees file names and contents)", section=name,
+                              option="passphrase")
         if enc_name != "off" and not isinstance(encryption, Cipher) and not passphrase:
             raise ConfigError(f"encryption = {enc_name} needs a passphrase", section=name,
                               option="passphrase")

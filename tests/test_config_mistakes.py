@@ -193,6 +193,27 @@ def test_section_without_passphrase_or_encryption_off_is_exit_3(tmp_path):
     assert "encryption is off" in r.err
 
 
+def test_library_manager_without_passphrase_is_refused(tmp_path):
+    """escale 0.7's API, ``Manager(LocalMount, repository=..., address=...)``, was plaintext
+    when given no passphrase (a warning only): the library weakened encryption silently where a
+    configuration file could not. It is refused, naming the option; ``encryption="off"`` runs."""
+    from escale.errors import ConfigError
+    from escale.manager import Manager
+    from escale.relay import LocalMount
+
+    folder, relay = tmp_path / "docs", tmp_path / "relay"
+    folder.mkdir()
+    (folder / "f.txt").write_text("secret contents")
+    with pytest.raises(ConfigError, match="passphrase") as exc:
+        Manager(LocalMount, repository=str(folder), address=f"file://{relay}", name="lib",
+                state_dir=str(tmp_path / "state"))
+    assert "encryption='off'" in str(exc.value)
+    assert not relay.exists()
+    m = Manager(LocalMount, repository=str(folder), address=f"file://{relay}", name="lib",
+                state_dir=str(tmp_path / "state"), encryption="off")
+    assert m.run(once=True).sent == 1
+
+
 def test_passphrase_and_encryption_off_contradict(tmp_path):
     cl = Cluster(tmp_path)
     pw = tmp_path / "pw"

@@ -248,7 +248,7 @@ def test_case_twins_are_reported_and_never_overwrite_each_other(cluster, monkeyp
 
     def pull():
         m = Manager(LocalMount, repository=str(b.folder), address=cluster.relay_address, name="repo",
-                    clientname="B", state_dir=state)
+                    clientname="B", state_dir=state, encryption="off")
         return m.run(once=True)
 
     pull()

@@ -507,7 +507,7 @@ def test_library_manager_run(cluster, tmp_path):
     a = cluster.add("A")
     lib_folder = tmp_path / "lib-folder"
     m = Manager(LocalMount, repository=str(lib_folder), address=f"file://{cluster.relay}",
-                state_dir=str(tmp_path / "lib-state"), refresh=1, name="lib")
+                state_dir=str(tmp_path / "lib-state"), refresh=1, name="lib", encryption="off")
     errors: list[BaseException] = []
 
     def work():
@@ -540,7 +540,7 @@ def test_library_manager_run(cluster, tmp_path):
     folder2.mkdir()
     (folder2 / "f.txt").write_text("sub relay")
     m2 = Manager(LocalMount, repository=str(folder2), address=f"file://{absrelay}", directory="sub",
-                 state_dir=str(tmp_path / "lib-state2"), refresh=1, name="lib2")
+                 state_dir=str(tmp_path / "lib-state2"), refresh=1, name="lib2", encryption="off")
     report = m2.run(once=True)
     assert report.sent == 1 and not report.errors and report.relay_error is None, report
     assert os.listdir(absrelay) == ["sub"]

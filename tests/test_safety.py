@@ -29,7 +29,7 @@ def test_unreadable_or_changing_file_is_not_published_as_deleted(cluster, monkey
     monkeypatch.setattr(Folder, "fill_hash", flaky)
     a.write("busy.log", "v2 being appended")
     m = Manager(LocalMount, repository=str(a.folder), address=cluster.relay_address, name="repo",
-                clientname="a", state_dir=next(a.state.rglob("state.sqlite")).parent)
+                clientname="a", state_dir=next(a.state.rglob("state.sqlite")).parent, encryption="off")
     report = m.run(once=True)
     assert report.deleted == 0 and not report.errors
     b.once()
