@@ -603,3 +603,26 @@ def test_verbosity_option_sets_the_console_level(tmp_path) -> None:
     assert " DEBUG " not in quiet.once("-q").err
     loud = cluster.add("l", extra="verbosity = 0\n")
     assert " INFO " in loud.once("-v").err
+
+
+def test_log_rotate_zero_keeps_the_log_bounded(tmp_path) -> None:
+    """``log rotate = 0`` (keep no rotated file): the standard handler then never rotated and
+    the log grew without limit; it now starts again at 1 MiB, leaving no other file."""
+    import logging
+
+    from escale.cli.logs import setup_logging
+
+    log_file = tmp_path / "escale.log"
+    try:
+        setup_logging(-1, str(log_file), "DEBUG", 0)
+        line = "x" * 1000
+        for _ in range(3000):  # ~3 MB of records
+            logging.getLogger("escale.test").debug(line)
+        assert log_file.stat().st_size <= (1 << 20) + 2000
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["escale.log"]
+        setup_logging(-1, str(log_file), "DEBUG", 2)  # and a positive count still keeps backups
+        for _ in range(3000):
+            logging.getLogger("escale.test").debug(line)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["escale.log", "escale.log.1", "escale.log.2"]
+    finally:
+        setup_logging(0)

@@ -65,6 +65,20 @@ def under_journal() -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
+class _Rotating(logging.handlers.RotatingFileHandler):
+    """Rotated at 1 MiB; ``log rotate = 0`` keeps no old file: the log starts again. (The
+    standard handler, with no backup to make, kept appending: a log without limit.)"""
+
+    def doRollover(self) -> None:
+        if self.backupCount == 0:
+            if self.stream:
+                self.stream.close()
+                self.stream = None  # type: ignore[assignment]
+            with open(self.baseFilename, "w", encoding=self.encoding or "utf-8"):
+                pass
+        super().doRollover()
+
+
 def setup_logging(verbosity: int = 0, log_file=None, log_level: str = "DEBUG", log_rotate: int = 3,
                   log_format: str = "text") -> None:
     """Console at INFO (-v: DEBUG, -q: WARNING); optional rotating log file (1 MiB per file)."""
@@ -87,8 +101,7 @@ def setup_logging(verbosity: int = 0, log_file=None, log_level: str = "DEBUG", l
     root.addHandler(console)
     if log_file:
         # a file name that is not UTF-8 is logged with its raw bytes escaped (\xe9), never refused
-        fh = logging.handlers.RotatingFileHandler(log_file, maxBytes=1 << 20, backupCount=log_rotate,
-                                                  errors="backslashreplace")
+        fh = _Rotating(log_file, maxBytes=1 << 20, backupCount=log_rotate, errors="backslashreplace")
         fh.setLevel(getattr(logging, str(log_level).upper(), logging.DEBUG))
         fh.setFormatter(JsonFormatter() if log_format == "json" else
                         EscapingFormatter("%(asctime)s %(name)s[%(levelname)s] %(message)s"))
