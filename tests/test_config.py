@@ -920,3 +920,29 @@ def test_max_delete_values() -> None:
     assert not limit.exceeded(50, 60)  # the floor: 50 files or fewer are never held back
     assert limit.exceeded(51, 100) and not limit.exceeded(51, 102)
     assert DeleteLimit(None, 0).exceeded(1, 10**6) and not DeleteLimit(None, None).exceeded(10**6, 10**6)
+
+
+def test_backend_file_options_are_read_beside_the_configuration_file(tmp_path, monkeypatch):
+    """A relative ``known hosts``, ``certfile`` or ``rclone config`` was read from whatever
+    folder escale ran in (the home folder under systemd), while ``passphrase`` and
+    ``password`` files are found beside the configuration file: one rule now, the latter."""
+    confdir, elsewhere = tmp_path / "conf", tmp_path / "elsewhere"
+    confdir.mkdir()
+    elsewhere.mkdir()
+    conf = confdir / "escale.conf"
+    conf.write_text(
+        f"[ssh]\nlocal path = {tmp_path / 'a'}\nrelay address = sftp://example.org/relay\n"
+        "encryption = off\nknown hosts = keys/known_hosts\nssh config = ~/.ssh/config\n\n"
+        f"[dav]\nlocal path = {tmp_path / 'b'}\nrelay address = https://example.org/dav\n"
+        "encryption = off\ncertfile = client.pem\nkeyfile = /etc/escale/client.key\n\n"
+        f"[rc]\nlocal path = {tmp_path / 'c'}\nrelay address = rclone://remote:path\n"
+        "encryption = off\nrclone config = rclone.conf\nrclone binary = rclone\n")
+    conf.chmod(0o600)
+    monkeypatch.chdir(elsewhere)
+    repos = {r.name: r.options for r in load_config(conf).repositories.values()}
+    assert repos["ssh"]["known_hosts"] == str(confdir / "keys/known_hosts")
+    assert repos["ssh"]["ssh_config"] == "~/.ssh/config"  # the backend expands ~
+    assert repos["dav"]["certfile"] == str(confdir / "client.pem")
+    assert repos["dav"]["keyfile"] == "/etc/escale/client.key"
+    assert repos["rc"]["rclone_config"] == str(confdir / "rclone.conf")
+    assert repos["rc"]["rclone_binary"] == "rclone"  # a command name, looked up in PATH

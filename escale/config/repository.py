@@ -174,7 +174,10 @@ def _relay_options(sec: _Section, backend: type, options: dict[str, object], inl
             continue
         parse = spec.parse
         if backend in spec.backends:  # the section's own backend's parser
-            parse = next((o.parse for o in backend.options if o.field == spec.field), parse)
+            own = next(o for o in backend.options if o.field == spec.field)
+            parse = own.parse
+            if own.path and sec.path is not None:
+                parse = _beside(sec.path, parse or str.strip)
         value = sec.get(spec.field, parse or str.strip, None)
         if backend not in spec.backends:
             owners = "/".join(sorted({backend_label(cls) for cls in spec.backends}))
@@ -184,6 +187,17 @@ def _relay_options(sec: _Section, backend: type, options: dict[str, object], inl
         options[spec.field] = value
         if spec.secret:
             inline_secrets.append(v.option)
+
+
+def _beside(config_path: Path, parse):
+    """``parse`` of a file name, a relative one taken beside the configuration file (where
+    ``passphrase`` and ``password`` files are found), never in whatever folder escale runs from."""
+    def parse_beside(text: str):
+        name = text.strip()
+        if name and not name.startswith("~") and not os.path.isabs(name):
+            name = str(config_path.parent / name)
+        return parse(name)
+    return parse_beside
 
 
 def _backend_error(sec: _Section, exc: ConfigError) -> ConfigError:

@@ -95,6 +95,8 @@ class RelayOption:
     #: never logged or shown (a token, a key file's passphrase)
     secret: bool = False
     doc: str = ""
+    #: a file name: a relative one is read beside the configuration file (as ``passphrase``)
+    path: bool = False
 
     @property
     def name(self) -> str:

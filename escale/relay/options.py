@@ -32,10 +32,10 @@ VERIFY_SSL = RelayOption(
         "anything else, such as the typo 'flase', is refused")
 CERTFILE = RelayOption(
     "certfile", ("certfile", "cert file", "certificate"), parse_path_text,
-    doc="client certificate (PEM) for servers that ask for one; with 'keyfile' when the key is apart")
+    doc="client certificate (PEM) for servers that ask for one; with 'keyfile' when the key is apart", path=True)
 KEYFILE = RelayOption(
     "keyfile", ("keyfile", "key file", "private key"), parse_path_text,
-    doc="private key (PEM) of the client certificate, when it is not in 'certfile'")
+    doc="private key (PEM) of the client certificate, when it is not in 'certfile'", path=True)
 MAX_RETRIES = RelayOption(
     "max_retries", ("max retries",), parse_retries,
     doc="retries of a request that failed for a transient reason (5xx, throttling, a reset connection), "

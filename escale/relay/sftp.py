@@ -126,9 +126,9 @@ class SFTP(Relay):
                     doc="sftp: the passphrase of an encrypted 'key file' (else 'password' is tried)"),
         RelayOption("known_hosts", ("known hosts", "known hosts file"), parse_path_text,
                     doc="sftp: the known_hosts file holding the server's host key (default ~/.ssh/known_hosts "
-                        "and /etc/ssh/ssh_known_hosts)"),
+                        "and /etc/ssh/ssh_known_hosts)", path=True),
         RelayOption("ssh_config", ("ssh config", "ssh config file"), parse_path_text,
-                    doc="sftp: the SSH configuration read for host aliases (default ~/.ssh/config)"),
+                    doc="sftp: the SSH configuration read for host aliases (default ~/.ssh/config)", path=True),
         MAX_RETRIES,
         MAX_OBJECT_SIZE,
     )
