@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
+import threading
 from typing import BinaryIO, Callable, Iterable
 
 BLOCK = 1 << 20
@@ -103,3 +105,95 @@ class HashingReader(io.RawIOBase):
 
     def hexdigest(self) -> str:
         return self.hasher.hexdigest()
+
+
+class ReadAhead(io.RawIOBase):
+    """``src`` read by a thread of its own, up to ``depth`` blocks ahead of the reader.
+
+    Why: producing the bytes (a network receive, AES-GCM, SHA-256 in a HashingReader) and
+    using them (a file's digest and write, a socket send) each release the GIL on large
+    buffers, so with the two in different threads they overlap on two cores instead of
+    taking turns. Memory: at most ``depth`` + 1 blocks. What the source raises is raised
+    to the reader at the point where it happened; :meth:`close` stops the thread (it may
+    finish the block it is reading) before it closes the source.
+    """
+
+    def __init__(self, src: BinaryIO, block: int = BLOCK, depth: int = 4):
+        super().__init__()
+        self.src, self.block = src, block
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._cur = b""
+        self._pos = 0
+        self._end: BaseException | bool = False  # True at the end, or what the source raised
+        self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self.src.read(self.block)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader
+            self._put(exc)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read of a closed stream")
+        if size is None or size < 0:
+            parts = []
+            while block := self.read(BLOCK):
+                parts.append(block)
+            return b"".join(parts)
+        while self._pos >= len(self._cur):
+            if self._end is True:
+                return b""
+            if self._end:
+                raise self._end
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._end = item
+                raise item
+            if not item:
+                self._end = True
+                return b""
+            self._cur, self._pos = item, 0
+        if self._pos == 0 and size >= len(self._cur):
+            data, self._cur = self._cur, b""  # the whole block, no copy
+            return bytes(data) if not isinstance(data, bytes) else data
+        data = self._cur[self._pos:self._pos + size]
+        self._pos += len(data)
+        return bytes(data)
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            while self._thread.is_alive():
+                try:  # make room for a put under way
+                    self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            self.src.close()
+        super().close()

@@ -30,6 +30,18 @@ put(name, stream, size=…)
     object, atomically where :attr:`Capabilities.atomic_create` says so. A source that
     fails to read raises SourceError (a local file error), never a relay error.
 
+get(name) and ranged reads
+    ``get`` streams the object's bytes. ``get_range(name, start, length, version=…)`` gives
+    bytes ``[start, start + length)`` of it: fewer only where the object ends (a range
+    past the end is empty, never an error), RelayObjectMissing when it is absent, and,
+    with ``version`` (the token a listing or the first GET gave: an ETag), a RelayError
+    when the object is no longer that version, so pieces of two versions are never
+    spliced. Every backend has it: the default reads one GET and skips to ``start``.
+    A backend whose storage serves real ranged reads declares
+    :attr:`Capabilities.ranged_reads` and may read a large object in its ``get`` with
+    several ranged requests at once (:mod:`escale.relay.ranged`: pieces fetched in
+    parallel threads, handed out in order, memory bounded by the pieces in flight).
+
 versions
     :attr:`ObjectInfo.version` is an opaque token that changes whenever the object's
     content may have changed (an ETag, or size and modification time); callers compare
@@ -59,10 +71,13 @@ deletes
 """
 from __future__ import annotations
 
+import io
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator, Mapping
+
+from ..errors import RelayError, RelayObjectMissing
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +130,8 @@ class Capabilities:
     list_after_write: bool = True
     #: largest object the storage takes (None: no known limit)
     max_object_size: int | None = None
+    #: ``get_range`` is a real ranged request (not the default: one GET read up to the range)
+    ranged_reads: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,6 +221,35 @@ class Relay(ABC):
     def get(self, name: str) -> BinaryIO:
         """A readable stream of the object's bytes (raises RelayObjectMissing)."""
 
+    def get_range(self, name: str, start: int, length: int, *, version: str | None = None) -> BinaryIO:
+        """Bytes ``[start, start + length)`` of the object (fewer only where it ends; a
+        range past the end is empty); raises RelayObjectMissing, and RelayError when
+        ``version`` is given and the object is no longer that version (module doc).
+
+        This default streams one GET and skips to ``start``: correct on any backend, fast
+        only near the object's start. A backend with real ranged reads overrides it and
+        declares :attr:`Capabilities.ranged_reads`."""
+        if start < 0 or length < 0:
+            raise ValueError("a range starts at 0 or later and has a length of 0 or more")
+        stream = self.get(name)
+        try:
+            if version is not None:
+                info = self.stat(name)
+                if info is None:
+                    raise RelayObjectMissing(f"relay object {name} is missing")
+                if info.version != version:
+                    raise RelayError(f"relay object {name} changed while being read")
+            left = start
+            while left > 0:
+                skipped = len(stream.read(min(left, 1 << 20)))
+                if not skipped:
+                    break
+                left -= skipped
+        except BaseException:
+            stream.close()
+            raise
+        return _Window(stream, length)
+
     @abstractmethod
     def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
         """Store ``stream`` under ``name``; return the byte count.
@@ -235,6 +281,31 @@ class Relay(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _Window(io.RawIOBase):
+    """At most ``length`` bytes of ``stream`` (the default ranged read)."""
+
+    def __init__(self, stream: BinaryIO, length: int):
+        self.stream, self.left = stream, length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.left <= 0:
+            return 0
+        with memoryview(b) as view:
+            data = self.stream.read(min(len(view), self.left))
+            n = len(data)
+            view[:n] = data
+        self.left -= n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.stream.close()
+        super().close()
 
 
 def check_name(name: str) -> str:

@@ -16,7 +16,7 @@ them parsed as keywords; Python callers may pass text or values):
                    ``secret key``); when absent, boto3's standard chain is used
                    (environment, shared files, instance role). Secrets are never logged.
 ``create_bucket``  create the bucket when it does not exist (default: no, an error).
-``part_size``      size of multipart upload parts (default 16 MiB, 5 MiB … 5 GiB).
+``part_size``      size of multipart upload parts (default 8 MiB, 5 MiB … 5 GiB).
 ``verify_ssl``     no, yes or a CA bundle file; ``max_retries``: retries of a failed request.
 
 How the relay interface maps onto S3:
@@ -24,7 +24,9 @@ How the relay interface maps onto S3:
 - **list**: paginated ListObjectsV2 under the prefix; names are relative to it.
 - **get**: a streamed GetObject read in blocks; a connection lost mid-body is resumed
   with a ranged GET pinned to the object's ETag (``If-Match``), so a retry never splices
-  two versions.
+  two versions. An object of 16 MiB or more is read with four ranged GETs at once
+  (:mod:`escale.relay.ranged`), each pinned the same way (and its answer's ETag compared,
+  for servers that ignore ``If-Match``). **get_range**: one ranged GetObject.
 - **put**: an object up to one part is a single PutObject; a larger one is a multipart
   upload read from the stream one part at a time (at most a few parts in memory, see
   :func:`_concurrency`), aborted if anything fails. A put is atomic: a reader sees the
@@ -96,6 +98,7 @@ from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExist
                       RelayObjectMissing, SourceError, TransientRelayError)
 from ..values import parse_bool, parse_size, parse_verify_ssl
 from .base import PROBE_MARK, Capabilities, ObjectInfo, Relay, RelayOption, Usage, check_name
+from .ranged import Parallel, ParallelRead
 from .options import MAX_RETRIES, VERIFY_SSL
 from .split import MAX_OBJECT_SIZE
 from . import retry
@@ -103,12 +106,13 @@ from . import retry
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-DEFAULT_PART_SIZE = 16 * MiB
+DEFAULT_PART_SIZE = 8 * MiB
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * (1 << 30)
 MAX_PARTS = 10_000
-#: memory budget of the parts a multipart upload keeps in flight (2 parts of the default size)
-INFLIGHT_BUDGET = 32 * MiB
+#: memory budget of the parts a multipart upload keeps in flight (3 parts of the default size: one
+#: more request in flight than 2 × 16 MiB, and 8 MiB less memory: a 1 GiB push stays under 100 MiB)
+INFLIGHT_BUDGET = 24 * MiB
 MAX_CONCURRENCY = 4
 READ_BLOCK = MiB
 #: retries of one request (the wrapper's; botocore's own are off): 10 attempts in all
@@ -280,7 +284,7 @@ class S3(Relay):
         RelayOption("create_bucket", ("create bucket",), parse_bool,
                     doc="create the bucket when it does not exist (default no: a missing bucket is an error)"),
         RelayOption("part_size", ("part size", "multipart part size"), parse_part_size,
-                    doc="size of the parts of a multipart upload, 5MiB to 5GiB (default 16MiB)"),
+                    doc="size of the parts of a multipart upload, 5MiB to 5GiB (default 8MiB)"),
         VERIFY_SSL,
         MAX_RETRIES,
         MAX_OBJECT_SIZE,
@@ -338,6 +342,8 @@ class S3(Relay):
         except ValueError as exc:
             raise ConfigError(str(exc), option="verify ssl") from None
         self.retry = retry.RetryPolicy.from_option(max_retries, default=DEFAULT_RETRIES)
+        #: large objects are read with several ranged GETs at once (escale.relay.ranged)
+        self.parallel = Parallel()
         self._client = None
         self._conditional: bool | None = None  # does the server honour If-None-Match: *?
         self._client_lock = threading.Lock()
@@ -578,7 +584,41 @@ class S3(Relay):
             if _code(exc)[0] in MISSING_CODES:
                 raise RelayObjectMissing(f"relay object {name} is missing") from None
             raise self._error(exc, f"relay object {name}") from None
-        return _Download(self, name, key, r)
+        body = _Download(self, name, key, r)
+        etag = _etag(r.get("ETag"))
+        if self.parallel.applies(body.length, etag):  # a large object: more ranged GETs at once
+            return ParallelRead(self, name, body.length, etag, body, self.parallel)
+        return body
+
+    def get_range(self, name: str, start: int, length: int, *, version: str | None = None) -> BinaryIO:
+        if start < 0 or length < 0:
+            raise ValueError("a range starts at 0 or later and has a length of 0 or more")
+        key = self._key(name)
+        kwargs = {"Bucket": self.bucket, "Key": key, "Range": f"bytes={start}-{start + max(length, 1) - 1}"}
+        if version is not None:
+            kwargs["IfMatch"] = f'"{version}"'
+        try:
+            r = self._call(f"relay object {name}", lambda: self.client.get_object(**kwargs))
+        except Exception as exc:  # noqa: BLE001
+            code, status, _msg = _code(exc)
+            if code in MISSING_CODES:
+                raise RelayObjectMissing(f"relay object {name} is missing") from None
+            if code in PRECONDITION_CODES:
+                raise RelayError(f"relay object {name} changed while being read") from None
+            if code == "InvalidRange" or status == 416:  # past the end (the object exists)
+                return io.BytesIO(b"")
+            raise self._error(exc, f"relay object {name}") from None
+        if version is not None and _etag(r.get("ETag")) not in (None, version):  # If-Match ignored (rclone)
+            r["Body"].close()
+            raise RelayError(f"relay object {name} changed while being read")
+        if length == 0:
+            r["Body"].close()
+            return io.BytesIO(b"")
+        content_range = r.get("ContentRange") or ""
+        if not content_range.startswith(f"bytes {start}-"):  # Range ignored: the whole object came
+            body = _Download(self, name, key, r)
+            return _skip(body, start, length)
+        return _Download(self, name, key, r, start=start)
 
     # -- writing ---------------------------------------------------------------------------
     def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
@@ -824,16 +864,31 @@ class S3(Relay):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(atomic_create=self._conditional is not False,
-                            max_object_size=self.part_size * MAX_PARTS)
+                            max_object_size=self.part_size * MAX_PARTS, ranged_reads=True)
+
+
+def _skip(stream: BinaryIO, start: int, length: int) -> BinaryIO:
+    """``length`` bytes of ``stream`` from ``start`` (a server that ignored a Range header)."""
+    from .base import _Window
+
+    left = start
+    try:
+        while left > 0 and (n := len(stream.read(min(left, READ_BLOCK)))):
+            left -= n
+    except BaseException:
+        stream.close()
+        raise
+    return _Window(stream, length)
 
 
 class _Download(io.RawIOBase):
     """A GetObject body read in blocks; resumes with a ranged GET if the connection breaks."""
 
-    def __init__(self, relay: S3, name: str, key: str, response: dict):
+    def __init__(self, relay: S3, name: str, key: str, response: dict, start: int = 0):
         super().__init__()
         self.relay, self.name, self.key = relay, name, key
         self.body = response["Body"]
+        self.start = start  # where this body begins in the object (a ranged GET)
         self.length = int(response.get("ContentLength", 0))
         self.etag = response.get("ETag")
         self.pos = 0
@@ -854,7 +909,8 @@ class _Download(io.RawIOBase):
             pass
         policy = self.relay.retry
         policy.sleep(min(2.0, policy.delay(self.resumes - 1)))
-        kwargs = {"Bucket": self.relay.bucket, "Key": self.key, "Range": f"bytes={self.pos}-"}
+        kwargs = {"Bucket": self.relay.bucket, "Key": self.key,
+                  "Range": f"bytes={self.start + self.pos}-{self.start + self.length - 1}"}
         if self.etag:
             kwargs["IfMatch"] = self.etag
         try:

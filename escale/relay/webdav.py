@@ -9,7 +9,8 @@ once). ``requests`` is used directly because the relay needs what no WebDAV clie
 library here gives:
 
 - streamed PUT bodies of unknown length (chunked) or known length, and streamed GET
-  bodies that resume with ``Range`` after a reset, so memory stays constant;
+  bodies that resume with ``Range`` after a reset, so memory stays constant; ranged GETs
+  (``get_range``), four at once for a large object (:mod:`escale.relay.ranged`);
 - conditional and WebDAV-specific headers (``If-None-Match: *``, ``Overwrite: F``,
   ``Depth: 1``, ``If-Range``) and a precise reading of every status code;
 - PROPFIND responses parsed incrementally (``iterparse`` on the response stream) with
@@ -105,6 +106,7 @@ from .address import redact, split_network_address
 from .base import (PROBE_MARK, REPLAY_BUFFER, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay,
                    Usage, check_name)
 from .options import MAX_RETRIES, TLS
+from .ranged import Parallel, ParallelRead
 from .split import MAX_OBJECT_SIZE
 
 
@@ -344,8 +346,11 @@ class _Sized:
 class _Download(io.RawIOBase):
     """The body of a GET, read as it arrives; resumes with Range after a transport error."""
 
-    def __init__(self, relay: "WebDAV", name: str, response: requests.Response):
+    def __init__(self, relay: "WebDAV", name: str, response: requests.Response, start: int = 0,
+                 end: int | None = None):
         self.relay, self.name, self.response = relay, name, response
+        #: this body is bytes [start, end) of the object (a ranged GET; end None: to its end)
+        self.start, self.end = start, end
         self.offset = 0
         self.etag = normalise_etag(response.headers.get("ETag"))
         self.strong = bool(response.headers.get("ETag")) and not response.headers["ETag"].startswith("W/")
@@ -355,9 +360,12 @@ class _Download(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:
+        want = len(b) if self.end is None else min(len(b), self.end - self.start - self.offset)
+        if want <= 0:
+            return 0
         while True:
             try:
-                data = self.response.raw.read(len(b), decode_content=True)
+                data = self.response.raw.read(want, decode_content=True)
             except (urllib3.exceptions.HTTPError, OSError, requests.RequestException) as exc:
                 self._resume(exc)
                 continue
@@ -377,7 +385,8 @@ class _Download(io.RawIOBase):
         log.warning("%s: reading %s broke at byte %d (%s); resuming in %.1f s", self.relay.address, self.name,
                     self.offset, _describe(exc), delay)
         policy.sleep(delay)
-        headers = {"Range": f"bytes={self.offset}-", "Accept-Encoding": "identity"}
+        at = self.start + self.offset
+        headers = {"Range": f"bytes={at}-{'' if self.end is None else self.end - 1}", "Accept-Encoding": "identity"}
         if self.etag and self.strong:
             headers["If-Range"] = f'"{self.etag}"'
         r = self.relay._request("GET", self.relay._url(self.name), self.name, headers=headers, stream=True)
@@ -390,11 +399,11 @@ class _Download(io.RawIOBase):
             raise RelayError(f"relay object {self.name} changed while being read")
         if r.status_code == 206:
             start = r.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
-            if start != str(self.offset):
+            if start != str(at):
                 r.close()
                 raise RelayError(f"relay object {self.name}: the server resumed at the wrong offset")
         elif r.status_code == 200:  # Range ignored: skip what we already have
-            skip = self.offset
+            skip = at
             while skip:
                 data = r.raw.read(min(skip, BLOCK), decode_content=True)
                 if not data:
@@ -501,6 +510,8 @@ class WebDAV(Relay):
                 raise ConfigError(f"{opt} {f} does not exist", option=opt)
         self.cert = (certfile, keyfile) if keyfile else certfile
         self.retry = retry.RetryPolicy.from_option(max_retries)
+        #: large objects are read with several ranged GETs at once (escale.relay.ranged)
+        self.parallel = Parallel()
         t = timeout if timeout not in (None, "") else os.environ.get("ESCALE_WEBDAV_TIMEOUT")
         try:
             t = float(t) if t not in (None, "") else DEFAULT_TIMEOUT
@@ -985,7 +996,57 @@ class WebDAV(Relay):
         if r.status_code != 200:
             r.close()
             raise self._status_error("GET", name, r)
-        return io.BufferedReader(_Download(self, name, r), BLOCK)
+        body = _Download(self, name, r)
+        try:
+            length = int(r.headers.get("Content-Length", ""))
+        except ValueError:
+            length = -1
+        # several ranged GETs at once for a large object, when the server says it serves
+        # ranges and gives an ETag to pin them to (each answer's ETag is compared)
+        if (length > 0 and body.etag and r.headers.get("Accept-Ranges", "").lower() == "bytes"
+                and "Content-Encoding" not in r.headers and self.parallel.applies(length, body.etag)):
+            return ParallelRead(self, name, length, body.etag, body, self.parallel)
+        return io.BufferedReader(body, BLOCK)
+
+    def get_range(self, name: str, start: int, length: int, *, version: str | None = None) -> BinaryIO:
+        if start < 0 or length < 0:
+            raise ValueError("a range starts at 0 or later and has a length of 0 or more")
+        # the version is checked on the answer's ETag, not with If-Match: Apache gives a weak
+        # ETag for a file changed within the last second, which If-Match never matches
+        headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{start + max(length, 1) - 1}"}
+        r = self._request("GET", self._url(check_name(name)), name, headers=headers, stream=True)
+        if r.status_code == 404:
+            r.close()
+            raise RelayObjectMissing(f"relay object {name} is missing")
+        if version is not None:
+            etag = normalise_etag(r.headers.get("ETag"))
+            if etag is None:  # no ETag on a GET: ask a listing
+                info = self.stat(name)
+                etag = None if info is None else info.version
+            if etag != version:
+                r.close()
+                raise RelayError(f"relay object {name} changed while being read")
+        if r.status_code == 416 or length == 0:  # past the end (the object exists)
+            r.close()
+            return io.BytesIO(b"")
+        if r.status_code == 206:
+            first = r.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
+            if first != str(start):
+                r.close()
+                raise RelayError(f"relay object {name}: the server answered a range at the wrong offset")
+            return io.BufferedReader(_Download(self, name, r, start, start + length), BLOCK)
+        if r.status_code != 200:
+            r.close()
+            raise self._status_error("GET", name, r)
+        body = _Download(self, name, r, 0, start + length)  # Range ignored: skip to the start
+        skip = start
+        try:
+            while skip > 0 and (n := body.readinto(bytearray(min(skip, BLOCK)))):
+                skip -= n
+        except BaseException:
+            body.close()
+            raise
+        return io.BufferedReader(body, BLOCK)
 
     def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
         check_name(name)
@@ -1161,7 +1222,7 @@ class WebDAV(Relay):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(atomic_create=self._create_mode != "check")
+        return Capabilities(atomic_create=self._create_mode != "check", ranged_reads=True)
 
     # -- create-if-absent ------------------------------------------------------------------
     def _create_strategy(self) -> str:

@@ -22,6 +22,7 @@ from ..folder import ContentMismatch, LocalChanged, PendingWrite
 from ..fsnames import NameTwin
 from ..index import DIR, FILE, GONE, MAX_INT, Entry, LocalFile
 from ..plan import Displace, Fetch, MakeDir, Plan, Remember, RemoveDir, SetMode, reconcile
+from ..stream import ReadAhead
 from .context import Repo, Stoppable
 from .report import CycleReport
 
@@ -57,7 +58,12 @@ class LazyBlob:
 
     def open(self) -> BinaryIO:
         raw = self.ctx.relay.get(self.name)
-        self.stream = self.ctx.cipher.decrypt(self.name, raw)
+        try:
+            # decrypted by a thread of its own while this one hashes and writes (ReadAhead)
+            self.stream = ReadAhead(self.ctx.cipher.decrypt(self.name, raw))
+        except BaseException:
+            raw.close()
+            raise
         return self.stream
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from ..plan import local_changes
 from ..protocol import (BLOB, INLINE, NONE, UPDATE_MAGIC, Item, ObjectStore, RelayView, UpdateHeader, blob_name,
                         reservation_name, update_name)
 from ..state import Published
-from ..stream import HashingReader, copy_exactly
+from ..stream import HashingReader, ReadAhead, copy_exactly
 from .acks import Acks
 from .context import BLOB_THRESHOLD, Repo, Stoppable
 from .report import CycleReport
@@ -321,9 +321,13 @@ class Pusher:
         return True
 
     def _put_blob(self, name: str, path: LocalFile, e: Entry) -> bool:
-        with self.ctx.folder.open_read(path) as f, self.ctx.bar(Stoppable(f, self.ctx.check_stop), e.size, f"send {e.path}") as shown:
-            reader = HashingReader(shown, self.ctx.algorithm)
-            self.ctx.relay.put(name, self.ctx.cipher.encrypt(name, reader, e.size), size=self.ctx.cipher.size_on_relay(e.size))
+        size = self.ctx.cipher.size_on_relay(e.size)
+        with self.ctx.folder.open_read(path) as f:
+            reader = HashingReader(f, self.ctx.algorithm)
+            # read, hashed and sealed by a thread of its own while this one sends (ReadAhead)
+            with ReadAhead(self.ctx.cipher.encrypt(name, reader, e.size)) as sealed, \
+                    self.ctx.bar(Stoppable(sealed, self.ctx.check_stop), size, f"send {e.path}") as shown:
+                self.ctx.relay.put(name, shown, size=size)
         if reader.count != e.size or reader.hexdigest() != e.hash:
             self.ctx.relay.delete(name)
             log.info("%s: %s changed while being sent; will send it next cycle", self.ctx.name, e.path)
