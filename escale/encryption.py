@@ -220,19 +220,44 @@ class _Decryptor(_ChunkStream):
         self.aead = _BY_ID[alg_id][1](cipher._key(salt, name))
         self.aad, self.prefix, self.chunk = head + name.encode(), prefix, 1 << log2
         self.ahead = b""
-        self.out = bytearray()
+        self.pending: bytes = b""  # the current chunk's plaintext, handed out from pending_at
+        self.pending_at = 0
         self.counter = 0
         self.length: int | None = None
         self.emitted = 0
 
     def _next(self) -> None:
-        """Open (authenticate and decrypt) the next chunk."""
+        """Open (authenticate and decrypt) the next chunk.
+
+        One more byte than a chunk is read (kept for the next one): a chunk followed by
+        nothing is the last. The ciphertext is read into one buffer and the plaintext
+        handed out as AES-GCM gives it, with no further copy (:meth:`read`)."""
         want = self.chunk + TAG
-        data = self.ahead + read_exactly(self.src, want + 1 - len(self.ahead))
-        last = len(data) <= want
-        ct, self.ahead = (data, b"") if last else (data[:want], data[want:])
+        buf = bytearray(want + 1)
+        have = len(self.ahead)
+        buf[:have] = self.ahead
+        with memoryview(buf) as view:
+            readinto = getattr(self.src, "readinto", None)
+            while have < want + 1:
+                if readinto is not None:
+                    n = readinto(view[have:]) or 0
+                else:
+                    data = self.src.read(want + 1 - have)
+                    n = len(data)
+                    view[have:have + n] = data
+                if not n:
+                    break
+                have += n
+        last = have <= want
+        if last:
+            del buf[have:]
+            self.ahead = b""
+        else:
+            self.ahead = bytes(buf[want:])
+            del buf[want:]
         try:
-            pt = self.aead.decrypt(_nonce(self.prefix, self.counter, last), ct, self.aad)
+            pt = self.aead.decrypt(_nonce(self.prefix, self.counter, last), bytes(buf) if have < 1024 else buf,
+                                   self.aad)
         except InvalidTag:
             if self.counter == 0:
                 raise IntegrityError(self.name, "authentication failed: forged, modified, made with another key "
@@ -241,18 +266,49 @@ class _Decryptor(_ChunkStream):
             raise IntegrityError(self.name, f"authentication failed at chunk {self.counter}: modified, "
                                             "truncated or reordered") from None
         self.counter += 1
+        start = 0
         if self.length is None:
             if len(pt) < LENGTH.size:
                 raise IntegrityError(self.name, "malformed: no length")
             (self.length,) = LENGTH.unpack(pt[:LENGTH.size])
-            pt = pt[LENGTH.size:]
-        take = min(len(pt), self.length - self.emitted)
-        self.out += pt if take == len(pt) else pt[:take]
+            start = LENGTH.size
+        take = min(len(pt) - start, self.length - self.emitted)
+        self.pending, self.pending_at = (pt if start == 0 and take == len(pt) else pt[start:start + take]), 0
         self.emitted += take
         if last:
             self.done_all = True
             if self.emitted != self.length:
                 raise IntegrityError(self.name, "truncated: shorter than its authenticated length")
+
+    def read(self, size: int = -1) -> bytes:
+        """The next plaintext bytes: up to the rest of the current chunk, as one bytes object
+        (no copy when the whole chunk fits)."""
+        if size is None or size < 0:
+            parts = []
+            while block := self.read(1 << 20):
+                parts.append(block)
+            return b"".join(parts)
+        if size == 0:
+            return b""
+        while self.pending_at >= len(self.pending):
+            if self.done_all:
+                return b""
+            self._next()
+        if self.pending_at == 0 and size >= len(self.pending):
+            data, self.pending = self.pending, b""
+            return data
+        data = self.pending[self.pending_at:self.pending_at + size]
+        self.pending_at += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def readall(self) -> bytes:
+        return self.read(-1)
 
 
 # ---------------------------------------------------------------------------------------
