@@ -54,6 +54,8 @@ class Bench:
     needs: tuple[str, ...] = ()  # "cmd:NAME" on PATH or a Python module
     peer: str = "rclone copy through a crypt remote on the same server"
     timeout: float = 3600
+    requires: str = ""  # an option the script must offer (else skipped: an older bench)
+    if_offered: tuple[str, ...] = ()  # more arguments, given when the script offers the first one
 
 
 SUITE = [
@@ -62,7 +64,10 @@ SUITE = [
           peer="rclone sync --dry-run of the same folder; rclone version"),
     Bench("idle-small", "Idle cost at 10,000 files (for the memory per file)", "bench_idle.py",
           ["--files", "10000"], None, kind="text", needs=("wsgidav", "cheroot"),
-          peer="rclone sync --dry-run of the same folder"),
+          peer="rclone sync --dry-run of the same folder", if_offered=("--only", "idle")),
+    Bench("idle-scale", "First sync and idle run of many files: memory per file", "bench_idle.py",
+          ["--only", "scale", "--scale-files", "200000"], ["--only", "scale", "--scale-files", "3000"], kind="text",
+          peer="none", requires="--scale-files"),
     Bench("local", "file:// relay", "bench_local.py", ["--small", "5000", "--big", "1024"],
           ["--small", "50", "--big", "2"], needs=("cmd:rclone",), peer="rclone copy (no crypt) to a folder"),
     Bench("local-50k", "file:// relay, 50,000 small files", "bench_local.py",
@@ -136,13 +141,20 @@ def run_bench(bench: Bench, args, out: Path) -> Outcome:
     extra = bench.quick if args.quick else bench.full
     if extra is None:
         return Outcome(bench, "skipped", "not part of --quick (its sizes are fixed)")
+    if bench.requires or bench.if_offered:
+        offered = subprocess.run([sys.executable, str(BENCH / bench.script), "--help"], capture_output=True,
+                                 text=True, cwd=BENCH).stdout
+        if bench.requires and bench.requires not in offered:
+            return Outcome(bench, "skipped", f"this {bench.script} has no {bench.requires} option")
+        if bench.if_offered and bench.if_offered[0] in offered:
+            extra = [*extra, *bench.if_offered]
     runs = 1 if args.quick else args.runs
     jsonl = out / f"{bench.name}.jsonl"
     jsonl.unlink(missing_ok=True)
     cmd = [sys.executable, str(BENCH / bench.script), *extra]
     if bench.kind == "pairs":
         cmd += ["--runs", str(runs), "--json", str(jsonl)]
-    elif bench.name.startswith("idle"):
+    elif bench.name in ("idle", "idle-small"):
         cmd += ["--runs", str(runs)]
     elif bench.name == "padding":
         cmd += [str(out / "padding-work")]
@@ -413,6 +425,7 @@ def target_rows(by: dict[str, Outcome]) -> list[tuple[str, str, str, str, str]]:
                      _met(per <= 0.3)))
     else:
         rows.append(("memory per synced file", _not("idle-small", by), "—", "≤ 0.3 KiB/file", "?"))
+    rows.append(scale_row(by))
     rv = _find(idle, "rclone version")
     e = _find(idle, "encrypted", "later")
     rows.append(("encrypted `--once` after the first run", _cpu(e) if e else _not("idle", by),
@@ -426,6 +439,25 @@ def target_rows(by: dict[str, Outcome]) -> list[tuple[str, str, str, str, str]]:
     rows.append(small_row(by))
     rows.append(local50k_row(by))
     return rows
+
+
+SCALE_ROW = re.compile(r"\|\s*(first push|first pull|idle), (\d+) files[^|]*\|[^|]*\|\s*wall ([\d.]+) s, "
+                       r"CPU ([\d.]+) s, peak RSS (\d+) MiB")
+
+
+def scale_row(by: dict) -> tuple:
+    """bench_idle --only scale: peak RSS of the first push, first pull and an idle run of N files."""
+    o = by.get("idle-scale")
+    got = {m[1]: (int(m[2]), float(m[4]), int(m[5])) for m in SCALE_ROW.finditer(o.text if o else "")}
+    target = "< 300 MiB with 1,000,000 files"
+    if not got:
+        return ("first sync of many files, peak RSS", _not("idle-scale", by), "—", target, "?")
+    n = next(iter(got.values()))[0]
+    worst = max(v[2] for v in got.values())
+    text = ", ".join(f"{k} {v[2]} MiB (CPU {v[1]:.0f} s)" for k, v in got.items())
+    met = _met(worst < 300) if n >= 1_000_000 else f"? (measured at {n:,} files, not 1,000,000)"
+    return (f"first sync of {n:,} files, file:// (peak RSS; one run)", f"{text}; {worst * 1024 / n:.2f} KiB/file",
+            "—", target, met)
 
 
 def _files(o: Outcome | None) -> int | None:
@@ -500,11 +532,34 @@ def local50k_row(by: dict) -> tuple:
             f"(pull = push × {pull / push:.2f})", peer, "pull ≤ push × 2", _met(pull <= 2 * push))
 
 
-def targets_block(by: dict[str, Outcome], facts: dict) -> str:
+#: a target row (by a word of its label) -> a word of the hand-written section that analyses it
+ANALYSIS = (("requests", "idle cycle"), ("idle", "idle cycle"), ("memory", "idle cycle"), ("start", "idle cycle"), ("encrypted", "idle cycle"),
+            ("version", "idle cycle"), ("GiB", "Large files"), ("MB file", "Large files"),
+            ("large file", "Large files"), ("KiB", "Small files"), ("small files", "Small files"))
+
+
+BY_HAND = "\n# Measurements and analysis, by hand\n"
+
+
+def analysis_link(label: str, doc: str) -> str:
+    """A link to the hand-written section about a target row (found by its heading, so that a
+    renamed section is still found by a word of it), or ""."""
+    word = next((w for key, w in ANALYSIS if key in label), None)
+    by_hand = doc.split(BY_HAND, 1)[-1]  # the headings of the generated part name benches, not analyses
+    heads = [h for h in re.findall(r"^##+ (.+)$", by_hand, re.M) if "Latest run" not in h]
+    head = next((h for h in heads if word and word.lower() in h.lower()), None)
+    if head is None:
+        return ""
+    anchor = re.sub(r"[^\w\- ]", "", head.strip().lower()).replace(" ", "-")
+    return f"[{head.split('(')[0].strip()}](#{anchor})"
+
+
+def targets_block(by: dict[str, Outcome], facts: dict, doc: str = "") -> str:
     out = [f"*Generated by `python bench/run.py{' --quick' if facts['quick'] else ''}` on {facts['date']}, from the "
-           "bench blocks below (same run); medians unless said otherwise.*", "",
-           "| what | escale | peer, same run | target | met? |", "|---|---|---|---|---|"]
-    out += [f"| {' | '.join(r)} |" for r in target_rows(by)]
+           "bench blocks below (same run); medians unless said otherwise. Where a target is not met, the "
+           "section in the last column says what limits it and what was tried.*", "",
+           "| what | escale | peer, same run | target | met? | analysis |", "|---|---|---|---|---|---|"]
+    out += [f"| {' | '.join(r)} | {analysis_link(r[0], doc)} |" for r in target_rows(by)]
     return "\n".join(out)
 
 
@@ -559,7 +614,7 @@ def main() -> None:
         outcomes.append(o)
     by = {o.bench.name: o for o in outcomes}
     blocks = {"header": header_block(facts, outcomes, args, time.monotonic() - t0, os.getloadavg()),
-              "targets": targets_block(by, facts)}
+              "targets": targets_block(by, facts, Path(args.doc).read_text() if Path(args.doc).exists() else "")}
     for o in outcomes:
         if o.status == "ran" or not Path(args.doc).exists() or f"<!-- bench:{o.bench.name} -->" not in \
                 Path(args.doc).read_text():
