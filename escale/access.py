@@ -81,7 +81,14 @@ def check_path_limits(relpath: str) -> None:
 
 
 def safe_join(root: str | os.PathLike[str], relpath: str) -> Path:
-    """``root/relpath``, after checking ``relpath`` cannot land outside ``root``.
+    """``root/relpath``, after checking it with :func:`check_relpath`."""
+    check_relpath(root, relpath)
+    return Path(f"{os.fspath(root)}/{relpath}")
+
+
+def check_relpath(root: str | os.PathLike[str], relpath: str) -> None:
+    """Check that ``relpath`` cannot land outside ``root`` (no path object is made: the
+    folder calls it for every file it touches).
 
     Every path read from the relay must come through here. Rejected, with
     :class:`~escale.errors.UnsafePath`: non-strings, empty paths, absolute paths,
@@ -127,7 +134,6 @@ def safe_join(root: str | os.PathLike[str], relpath: str) -> Path:
             break  # a file where a folder should be: writing will fail, harmlessly
         if stat.S_ISLNK(st.st_mode):
             raise UnsafePath(relpath, f"folder {'/'.join(parts[:i + 1])!r} is a symbolic link")
-    return Path(f"{base}/{relpath}")
 
 
 # --------------------------------------------------------------------------- modifiers

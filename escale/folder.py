@@ -28,12 +28,12 @@ import stat
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from .access import safe_join
+from .access import check_relpath
 from .checksum import FileChangedError
 from .confined import O_NEW, LinkInTree, Tree, same_file
 from .errors import EscaleError
@@ -71,8 +71,10 @@ class PendingWrite:
 
     def discard(self) -> None:
         """Remove the temporary (if still there) and release the descriptors."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
         if self.dir_fd >= 0:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp, dir_fd=self.dir_fd)
@@ -83,6 +85,27 @@ class PendingWrite:
 
 #: threads that fsync deferred writes at once (the disk, not the CPU, is what they wait for)
 FSYNC_THREADS = 8
+_pool: ThreadPoolExecutor | None = None
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """The threads that fsync deferred writes (made on first use, kept for the process)."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="fsync")
+    return _pool
+
+
+def _fsync_write(p: PendingWrite) -> BaseException | None:
+    """fsync one deferred write's temporary and close that descriptor; the error, if any."""
+    try:
+        os.fsync(p.fd)
+        return None
+    except OSError as exc:
+        return exc
+    finally:
+        os.close(p.fd)
+        p.fd = -1
 
 
 class Folder:
@@ -227,7 +250,7 @@ class Folder:
 
     def stat_one(self, relpath: str) -> LocalFile | None:
         """Current state of one path (with digest), or None."""
-        safe_join(self.root, relpath)
+        check_relpath(self.root, relpath)
         try:
             st = self.lstat(relpath)  # LocalChanged if a folder above it is a link or a file
         except FileNotFoundError:
@@ -293,7 +316,7 @@ class Folder:
         and renames into place — many small files then share the file system's journal
         commits instead of paying one synchronous ``fsync`` each, in series.
         """
-        safe_join(self.root, target)
+        check_relpath(self.root, target)
         with self._at(target, create=True) as (fd, name):
             tmp = f"{TMP_MARK}{uuid.uuid4().hex}"
             h = hashlib.new(self.algorithm)
@@ -340,36 +363,29 @@ class Folder:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp, dir_fd=fd)
 
-    def finish_writes(self, pending: list[PendingWrite]) -> list[BaseException | None]:
+    @staticmethod
+    def start_writes(pending: list[PendingWrite]) -> list[Future]:
+        """Begin the ``fsync`` of deferred writes in background threads (``fsync`` releases
+        the GIL; the file system folds concurrent ones into shared journal commits), so the
+        caller can write the next group meanwhile; :meth:`finish_writes` waits for them."""
+        return [_fsync_pool().submit(_fsync_write, p) for p in pending]
+
+    def finish_writes(self, pending: list[PendingWrite],
+                      started: list[Future] | None = None) -> list[BaseException | None]:
         """Make deferred writes durable and put them in place; one outcome per write (None:
         done, else why not — the temporary is then gone and the target untouched).
+        ``started``: their fsyncs, from :meth:`start_writes` (else they are started here).
 
-        Order, for power-cut safety: every temporary is ``fsync``ed (in parallel threads —
-        ``fsync`` releases the GIL and the file system folds concurrent ones into shared
-        journal commits) *before* any of them is renamed to its real name, so no real name
-        ever points at data that is not on disk; then each folder that got a name is
-        ``fsync``ed, so the renames are durable before the caller commits the base that
-        records them.
+        Order, for power-cut safety: every temporary's ``fsync`` has returned *before* any
+        of them is renamed to its real name, so no real name ever points at data that is
+        not on disk; then each folder that got a name is ``fsync``ed, so the renames are
+        durable before the caller commits the base that records them.
         """
-        outcomes: list[BaseException | None] = [None] * len(pending)
         if not pending:
-            return outcomes
-
-        def flush(p: PendingWrite) -> BaseException | None:
-            try:
-                os.fsync(p.fd)
-                return None
-            except OSError as exc:
-                return exc
-            finally:
-                os.close(p.fd)
-                p.fd = -1
-
-        if len(pending) == 1:
-            outcomes[0] = flush(pending[0])
-        else:
-            with ThreadPoolExecutor(min(FSYNC_THREADS, len(pending)), thread_name_prefix="fsync") as pool:
-                outcomes = list(pool.map(flush, pending))
+            return []
+        if started is None:
+            started = self.start_writes(pending)
+        outcomes: list[BaseException | None] = [f.result() for f in started]
         folders: dict[str, str] = {}  # parent path -> one target in it (to reach it again)
         for i, p in enumerate(pending):
             try:
@@ -399,13 +415,17 @@ class Folder:
                 log.warning("could not flush the folder of %s: %s", target, exc)
         return outcomes
 
-    def abandon_writes(self, pending: list[PendingWrite]) -> None:
-        """Drop deferred writes (the pull stopped): close and remove their temporaries."""
+    @staticmethod
+    def abandon_writes(pending: list[PendingWrite], started: list[Future] | None = None) -> None:
+        """Drop deferred writes (the pull stopped): close and remove their temporaries
+        (after their fsyncs, if begun, returned: the thread closes the descriptor)."""
+        for f in started or ():
+            f.result()
         for p in pending:
             p.discard()
 
     def _open_local(self, relpath: str) -> BinaryIO:
-        safe_join(self.root, relpath)
+        check_relpath(self.root, relpath)
         try:
             return self.tree.open_read(relpath)
         except LinkInTree as exc:
@@ -415,8 +435,8 @@ class Folder:
              expect: LocalFile | None) -> os.stat_result:
         """Complete a rename: move the local file ``source`` (whose digest is entry's) to ``target``;
         returns its status."""
-        safe_join(self.root, source)
-        safe_join(self.root, target)
+        check_relpath(self.root, source)
+        check_relpath(self.root, target)
         if source_expect is None or source_expect.hash != entry.hash:
             raise LocalChanged(f"{source} changed here; cannot complete its rename to {target}")
         with self._at(source) as (sfd, sname), self._at(target, create=True) as (tfd, tname):
@@ -439,7 +459,7 @@ class Folder:
             pass
 
     def make_dir(self, relpath: str, mode: int) -> None:
-        safe_join(self.root, relpath)
+        check_relpath(self.root, relpath)
         with self._at(relpath, create=True) as (fd, name):
             try:
                 os.mkdir(name, 0o700, dir_fd=fd)
@@ -450,7 +470,7 @@ class Folder:
             self.tree.chmod(fd, name, (mode & 0o777) | 0o700, relpath)
 
     def set_mode(self, relpath: str, mode: int) -> None:
-        safe_join(self.root, relpath)
+        check_relpath(self.root, relpath)
         with self._at(relpath) as (fd, name):
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
@@ -459,7 +479,7 @@ class Folder:
 
     def remove_dir(self, relpath: str) -> bool:
         """Remove a synced folder only if empty (its files were handled one by one)."""
-        safe_join(self.root, relpath)
+        check_relpath(self.root, relpath)
         try:
             with self._at(relpath) as (fd, name):
                 os.rmdir(name, dir_fd=fd)
@@ -474,7 +494,7 @@ class Folder:
 
     def displace(self, relpath: str, target: str | None, expect: LocalFile | None) -> None:
         """Move a local file to a conflict name (target) or into the trash (target None)."""
-        safe_join(self.root, relpath)
+        check_relpath(self.root, relpath)
         with self._at(relpath) as (fd, name):
             if not self._unchanged_at(fd, name, expect):
                 raise LocalChanged(f"{relpath} changed here while syncing; kept it")
@@ -483,7 +503,7 @@ class Folder:
                     os.replace(name, tname, src_dir_fd=fd, dst_dir_fd=tfd)
                     shown = f"{META_DIR}/{TRASH}/{self._trash_batch}/{relpath}"
             else:
-                safe_join(self.root, target)
+                check_relpath(self.root, target)
                 with self._at(target, create=True) as (tfd, tname):
                     if _exists_at(tfd, tname):
                         tname = f"{tname}.{uuid.uuid4().hex[:6]}"

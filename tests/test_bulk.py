@@ -104,3 +104,35 @@ def test_returning_machine_does_not_fetch_what_later_updates_replace_or_delete(c
     assert b.tree() == a.tree()
     assert any(t.endswith("kept.bin") for t in trash_files(b))
 
+
+
+def test_quiet_run_makes_no_log_record_that_no_handler_keeps(tmp_path) -> None:
+    """A 5,000-file pull made 15,000 DEBUG/INFO records at -q that no handler kept (0.2–0.4 s):
+    the root logger now lets through only what some handler shows."""
+    import logging
+
+    from escale.cli.logs import setup_logging
+
+    made: list[logging.LogRecord] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args, **kw):
+        record = factory(*args, **kw)
+        made.append(record)
+        return record
+
+    logging.setLogRecordFactory(counting)
+    try:
+        setup_logging(-1)
+        logging.getLogger("escale.sync.apply").debug("repo: f.bin: Fetch, Remember")
+        logging.getLogger("escale.sync.apply").info("repo: f.bin: new file")
+        logging.getLogger("escale.sync.apply").warning("repo: shown")
+        assert [r.levelname for r in made] == ["WARNING"], made
+        made.clear()
+        setup_logging(-1, tmp_path / "escale.log", "DEBUG")  # a log file at DEBUG keeps them all
+        logging.getLogger("escale.sync.apply").debug("repo: kept in the file")
+        assert [r.levelname for r in made] == ["DEBUG"], made
+        assert "kept in the file" in (tmp_path / "escale.log").read_text()
+    finally:
+        logging.setLogRecordFactory(factory)
+        setup_logging(0)

@@ -106,3 +106,6 @@ def setup_logging(verbosity: int = 0, log_file=None, log_level: str = "DEBUG", l
         fh.setFormatter(JsonFormatter() if log_format == "json" else
                         EscapingFormatter("%(asctime)s %(name)s[%(levelname)s] %(message)s"))
         root.addHandler(fh)
+    # the root passes on only what some handler shows: a record no handler keeps is then never
+    # made (a 5,000-file pull logged 15,000 DEBUG/INFO records nobody saw at -q: 0.2–0.4 s)
+    root.setLevel(min(h.level for h in root.handlers))
