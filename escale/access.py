@@ -102,6 +102,35 @@ def check_relpath(root: str | os.PathLike[str], relpath: str) -> None:
     """
     if not isinstance(relpath, str):
         raise UnsafePath(repr(relpath), "path is not a string")
+    if relpath in _checked:  # its spelling passed a moment ago: only the folders are looked at again
+        parts = relpath.split("/")
+    else:
+        parts = _check_spelling(relpath)
+        if len(_checked) >= _CHECKED_MAX:
+            _checked.clear()
+        _checked.add(relpath)
+    base = os.fspath(root)
+    current = base
+    for i, part in enumerate(parts[:-1]):
+        current = f"{current}/{part}"
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            break  # nothing deeper can exist either
+        except NotADirectoryError:
+            break  # a file where a folder should be: writing will fail, harmlessly
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePath(relpath, f"folder {'/'.join(parts[:i + 1])!r} is a symbolic link")
+
+
+#: paths whose spelling passed (a pulled file is checked by the applier, then by each
+#: folder operation on it): those rules depend on the string alone, so it is checked once
+_checked: set[str] = set()
+_CHECKED_MAX = 4096
+
+
+def _check_spelling(relpath: str) -> list[str]:
+    """The checks of :func:`check_relpath` that depend on the string alone; its parts."""
     if not relpath:
         raise UnsafePath(relpath, "empty path")
     if "\x00" in relpath:
@@ -122,18 +151,7 @@ def check_relpath(root: str | os.PathLike[str], relpath: str) -> None:
     if is_state_name(parts[0]):
         raise UnsafePath(relpath, f"path is inside escale's own {STATE_DIR}/ folder (on a file system that "
                                   "ignores letter case, Unicode normalisation or trailing dots)")
-    base = os.fspath(root)
-    current = base
-    for i, part in enumerate(parts[:-1]):
-        current = f"{current}/{part}"
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            break  # nothing deeper can exist either
-        except NotADirectoryError:
-            break  # a file where a folder should be: writing will fail, harmlessly
-        if stat.S_ISLNK(st.st_mode):
-            raise UnsafePath(relpath, f"folder {'/'.join(parts[:i + 1])!r} is a symbolic link")
+    return parts
 
 
 # --------------------------------------------------------------------------- modifiers

@@ -69,15 +69,17 @@ class PendingWrite:
     #: meanwhile (the rename walks the path again: only the cleanup uses this)
     dir_fd: int = -1
 
-    def discard(self) -> None:
-        """Remove the temporary (if still there) and release the descriptors."""
+    def discard(self, remove: bool = True) -> None:
+        """Remove the temporary (if still there; ``remove=False``: it was renamed into place)
+        and release the descriptors."""
         if self.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
         if self.dir_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.unlink(self.tmp, dir_fd=self.dir_fd)
+            if remove:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.tmp, dir_fd=self.dir_fd)
             with contextlib.suppress(OSError):
                 os.close(self.dir_fd)
             self.dir_fd = -1
@@ -157,6 +159,11 @@ class Folder:
         if spelled and not any(self.rules.same_name(name, n) for n in spelled):
             head = relpath.rpartition("/")[0]
             raise NameTwin(relpath, f"{head}/{spelled[0]}" if head else spelled[0])
+
+    def keeping(self) -> contextlib.AbstractContextManager[None]:
+        """Keep folder descriptors through the block (checked before each reuse; see
+        :meth:`escale.confined.Tree.keeping`): for applying one update's many files."""
+        return self.tree.keeping()
 
     @contextlib.contextmanager
     def _at(self, relpath: str, create: bool = False) -> Iterator[tuple[int, str]]:
@@ -318,7 +325,7 @@ class Folder:
         """
         check_relpath(self.root, target)
         with self._at(target, create=True) as (fd, name):
-            tmp = f"{TMP_MARK}{uuid.uuid4().hex}"
+            tmp = f"{TMP_MARK}{os.urandom(16).hex()}"
             h = hashlib.new(self.algorithm)
             size = 0
             kept = False
@@ -388,6 +395,7 @@ class Folder:
         outcomes: list[BaseException | None] = [f.result() for f in started]
         folders: dict[str, str] = {}  # parent path -> one target in it (to reach it again)
         for i, p in enumerate(pending):
+            placed = False
             try:
                 with self._at(p.target, create=True) as (fd, name):
                     try:
@@ -399,14 +407,16 @@ class Folder:
                         if p.expect is not None and p.expect.kind == FILE:
                             self._keep_in_trash(p.target, fd, name)
                         os.replace(p.tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                        placed = True
                         folders.setdefault(p.target.rpartition("/")[0], p.target)
                     finally:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(p.tmp, dir_fd=fd)
+                        if not placed:
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(p.tmp, dir_fd=fd)
             except (OSError, EscaleError) as exc:
                 outcomes[i] = exc
             finally:  # a folder swapped meanwhile: its temporary is still removed
-                p.discard()
+                p.discard(remove=not placed)
         for target in folders.values():
             try:
                 with self._at(target) as (fd, _name):

@@ -89,6 +89,7 @@ class Applier:
         self.pending: list[_Deferred] = []
         self.pending_paths: set[str] = set()  # targets of pending and in-flight writes
         self.pending_bytes = 0
+        self.any_wants = self.any_held = True  # until begin() counts them
         #: the previous group, whose fsyncs run in the background while the next one is written
         self.inflight: list[_Deferred] = []
         self.inflight_sync: list[Future] = []
@@ -102,6 +103,9 @@ class Applier:
         self.failures = self.ctx.state.failures()  # files we could not write, cycles ago
         self.failed_now = set()
         self.reask = False
+        # usually both tables are empty: then no per-file query or delete is made for them
+        self.any_wants = self.ctx.state.want_count() > 0
+        self.any_held = bool(self.ctx.state.held())
 
     def apply_entry(self, objname: str, e: Entry, pusher: str, source, report: CycleReport, *,
                      supply: bool = False, seen=lambda b: False) -> None:
@@ -114,12 +118,12 @@ class Applier:
             source = f" (rename source {_shown(exc.object)})" if exc.object != e.path else ""
             report.error(f"relay object {objname}: refused unsafe path {_shown(e.path)}{source}: {exc.reason}")
             return
-        wanted = self.ctx.state.wanted(e.path)
+        wanted = self.ctx.state.wanted(e.path) if self.any_wants else None
         if supply and (wanted is None or wanted[0].hash != e.hash):
             return  # content someone else asked for
         if not self.ctx.scope_pull(e):
             if self.ctx.repository.may_pull() and self.ctx.flags.get(e.path, (None, None))[1] is False:
-                self.ctx.state.hold(e)  # w-: not applied, and our deps must not claim we saw it
+                self._hold(e)  # w-: not applied, and our deps must not claim we saw it
             return
         if self.pending_paths and not (e.kind == FILE and e.origin is None and e.path not in self.pending_paths):
             self.flush()  # anything but a plain file write may look at (or move) what is pending
@@ -127,7 +131,7 @@ class Applier:
             local = self.local(e.path)
             if local is not None and local.kind not in (FILE, DIR):
                 log.info("%s: %s: left alone: a symbolic link or special file is there", self.ctx.name, e.path)
-                self.ctx.state.hold(e)
+                self._hold(e)
                 return
             plan = reconcile(e, self.ctx.state.base_entry(e.path), local, me=self.ctx.me, mode=self.ctx.mode, name_of=self.ctx.name_of,
                              seen=seen)
@@ -153,7 +157,7 @@ class Applier:
             yield
         except NameTwin as exc:  # the file system takes it for another file here: never overwrite that
             report.error(f"relay object {objname}: {e.path}: {exc}")
-            self.ctx.state.hold(e)
+            self._hold(e)
             if self.failures.pop(e.path, None) is not None:
                 self.ctx.state.resolve(e.path)
         except OSError as exc:  # escale may not write here (permissions, read-only, full disk)
@@ -180,7 +184,12 @@ class Applier:
 
     def _want(self, e: Entry, supplier: str) -> None:
         self.ctx.state.want(e, supplier)
+        self.any_wants = True
         self.reask = True  # (again): a new request, with a new counter
+
+    def _hold(self, e: Entry) -> None:
+        self.ctx.state.hold(e)
+        self.any_held = True
 
     def _local_source(self, e: Entry) -> str | None:
         """A local file holding exactly e's content (renames travel without content)."""
@@ -251,7 +260,8 @@ class Applier:
                 if self.ctx.folder.remove_dir(step.path):
                     report.deleted += 1
             elif isinstance(step, Remember):
-                self.ctx.state.release(step.entry.path)
+                if self.any_held:
+                    self.ctx.state.release(step.entry.path)
                 if self.by_hash is not None and step.entry.kind == FILE:
                     self.by_hash.setdefault(step.entry.hash, []).append(step.entry.path)
                 self.ctx.state.remember(step.entry)

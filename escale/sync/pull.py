@@ -324,7 +324,7 @@ class Puller:
         # rename sources this update deletes: their file can be moved, not copied
         self.apply.moves = {i.entry.path: i.entry.prev for i in h.items if i.entry.kind == GONE}
         seen = lambda b: saw(pusher, h.deps, b, h.unseen)  # noqa: E731
-        with self.ctx.state.transaction():
+        with self.ctx.state.transaction(), self.ctx.folder.keeping():
             try:
                 for item in h.items:
                     self.ctx.check_stop()
