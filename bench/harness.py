@@ -134,10 +134,11 @@ def need(*tools: tuple[str, str]) -> None:
 def escale_pair(work: Path, make, address: str, extra: str = "", encryption: str = "off",
                 env: dict | None = None) -> dict:
     """Machine A pushes ``make``'s data to ``address``, machine B pulls it; ``extra`` is more
-    repository lines (credentials…). B registers first, as a running peer would be."""
+    repository lines (credentials…). A and B have each run once before the data is made, as
+    running peers would have (A made the repository, B joined; each derived its key and kept
+    it): the two steps measure a sync, not a first start, which bench_idle.py measures."""
     a, b = work / "A", work / "B"
     a.mkdir()
-    size = make(a)
     env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
     confs = {}
     for name, folder in (("A", a), ("B", b)):
@@ -148,7 +149,9 @@ def escale_pair(work: Path, make, address: str, extra: str = "", encryption: str
         conf.chmod(0o600)  # it may hold a password and a passphrase
         confs[name] = conf
     esc = [sys.executable, "-m", "escale", "-q", "--once", "-c"]
+    run(esc + [str(confs["A"])], env)
     run(esc + [str(confs["B"])], env)
+    size = make(a)
     push = run(esc + [str(confs["A"])], env)
     pull = run(esc + [str(confs["B"])], env)
     assert same_tree(a, b), "escale: trees differ"

@@ -66,7 +66,7 @@ SUITE = [
           ["--files", "10000"], None, kind="text", needs=("wsgidav", "cheroot"),
           peer="rclone sync --dry-run of the same folder", if_offered=("--only", "idle")),
     Bench("idle-scale", "First sync and idle run of many files: memory per file", "bench_idle.py",
-          ["--only", "scale", "--scale-files", "200000"], ["--only", "scale", "--scale-files", "3000"], kind="text",
+          ["--only", "scale", "--scale-files", "100000"], ["--only", "scale", "--scale-files", "3000"], kind="text",
           peer="none", requires="--scale-files"),
     Bench("local", "file:// relay", "bench_local.py", ["--small", "5000", "--big", "1024"],
           ["--small", "50", "--big", "2"], needs=("cmd:rclone",), peer="rclone copy (no crypt) to a folder"),
@@ -74,10 +74,10 @@ SUITE = [
           ["--small", "50000", "--only", "small"], ["--small", "300", "--only", "small"], needs=("cmd:rclone",),
           peer="rclone copy (no crypt) to a folder"),
     Bench("webdav-apache", "WebDAV, Apache httpd", "bench_webdav.py",
-          ["--server", "apache", "--small", "5000", "--big", "1074"], ["--server", "apache", "--small", "50", "--big", "2"],
+          ["--server", "apache", "--small", "5000", "--big", "1073"], ["--server", "apache", "--small", "50", "--big", "2"],
           needs=("cmd:rclone", "cmd:apache2")),
     Bench("s3-seaweedfs", "S3, SeaweedFS", "bench_s3.py",
-          ["--server", "seaweedfs", "--small", "5000", "--big", "1074"],
+          ["--server", "seaweedfs", "--small", "5000", "--big", "1073"],
           ["--server", "seaweedfs", "--small", "50", "--big", "2"], needs=("cmd:rclone", "cmd:weed", "boto3")),
     Bench("webdav-wsgidav", "WebDAV, wsgidav", "bench_webdav.py",
           ["--server", "wsgidav", "--small", "2000", "--big", "200"], ["--server", "wsgidav", "--small", "50", "--big", "2"],
@@ -148,7 +148,7 @@ def run_bench(bench: Bench, args, out: Path) -> Outcome:
             return Outcome(bench, "skipped", f"this {bench.script} has no {bench.requires} option")
         if bench.if_offered and bench.if_offered[0] in offered:
             extra = [*extra, *bench.if_offered]
-    runs = 1 if args.quick else args.runs
+    runs = 1 if args.quick else args.runs_of.get(bench.name, args.runs)
     jsonl = out / f"{bench.name}.jsonl"
     jsonl.unlink(missing_ok=True)
     cmd = [sys.executable, str(BENCH / bench.script), *extra]
@@ -360,9 +360,14 @@ def header_block(facts: dict, outcomes: list[Outcome], args, seconds: float, loa
         f"- Runs: {'1 (--quick: small sizes, a smoke run, not figures to quote)' if args.quick else args.runs} "
         f"per case; {seconds / 60:.0f} min in all. Ran: {', '.join(ran) or 'nothing'}.",
     ]
+    if args.runs_of:
+        lines.append("- Other run counts: " + ", ".join(f"{k} {v}" for k, v in args.runs_of.items()) + ".")
     for o in outcomes:
         if o.status != "ran":
             lines.append(f"- **{o.bench.name} {o.status}**: {o.reason}.")
+    left = [b.name for b in SUITE if b.name not in {o.bench.name for o in outcomes}]
+    if left:
+        lines.append(f"- **Not selected in this run** (their blocks keep earlier, dated figures): {', '.join(left)}.")
     return "\n".join(lines)
 
 
@@ -585,6 +590,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, one run: a smoke test")
     ap.add_argument("--runs", type=int, default=3, help="runs of each case (default 3)")
+    ap.add_argument("--runs-of", default="", metavar="NAME=N,…", help="other run counts for some benches")
     ap.add_argument("--only", default="", help="comma-separated bench names (see --list)")
     ap.add_argument("--skip", default="", help="comma-separated bench names not to run")
     ap.add_argument("--doc", default=str(DOC), help="the document to rewrite (default docs/performance.md)")
@@ -596,9 +602,10 @@ def main() -> None:
         for b in SUITE:
             print(f"{b.name:15} {b.title} ({b.script} {' '.join(b.full)})")
         return
+    args.runs_of = {k: int(v) for k, v in (item.split("=") for item in args.runs_of.split(",") if item)}
     only = {n for n in args.only.split(",") if n}
     skip = {n for n in args.skip.split(",") if n}
-    unknown = (only | skip) - {b.name for b in SUITE}
+    unknown = (only | skip | set(args.runs_of)) - {b.name for b in SUITE}
     if unknown:
         raise SystemExit(f"unknown bench: {', '.join(sorted(unknown))} (see --list)")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="escale-bench-"))
