@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=None,
                     help="file size in MB (10^6 bytes) instead; Apache refuses bodies over 1 GiB, so a 1 GiB "
                          "file (padded, encrypted) needs 'max object size' there, and 1000 MB does not")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=1, help="rounds (bench/run.py repeats the whole script instead)")
     ap.add_argument("--code", action="append", default=[], help="another escale source tree to run too")
     ap.add_argument("--no-rclone", action="store_true")
     ap.add_argument("--passphrase", action="store_true", help="scrypt passphrase instead of a raw key")
