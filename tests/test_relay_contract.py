@@ -258,9 +258,12 @@ def test_concurrent_puts_into_a_new_folder(request, kind, tmp_path) -> None:
         except Exception as exc:  # noqa: BLE001 - collected, asserted below
             errors.append(repr(exc))
 
-    names = [f"r{n}/{i}" for n in range(40) for i in range(8)]
+    # forty races where the 403 was seen (Apache); through rclone every put is two hops
+    # (rclone, then its server) and ten races show the same for a quarter the time
+    rounds = 10 if "rclone" in kind else 40
+    names = [f"r{n}/{i}" for n in range(rounds) for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
-        for n in range(40):  # eight puts into one new folder at a time
+        for n in range(rounds):  # eight puts into one new folder at a time
             list(pool.map(put, names[8 * n:8 * n + 8]))
     assert errors == []
     assert sorted(i.name for i in relay.list()) == sorted(names)
