@@ -1,11 +1,17 @@
 """Idle cost of escale: CPU and memory of an idle ``--once``, relay requests per idle cycle,
 start-up of an encrypted repository, ``escale --version``; side by side with rclone.
 
-    python bench/bench_idle.py [--files N] [--tmp DIR]
+    python bench/bench_idle.py [--files N] [--tmp DIR] [--only idle|scale|startup|requests]
+                               [--code DIR ...] [--scale-files N]
 
 - idle ``--once`` with N files (file:// relay, encryption off): CPU (user + system) and peak
   RSS of the process, from wait4(); the peer is ``rclone sync --dry-run`` of the same folder
   to a copy of itself (what rclone does to find that nothing changed).
+- ``--only scale``: memory per file: the first push of ``--scale-files`` (default 1,000,000)
+  tiny files from A, the first pull into B, then an idle ``--once`` of A; CPU and peak RSS
+  of each (one run each: the first sync of a million files takes many minutes).
+- ``--code DIR`` (repeatable): run escale from these source trees (PYTHONPATH) instead of
+  this one, one after the other on the same data: before / after figures from one run.
 - start-up of an encrypted repository (scrypt passphrase), first run and later runs, 10 files;
   ``escale --version``.
 - relay requests per idle cycle and at start-up, counted inside one process: calls to the
@@ -56,19 +62,43 @@ def conf(work: Path, name: str, folder: Path, relay: str, extra: str = "encrypti
     return c
 
 
-def idle_once(work: Path, n: int, nruns: int) -> None:
+def idle_once(work: Path, n: int, nruns: int, codes: list[Path]) -> None:
     a = work / "A"
     make_files(a, n)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     c = conf(work, "A", a, f"file://{work}/relay")
     esc = [sys.executable, "-m", "escale", "-q", "--once", "-c", str(c)]
-    measure(esc, env)  # the first sync
-    print(f"| idle --once, {n} files, file:// | escale | {runs(esc, nruns, env)} |")
+    measure(esc, _env(codes[0]))  # the first sync
+    for code in codes:
+        env = _env(code)
+        measure(esc, env)  # a first idle run of this code (a state of another version is migrated)
+        print(f"| idle --once, {n} files, file:// | escale ({_name(code)}) | {runs(esc, nruns, env)} |")
     if shutil.which("rclone"):
         copy = work / "copy"
         subprocess.run(["rclone", "--config", "/dev/null", "copy", str(a), str(copy)], check=True)
         rc = ["rclone", "--config", "/dev/null", "sync", "--dry-run", str(a), str(copy)]
         print(f"| idle --once, {n} files, file:// | rclone sync --dry-run | {runs(rc, nruns)} |")
+
+
+def scale(work: Path, n: int, code: Path) -> None:
+    """First push, first pull and an idle run with ``n`` files: memory per file."""
+    a, b = work / "A", work / "B"
+    make_files(a, n)
+    b.mkdir()
+    env = _env(code)
+    ca = conf(work, "A", a, f"file://{work}/relay")
+    cb = conf(work, "B", b, f"file://{work}/relay")
+    for what, c in (("first push", ca), ("first pull", cb), ("idle", ca)):
+        wall, cpu, rss = measure([sys.executable, "-m", "escale", "-q", "--once", "-c", str(c)], env)
+        print(f"| {what}, {n} files, file:// | escale ({_name(code)}) | wall {wall:.1f} s, CPU {cpu:.1f} s, "
+              f"peak RSS {rss} MiB ({rss * 1024 / n:.2f} KiB/file) |", flush=True)
+
+
+def _env(code: Path) -> dict:
+    return dict(os.environ, PYTHONPATH=str(code))
+
+
+def _name(code: Path) -> str:
+    return "this tree" if code == ROOT else str(code)
 
 
 def startup(work: Path, nruns: int) -> None:
@@ -87,21 +117,33 @@ def startup(work: Path, nruns: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--scale-files", type=int, default=1_000_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tmp", default=None)
+    ap.add_argument("--only", choices=("startup", "idle", "scale", "requests"), action="append")
+    ap.add_argument("--code", type=Path, action="append", help="an escale source tree to measure")
     args = ap.parse_args()
+    only = set(args.only or ("startup", "idle", "requests"))  # scale (a million files) when asked
+    codes = [c.resolve() for c in args.code] if args.code else [ROOT]
     print("| what | tool | min / median |")
     print("|---|---|---|")
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        startup(Path(tmp), args.runs)
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        idle_once(Path(tmp), args.files, args.runs)
-    from idle_requests import count_idle  # tests/idle_requests.py: the counting the tests assert on
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        for kind in ("file", "wsgidav"):
-            start, idle = count_idle(Path(tmp) / kind, kind, files=20)
-            print(f"| requests, {kind} | escale | start-up + first cycle {sum(start.values())} "
-                  f"({_fmt(start)}); idle cycle {sum(idle.values())} ({_fmt(idle)}) |")
+    if "startup" in only:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            startup(Path(tmp), args.runs)
+    if "idle" in only:
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            idle_once(Path(tmp), args.files, args.runs, codes)
+    if "scale" in only:
+        for code in codes:
+            with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+                scale(Path(tmp), args.scale_files, code)
+    if "requests" in only:
+        from idle_requests import count_idle  # tests/idle_requests.py: the counting the tests assert on
+        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+            for kind in ("file", "wsgidav"):
+                start, idle = count_idle(Path(tmp) / kind, kind, files=20)
+                print(f"| requests, {kind} | escale | start-up + first cycle {sum(start.values())} "
+                      f"({_fmt(start)}); idle cycle {sum(idle.values())} ({_fmt(idle)}) |")
     print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
 
 

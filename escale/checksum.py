@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .names import db_key
+from .names import db_key, from_db_key
 from .private import private_file
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,14 @@ CREATE TABLE IF NOT EXISTS checksums (
     digest TEXT
 )
 """
+#: the folder of each row (names.db_key of the parent path), so a scan reads a folder's rows
+#: in one query; added after 0.8's first release, filled in place for older caches
+_PARENT = "CREATE INDEX IF NOT EXISTS checksums_parent ON checksums (parent)"
+
+
+def _parent(key: str) -> str:
+    """The db_key of the folder of the path whose db_key is ``key``."""
+    return db_key(from_db_key(key).rpartition("/")[0])
 
 
 class FileChangedError(OSError):
@@ -134,6 +142,15 @@ class ChecksumCache:
                     cx.execute("PRAGMA journal_mode = wal")
                 cx.execute("PRAGMA synchronous = NORMAL")  # a cache may lose its last writes
             cx.execute(_SCHEMA)
+            if "parent" not in {row[1] for row in cx.execute("PRAGMA table_info(checksums)")}:
+                cx.execute("ALTER TABLE checksums ADD COLUMN parent TEXT")
+            cx.execute(_PARENT)
+            # rows of an older cache (or written by an older version since): give them a folder
+            cx.execute("BEGIN")
+            while stale := cx.execute("SELECT path FROM checksums WHERE parent IS NULL LIMIT 20000").fetchall():
+                cx.executemany("UPDATE checksums SET parent = ? WHERE path = ?",
+                               [(_parent(p), p) for (p,) in stale])
+            cx.execute("COMMIT")
         except BaseException:
             cx.close()
             raise
@@ -154,13 +171,38 @@ class ChecksumCache:
                 (db_key(relpath), size, mtime_ns, inode, self.algorithm)).fetchone()
         return None if row is None else row[0]
 
+    def folder(self, folder: str) -> dict[str, tuple[int, int, int, str]]:
+        """Every entry of one folder's files ("" is the top), in one query: relative path →
+        (size, mtime_ns, inode, digest), for this algorithm only."""
+        with self._lock:
+            rows = self._db().execute(
+                "SELECT path, size, mtime_ns, inode, algorithm, digest FROM checksums WHERE parent = ?",
+                (db_key(folder),)).fetchall()
+        return {from_db_key(p): (z, m, i, d) for p, z, m, i, a, d in rows if a == self.algorithm}
+
+    def parents(self) -> set[str]:
+        """The folders (names.db_key form) the cache holds entries in."""
+        with self._lock:
+            return {p for (p,) in self._db().execute("SELECT DISTINCT parent FROM checksums")}
+
+    def forget_all(self, relpaths: Iterable[str]) -> None:
+        """Drop the entries of ``relpaths`` (files a scan no longer found)."""
+        with self._lock, self.batch():
+            self._db().executemany("DELETE FROM checksums WHERE path = ?", [(db_key(p),) for p in relpaths])
+
+    def forget_folders(self, keys: Iterable[str]) -> None:
+        """Drop the entries of every file in the folders named by ``keys`` (db_key form)."""
+        with self._lock, self.batch():
+            self._db().executemany("DELETE FROM checksums WHERE parent = ?", [(k,) for k in keys])
+
     def store(self, relpath: str, size: int, mtime_ns: int, inode: int, digest: str) -> None:
         """Record the digest of ``relpath`` for this (size, mtime_ns, inode)."""
         with self._lock:
             self._db().execute(
-                "INSERT OR REPLACE INTO checksums (path, size, mtime_ns, inode, algorithm, digest)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (db_key(relpath), size, mtime_ns, inode, self.algorithm, digest))
+                "INSERT OR REPLACE INTO checksums (path, size, mtime_ns, inode, algorithm, digest, parent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (db_key(relpath), size, mtime_ns, inode, self.algorithm, digest,
+                 db_key(relpath.rpartition("/")[0])))
 
     def forget(self, relpath: str) -> None:
         """Drop the entry of ``relpath`` (no error if absent)."""

@@ -179,21 +179,32 @@ class Folder:
     # -- scanning --------------------------------------------------------------------------
     def scan(self, accept_file: Callable[[str], bool], accept_dir: Callable[[str], bool],
              descend: Callable[[str], bool] | None = None) -> dict[str, LocalFile]:
-        """Stat every file and folder (no hashing); dot-files included, .escale/ never.
+        """Stat every file and folder (no hashing): :meth:`scan_folders` gathered whole."""
+        found: dict[str, LocalFile] = {}
+        for _rel, listing in self.scan_folders(accept_file, accept_dir, descend):
+            found.update(listing)
+        return found
+
+    def scan_folders(self, accept_file: Callable[[str], bool], accept_dir: Callable[[str], bool],
+                     descend: Callable[[str], bool] | None = None) -> Iterator[tuple[str, dict[str, LocalFile]]]:
+        """Stat every file and folder (no hashing), one folder at a time: ``(folder, its
+        accepted children)``, "" first; dot-files included, .escale/ never. Only one folder's
+        listing is held at once, so memory does not grow with the folder's size.
 
         ``descend`` says whether to walk into a folder (only exclusions stop a walk, so
         ``include directory = src/lib*`` still reaches ``src/library``); ``accept_dir``
         whether the folder itself is synced. Folders are entered by descriptor, never
-        through a link.
+        through a link. What could not be read is in :attr:`unreadable` (complete once the
+        walk ends).
         """
         descend = descend or accept_dir
-        found: dict[str, LocalFile] = {}
         self.unreadable = {}
 
         def unreadable(rel: str, exc: OSError) -> None:
             self.unreadable[rel] = exc.strerror or str(exc)
 
         for rel, _fd, entries in self.tree.walk(on_error=unreadable):
+            found: dict[str, LocalFile] = {}
             for d in list(entries):
                 relpath, st = d.path, d.st
                 name = relpath.rpartition("/")[2]
@@ -215,7 +226,7 @@ class Folder:
                                                    st.st_ino, stat.S_IMODE(st.st_mode) & 0o777, dev=st.st_dev)
                 else:
                     log.debug("skipping %s: not a regular file or folder (symlinks are not synced)", relpath)
-        return found
+            yield rel, found
 
     def open_read(self, lf: LocalFile) -> BinaryIO:
         """Open the very file the scan saw as ``lf`` (same device, inode, size, mtime),

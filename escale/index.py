@@ -87,6 +87,21 @@ def version_of(kind: str | None, digest: str | None) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """What the pusher compares of a base row: kind, version and mode (the whole
+    :class:`Entry` is rebuilt only for a path that changed)."""
+
+    path: str
+    kind: str
+    hash: str | None
+    mode: int
+
+    @property
+    def version(self) -> str | None:
+        return version_of(self.kind, self.hash)
+
+
 @dataclass(slots=True)  # a scan holds one per local file
 class LocalFile:
     """What the scan saw of one local path (digest filled in lazily)."""

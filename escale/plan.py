@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from .conflict import conflict_name, spare_name
-from .index import DIR, FILE, GONE, Entry, LocalFile
+from .index import DIR, FILE, GONE, Entry, LocalFile, Synced
 
 SHARED, UPLOAD, DOWNLOAD, CONSERVATIVE = "shared", "upload", "download", "conservative"
 
@@ -239,41 +239,86 @@ def _apply(steps: list, e: Entry, displace_first: bool = False) -> None:
 
 
 # -- the pusher's side ------------------------------------------------------------------------
-def local_changes(scan: dict[str, LocalFile], base: dict[str, Entry], *, me: str,
+class Changes:
+    """Local changes gathered folder by folder (:func:`folder_changes`), put in publishing
+    order by :meth:`ordered`. Only what differs from the base is ever held."""
+
+    __slots__ = ("dirs", "files", "gone_files", "gone_dirs")
+
+    def __init__(self) -> None:
+        self.dirs: list[Entry] = []
+        self.files: list[Entry] = []
+        self.gone_files: list[Entry] = []
+        self.gone_dirs: list[Entry] = []
+
+    def ordered(self, keep: Callable[[Entry], bool] = lambda e: True) -> list[Entry]:
+        """Folders (shallow first), files, file deletions, folder deletions (deep first), so a
+        receiver can apply an update front to back; a new file whose content a deleted path
+        held becomes a rename (it travels without content). ``keep`` drops entries last."""
+        dirs = [e for e in self.dirs if keep(e)]
+        files = [e for e in self.files if keep(e)]
+        gone_files = [e for e in self.gone_files if keep(e)]
+        gone_dirs = [e for e in self.gone_dirs if keep(e)]
+        dirs.sort(key=lambda e: (e.path.count("/"), e.path))
+        files.sort(key=lambda e: (-e.mtime_ns, e.path))  # fresh changes before backlog
+        gone_files.sort(key=lambda e: e.path)
+        gone_dirs.sort(key=lambda e: (-e.path.count("/"), e.path))
+        by_hash: dict[str, list[Entry]] = {}
+        for g in reversed(gone_files):  # each new file takes the first deleted path (in path order)
+            by_hash.setdefault(g.prev, []).append(g)
+        for i, f in enumerate(files):
+            if f.prev is None and by_hash.get(f.hash):
+                src = by_hash[f.hash].pop()
+                files[i] = Entry(f.path, f.kind, f.hash, f.size, f.mtime_ns, f.mode, f.prev, f.author, src.path)
+        return dirs + files + gone_files + gone_dirs
+
+
+def folder_changes(found: Mapping[str, LocalFile], base: Mapping[str, Synced | Entry], into: Changes, *,
+                   me: str, in_scope: Callable[[str, str], bool] = lambda p, k: True) -> list[LocalFile]:
+    """Compare one folder's listing (``found``: path → what the scan saw, digests filled)
+    with that folder's base rows (path → what was synced; ``Synced`` or ``Entry``) and add
+    the differences to ``into``. A base path not found is a deletion. Returns the local
+    files that changed (the pusher opens exactly those again to send them).
+
+    ``in_scope(path, kind)`` says whether a path is ours to publish (filters, access
+    rules); a base path out of scope is never reported deleted."""
+    changed: list[LocalFile] = []
+    for path, lf in found.items():
+        b = base.get(path)
+        bv = b.version if b is not None else None
+        if lf.version == bv and (b is None or b.mode == lf.mode):
+            continue
+        if not in_scope(path, lf.kind):
+            continue
+        e = Entry(path, lf.kind, lf.hash if lf.kind == FILE else None, lf.size if lf.kind == FILE else 0,
+                  lf.mtime_ns, lf.mode, bv, me)
+        (into.dirs if lf.kind == DIR else into.files).append(e)
+        changed.append(lf)
+    for path, b in base.items():
+        if b.kind == GONE or path in found or not in_scope(path, b.kind):
+            continue
+        e = Entry(path, GONE, None, 0, time.time_ns(), 0, b.version, me)
+        (into.gone_dirs if b.kind == DIR else into.gone_files).append(e)
+    return changed
+
+
+def local_changes(scan: Mapping[str, LocalFile], base: Mapping[str, Synced | Entry], *, me: str,
                   in_scope: Callable[[str, str], bool] = lambda p, k: True) -> list[Entry]:
-    """Entries that publish what changed here since the base.
+    """Entries that publish what changed here since the base (the whole folder at once:
+    :func:`folder_changes` for each folder, then :meth:`Changes.ordered`).
 
     ``in_scope(path, kind)`` says whether a path is ours to publish (filters, access
     rules); a base path out of scope is never reported deleted.
     Order: folders (shallow first), files, file deletions, folder deletions (deep first),
     so a receiver can apply an update front to back.
     """
-    dirs, files, gone_files, gone_dirs = [], [], [], []
+    found: dict[str, dict[str, LocalFile]] = {}
+    synced: dict[str, dict[str, Synced | Entry]] = {}
     for path, lf in scan.items():
-        if not in_scope(path, lf.kind):
-            continue
-        b = base.get(path)
-        bv = b.version if b else None
-        if lf.version == bv and (b is None or b.mode == lf.mode):
-            continue
-        e = Entry(path, lf.kind, lf.hash if lf.kind == FILE else None, lf.size if lf.kind == FILE else 0,
-                  lf.mtime_ns, lf.mode, bv, me)
-        (dirs if lf.kind == DIR else files).append(e)
+        found.setdefault(path.rpartition("/")[0], {})[path] = lf
     for path, b in base.items():
-        if b.kind == GONE or path in scan or not in_scope(path, b.kind):
-            continue
-        e = Entry(path, GONE, None, 0, time.time_ns(), 0, b.version, me)
-        (gone_dirs if b.kind == DIR else gone_files).append(e)
-    # renames: a new file whose content a deleted path held travels without content
-    by_hash: dict[str, list[Entry]] = {}
-    for g in gone_files:
-        by_hash.setdefault(g.prev, []).append(g)
-    for i, f in enumerate(files):
-        if f.prev is None and by_hash.get(f.hash):
-            src = by_hash[f.hash].pop()
-            files[i] = Entry(f.path, f.kind, f.hash, f.size, f.mtime_ns, f.mode, f.prev, f.author, src.path)
-    dirs.sort(key=lambda e: (e.path.count("/"), e.path))
-    files.sort(key=lambda e: (-e.mtime_ns, e.path))  # fresh changes before backlog
-    gone_files.sort(key=lambda e: e.path)
-    gone_dirs.sort(key=lambda e: (-e.path.count("/"), e.path))
-    return dirs + files + gone_files + gone_dirs
+        synced.setdefault(path.rpartition("/")[0], {})[path] = b
+    into = Changes()
+    for folder in found.keys() | synced.keys():
+        folder_changes(found.get(folder, {}), synced.get(folder, {}), into, me=me, in_scope=in_scope)
+    return into.ordered()

@@ -9,6 +9,7 @@ or the new state, never a mix.
 from __future__ import annotations
 
 import fcntl
+import heapq
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from .errors import AlreadyRunning
-from .index import Entry
+from .index import Entry, Synced
 from .names import db_key, from_db_key
 from .private import private_dir, private_file
 
@@ -66,6 +67,7 @@ class State:
         self.db.execute("PRAGMA journal_mode = wal")
         self.db.execute("PRAGMA synchronous = normal")
         self.db.executescript(SCHEMA)
+        _index_base(self.db)
         self._depth = 0
 
     def close(self) -> None:
@@ -152,16 +154,54 @@ class State:
             entry = _stored(e)
             yield entry.path, entry
 
+    def base_sorted(self) -> Iterator[Entry]:
+        """The base in path order (Python's string order), one row at a time: a snapshot of
+        a million entries is written without holding them. SQLite orders the UTF-8 keys
+        bytewise, which is code-point order; the few keys of non-UTF-8 paths
+        (names.db_key's raw form) are sorted here and merged in."""
+        raw = sorted((_stored(e) for (e,) in self.db.execute(
+            "SELECT entry FROM base WHERE path >= '/raw/' AND path < '/raw0'")), key=lambda e: e.path)
+        rows = (_stored(e) for (e,) in self.db.execute(
+            "SELECT entry FROM base WHERE NOT (path >= '/raw/' AND path < '/raw0') ORDER BY path"))
+        return heapq.merge(rows, raw, key=lambda e: e.path)
+
+    def base_paths_with(self, digest: str) -> list[str]:
+        """Base files holding this content (rename sources), from a partial index on it."""
+        return [from_db_key(p) for (p,) in
+                self.db.execute("SELECT path FROM base WHERE kind = 'file' AND hash = ?", (digest,))]
+
     def base_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM base").fetchone()[0]
+
+    def base_file_count(self) -> int:
+        """How many synced files the base holds (the deletion guard's denominator)."""
+        return self.db.execute("SELECT COUNT(*) FROM base WHERE kind = 'file'").fetchone()[0]
+
+    def base_folder(self, folder: str) -> dict[str, Synced]:
+        """The base rows of one folder's direct children ("" is the top), in one query:
+        what the pusher compares a folder's listing with."""
+        return self.base_folder_key(db_key(folder))
+
+    def base_folder_key(self, key: str) -> dict[str, Synced]:
+        rows = self.db.execute("SELECT path, kind, hash, mode FROM base WHERE parent = ?", (key,))
+        out = {}
+        for p, k, h, m in rows:
+            path = from_db_key(p)
+            out[path] = Synced(path, sys.intern(k), h, m)
+        return out
+
+    def base_parents(self) -> Iterator[str]:
+        """The keys (names.db_key) of every folder the base holds a row in (from the index)."""
+        return (p for (p,) in self.db.execute("SELECT DISTINCT parent FROM base"))
 
     def base_entry(self, path: str) -> Entry | None:
         row = self.db.execute("SELECT entry FROM base WHERE path = ?", (db_key(path),)).fetchone()
         return _stored(row[0]) if row else None
 
     def remember(self, entry: Entry) -> None:
-        self.db.execute("REPLACE INTO base (path, entry) VALUES (?, ?)",
-                        (db_key(entry.path), json.dumps(entry.to_dict())))
+        self.db.execute("REPLACE INTO base (path, entry, parent, kind, hash, mode) VALUES (?, ?, ?, ?, ?, ?)",
+                        (db_key(entry.path), json.dumps(entry.to_dict()), db_key(entry.path.rpartition("/")[0]),
+                         entry.kind, entry.hash, entry.mode))
 
     # -- pull positions --------------------------------------------------------------------
     def applied(self) -> dict[str, tuple[int, str]]:
@@ -247,6 +287,51 @@ class State:
 
     def set_seen(self, name: str, size: int, mtime: float, value) -> None:
         self.db.execute("REPLACE INTO seen VALUES (?, ?, ?, ?)", (name, size, mtime, json.dumps(value)))
+
+
+#: columns the pusher compares, beside the row's JSON (which stays the record)
+_BASE_COLUMNS = (("parent", "TEXT"), ("kind", "TEXT"), ("hash", "TEXT"), ("mode", "INTEGER"))
+
+
+def parent_key(key: str) -> str:
+    """The db_key of the folder holding the path whose db_key is ``key``."""
+    return db_key(from_db_key(key).rpartition("/")[0])
+
+
+def _index_base(db: sqlite3.Connection) -> None:
+    """Give the base its per-folder columns and index, filling rows that lack them.
+
+    A state written before these columns (or by such a version since) has rows whose
+    ``parent`` is NULL: they are filled from their JSON here, in place, at every open (the
+    index makes finding none cheap), so an existing state keeps working."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(base)")}
+    with _immediate(db):
+        for name, kind in _BASE_COLUMNS:
+            if name not in have:
+                db.execute(f"ALTER TABLE base ADD COLUMN {name} {kind}")
+        db.execute("CREATE INDEX IF NOT EXISTS base_parent ON base (parent)")
+        db.execute("CREATE INDEX IF NOT EXISTS base_hash ON base (hash) WHERE kind = 'file'")
+        done = 0
+        while stale := db.execute("SELECT path, entry FROM base WHERE parent IS NULL LIMIT 20000").fetchall():
+            rows = []
+            for key, text in stale:  # in pages: a million rows are never held at once
+                d = json.loads(text)
+                rows.append((parent_key(key), d["kind"], d.get("hash"), d.get("mode", 0o644), key))
+            db.executemany("UPDATE base SET parent = ?, kind = ?, hash = ?, mode = ? WHERE path = ?", rows)
+            done += len(rows)
+        if done:
+            log.info("state: indexed %d base row(s) by folder (written by an older version)", done)
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _stored(text: str) -> Entry:

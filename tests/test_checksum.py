@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from escale import checksum
+from escale.names import db_key
 from escale.checksum import ChecksumCache, FileChangedError, hash_bytes, hash_stream
 
 OLD_NS = 1_600_000_000 * 10**9  # a fixed mtime well in the past
@@ -79,9 +80,30 @@ def test_persistence_across_reopen_and_schema(tmp_path):
     cx = sqlite3.connect(db)
     try:
         cols = [row[1] for row in cx.execute("PRAGMA table_info(checksums)")]
-        assert cols == ["path", "size", "mtime_ns", "inode", "algorithm", "digest"]
+        assert cols == ["path", "size", "mtime_ns", "inode", "algorithm", "digest", "parent"]
     finally:
         cx.close()
+
+
+def test_a_cache_of_the_previous_version_is_indexed_by_folder_in_place(tmp_path):
+    """A cache written before the ``parent`` column (escale 0.8's first release) keeps its
+    digests: opened, each row gets its folder, and a folder's rows come in one query."""
+    db = tmp_path / "cc.sqlite"
+    cx = sqlite3.connect(db)
+    cx.execute("CREATE TABLE checksums (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, inode INTEGER, "
+               "algorithm TEXT, digest TEXT)")
+    raw = b"d/caf\xe9".decode("utf-8", "surrogateescape")  # a Latin-1 name, keyed by its bytes
+    rows = [("top", "d0"), ("d/a", "d1"), ("d/e/b", "d2"), (raw, "d3")]
+    cx.executemany("INSERT INTO checksums VALUES (?, 1, 2, 3, 'sha256', ?)", [(db_key(p), d) for p, d in rows])
+    cx.commit()
+    cx.close()
+    with ChecksumCache(db) as cache:
+        assert cache.folder("") == {"top": (1, 2, 3, "d0")}
+        assert cache.folder("d") == {"d/a": (1, 2, 3, "d1"), raw: (1, 2, 3, "d3")}
+        assert cache.folder("d/e") == {"d/e/b": (1, 2, 3, "d2")}
+        assert cache.lookup("d/a", 1, 2, 3) == "d1"
+        cache.forget_folders([db_key("d")])
+        assert cache.folder("d") == {} and len(cache) == 2
 
 
 def test_batch_is_one_transaction_and_survives_errors(tmp_path):

@@ -1,7 +1,7 @@
 """The reconcile rules, decided without a disk or a relay."""
-from escale.index import DIR, FILE, GONE, Entry, LocalFile
+from escale.index import DIR, FILE, GONE, Entry, LocalFile, Synced
 from escale.plan import (CONSERVATIVE, DOWNLOAD, Displace, Fetch, MakeDir, Remember, RemoveDir, SetMode,
-                         conflict_name, local_changes, reconcile, saw)
+                         Changes, conflict_name, folder_changes, local_changes, reconcile, saw)
 
 H0, H1, H2 = "a0" * 16, "b1" * 16, "c2" * 16
 ME, ALICE, BOB = "0" * 16, "a" * 16, "b" * 16
@@ -162,6 +162,45 @@ def test_local_changes_respects_scope():
     base = {"secret": entry("secret", h=H0)}
     changes = local_changes({"x": local("x")}, base, me=ME, in_scope=lambda p, k: p != "secret")
     assert [e.path for e in changes] == ["x"]  # an out-of-scope base path is not reported deleted
+
+
+def test_folder_changes_builds_entries_only_for_what_differs():
+    """One folder at a time: unchanged paths cost no Entry; a changed file is returned so the
+    pusher can open that very file; a base row whose folder was not walked is a deletion."""
+    base = {"d/same": Synced("d/same", FILE, H0, 0o644), "d/edit": Synced("d/edit", FILE, H0, 0o644),
+            "d/mode": Synced("d/mode", FILE, H1, 0o644), "d/old": Synced("d/old", FILE, H2, 0o644)}
+    found = {"d/same": local("d/same", h=H0), "d/edit": local("d/edit", h=H1),
+             "d/mode": local("d/mode", h=H1, mode=0o755), "d/new": local("d/new", h=H2)}
+    into = Changes()
+    changed = folder_changes(found, base, into, me=ME)
+    assert sorted(lf.path for lf in changed) == ["d/edit", "d/mode", "d/new"]
+    folder_changes({}, {"gone/x": Synced("gone/x", FILE, H0, 0o644),
+                        "gone/sub": Synced("gone/sub", DIR, None, 0o755)}, into, me=ME)
+    out = {e.path: e for e in into.ordered()}
+    assert set(out) == {"d/edit", "d/mode", "d/new", "d/old", "gone/x", "gone/sub"}
+    assert out["d/edit"].prev == H0 and out["d/mode"].mode == 0o755
+    assert out["d/new"].origin == "d/old"  # a rename across the folder's rows
+    assert out["gone/x"].kind == GONE and out["gone/x"].prev == H0 and out["gone/sub"].prev == "/"
+
+
+def test_local_changes_is_the_same_folder_by_folder():
+    """The whole-folder form and the folder-by-folder form give the same entries in the same
+    order (the pusher uses the second, the rules are stated with the first)."""
+    base = {f"d{i}/f{j}": entry(f"d{i}/f{j}", h=(H0, H1)[j % 2]) for i in range(3) for j in range(4)}
+    scan = {p: local(p, h=b.hash, mtime=10**18 + len(p)) for p, b in base.items() if not p.startswith("d2/")}
+    scan["d0/f1"] = local("d0/f1", h=H2)
+    scan["d1/new"] = local("d1/new", h=H1, mtime=5)
+    whole = local_changes(scan, base, me=ME)
+    into = Changes()
+    for folder in ("d0", "d1", "d2"):
+        folder_changes({p: lf for p, lf in scan.items() if p.startswith(folder + "/")},
+                       {p: Synced(p, b.kind, b.hash, b.mode) for p, b in base.items() if p.startswith(folder + "/")},
+                       into, me=ME)
+    streamed = into.ordered()
+    strip = [(e.path, e.kind, e.hash, e.prev, e.origin) for e in whole]
+    assert strip == [(e.path, e.kind, e.hash, e.prev, e.origin) for e in streamed]
+    assert strip[0][:2] == ("d0/f1", FILE) and ("d2/f0", GONE, None, H0, None) in strip
+    assert [e.path for e in whole if e.origin] == ["d1/new"]  # takes the first deleted path of its content
 
 
 def test_entry_supersedes_a_base_its_publisher_had_seen():

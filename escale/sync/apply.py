@@ -80,7 +80,6 @@ class Applier:
 
     def __init__(self, ctx: Repo):
         self.ctx = ctx
-        self.by_hash: dict[str, list[str]] | None = None  # base paths by content, built when a rename needs it
         self.moves: dict[str, str | None] = {}  # rename sources the current update deletes
         self.failures: dict[str, str] = {}  # files we could not write (path -> why), kept in the state
         self.failed_now: set[str] = set()
@@ -98,7 +97,6 @@ class Applier:
     def begin(self) -> None:
         """A new pull: base and wants are read row by row from the state (never loaded
         whole), so memory stays flat however many entries a snapshot brings."""
-        self.by_hash = None
         self.moves = {}
         self.failures = self.ctx.state.failures()  # files we could not write, cycles ago
         self.failed_now = set()
@@ -194,13 +192,9 @@ class Applier:
     def _local_source(self, e: Entry) -> str | None:
         """A local file holding exactly e's content (renames travel without content)."""
         self.flush()
-        if self.by_hash is None:
-            self.by_hash = {}
-            for p, b in self.ctx.state.base_rows():
-                if b.kind == FILE:
-                    self.by_hash.setdefault(b.hash, []).append(p)
         candidates = [e.origin] if e.origin else []
-        candidates += [p for p in self.by_hash.get(e.hash, ()) if p != e.path]
+        # base paths holding this content: one indexed query, the base is never loaded whole
+        candidates += [p for p in self.ctx.state.base_paths_with(e.hash) if p != e.path]
         for p in candidates:
             try:
                 lf = self.local(p)
@@ -262,8 +256,6 @@ class Applier:
             elif isinstance(step, Remember):
                 if self.any_held:
                     self.ctx.state.release(step.entry.path)
-                if self.by_hash is not None and step.entry.kind == FILE:
-                    self.by_hash.setdefault(step.entry.hash, []).append(step.entry.path)
                 self.ctx.state.remember(step.entry)
         if plan.note and plan.note != "up to date":
             log.info("%s: %s: %s", self.ctx.name, e.path, plan.note)

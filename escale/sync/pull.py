@@ -184,7 +184,6 @@ class Puller:
         report.error(str(exc))
         queues[pusher] = []
         resync.pop(pusher, None)
-        self.apply.by_hash = None
 
     def _ready(self, deps: dict[str, int]) -> bool:
         return all(q == self.ctx.me or self.ctx.pos.get(q, 0) >= s for q, s in deps.items())

@@ -21,10 +21,12 @@ from typing import BinaryIO
 from ..checksum import FileChangedError
 from ..deletions import (CONFIRMED_KEY, HELD_KEY, DeletionGuard, dump_paths, is_file_deletion,
                          load_paths)
-from ..errors import IntegrityError, QuotaExceeded
+from ..errors import EscaleError, IntegrityError, QuotaExceeded
+from ..folder import TMP_MARK
+from ..fsnames import is_state_name
 from ..index import FILE, GONE, Entry, LocalFile
 from ..names import db_key
-from ..plan import local_changes
+from ..plan import Changes, folder_changes
 from ..protocol import (BLOB, INLINE, NONE, UPDATE_MAGIC, Item, ObjectStore, RelayView, UpdateHeader, blob_name,
                         reservation_name, update_name)
 from ..state import Published
@@ -52,35 +54,10 @@ class Pusher:
 
     def push(self, view: RelayView, report: CycleReport) -> CycleReport:
         """Scan the folder; publish its changes and the contents others asked us for."""
-        def descend(path: str) -> bool:  # a walk of millions of folders still stops on SIGTERM
-            self.ctx.check_stop()
-            return self.ctx.filter.may_descend(path)
-
-        scan = self.ctx.folder.scan(self.ctx.filter.accepts_file, self.ctx.filter.accepts_dir, descend)
-        self.scanned = scan  # what is sent is opened again as the very file the scan saw
         unsettled: set[str] = set()  # there but unreadable or changing: neither sent nor deleted
-        blind = self.ctx.folder.unreadable  # what the scan could not even list
-        for rel, why in sorted(blind.items()):
-            report.error(f"{rel or 'the synced folder'}: cannot read it ({why}); what it holds is neither sent "
-                         "nor deleted until it can be read")
-        for lf in list(scan.values()):
-            self.ctx.check_stop()
-            try:
-                self.ctx.folder.fill_hash(lf)
-            except (FileChangedError, FileNotFoundError) as exc:
-                log.info("%s: %s is changing; will send it once it settles (%s)", self.ctx.name, lf.path, exc)
-                unsettled.add(lf.path)
-            except OSError as exc:  # stays an error every cycle until it can be read
-                report.error(f"{lf.path}: cannot read it ({exc.strerror or exc}); not sent until it can be read")
-                unsettled.add(lf.path)
-        self.ctx.cache.prune(scan.keys())
-        self.ctx.check_folder()  # unmounted during the scan: what it missed is not deleted
-        base = self.ctx.state.base()
-        changes = local_changes(scan, base, me=self.ctx.me,
-                                in_scope=lambda p, k: p not in unsettled and not (blind and _within(p, blind))
-                                and self.ctx.scope_push(p, k))
-        changes = self._guard_deletions(changes, base, report)
-        supplies = self._supplies(view, scan, base)
+        changes = self._scan(unsettled, report)
+        changes = self._guard_deletions(changes, report)
+        supplies = self._supplies(view)
         items = [self._item(e) for e in changes] + supplies
         report.unpublished = len(unsettled) + len(self.held_deletions())
         if not items:
@@ -95,14 +72,70 @@ class Pusher:
         report.unpublished += max(0, left) if report.waiting_for_room else 0
         return report
 
-    def _guard_deletions(self, changes: list[Entry], base: dict[str, Entry], report: CycleReport) -> list[Entry]:
+    def _scan(self, unsettled: set[str], report: CycleReport) -> list[Entry]:
+        """Walk the folder one folder at a time and compare each with that folder's base
+        and checksum rows (one query each): memory and work per unchanged file stay small,
+        and only what changed becomes an Entry (plan.folder_changes). Base rows of folders
+        the walk did not reach are deletions — unless the walk could not read them."""
+        def descend(path: str) -> bool:  # a walk of millions of folders still stops on SIGTERM
+            self.ctx.check_stop()
+            return self.ctx.filter.may_descend(path)
+
+        folder, cache, state = self.ctx.folder, self.ctx.cache, self.ctx.state
+        self.scanned = {}  # what is sent is opened again as the very file the scan saw
+        blind = folder.unreadable  # what the scan could not even list (filled as the walk goes)
+
+        def in_scope(p: str, k: str) -> bool:
+            return p not in unsettled and not (blind and _within(p, blind)) and self.ctx.scope_push(p, k)
+
+        into = Changes()
+        walked: set[str] = set()
+        with cache.batch():
+            for rel, found in folder.scan_folders(self.ctx.filter.accepts_file, self.ctx.filter.accepts_dir,
+                                                  descend):
+                blind = folder.unreadable
+                walked.add(db_key(rel))
+                known = cache.folder(rel)
+                for lf in found.values():
+                    if lf.kind != FILE:
+                        continue
+                    row = known.pop(lf.path, None)
+                    if row is not None and row[:3] == (lf.size, lf.mtime_ns, lf.inode):
+                        lf.hash = row[3]
+                        continue
+                    self.ctx.check_stop()
+                    try:
+                        folder.fill_hash(lf)
+                    except (FileChangedError, FileNotFoundError) as exc:
+                        log.info("%s: %s is changing; will send it once it settles (%s)", self.ctx.name, lf.path,
+                                 exc)
+                        unsettled.add(lf.path)
+                    except OSError as exc:  # stays an error every cycle until it can be read
+                        report.error(f"{lf.path}: cannot read it ({exc.strerror or exc}); not sent until it "
+                                     "can be read")
+                        unsettled.add(lf.path)
+                if known:  # files gone from this folder
+                    cache.forget_all(p for p in known if p not in found)
+                for lf in folder_changes(found, state.base_folder(rel), into, me=self.ctx.me, in_scope=in_scope):
+                    self.scanned[lf.path] = lf
+            blind = folder.unreadable
+            for rel, why in sorted(blind.items()):
+                report.error(f"{rel or 'the synced folder'}: cannot read it ({why}); what it holds is neither "
+                             "sent nor deleted until it can be read")
+            cache.forget_folders(cache.parents() - walked)
+        self.ctx.check_folder()  # unmounted during the scan: what it missed is not deleted
+        for key in set(state.base_parents()) - walked:  # folders gone (or not walked): their rows
+            folder_changes({}, state.base_folder_key(key), into, me=self.ctx.me, in_scope=in_scope)
+        return into.ordered(keep=lambda e: not (blind and _within(e.path, blind)))
+
+    def _guard_deletions(self, changes: list[Entry], report: CycleReport) -> list[Entry]:
         """Hold back a scan's deletions beyond ``max delete`` until the user confirms them
         (escalectl confirm-deletes); everything else is published."""
         gone = {e.path for e in changes if e.kind == GONE}
         if not gone and not self.deletions_held:
             return changes
         confirmed = set(load_paths(self.ctx.state.get(CONFIRMED_KEY)))
-        synced = sum(1 for b in base.values() if b.kind == FILE)
+        synced = self.ctx.state.base_file_count()
         kept, held = self.deletions.screen(changes, synced, confirmed & gone)
         with self.ctx.state.transaction():
             if confirmed and not confirmed <= gone:  # published, or the files came back
@@ -131,7 +164,7 @@ class Pusher:
             return Item(e, NONE, supply=supply)
         return Item(e, BLOB if e.size >= BLOB_THRESHOLD else INLINE, supply=supply)
 
-    def _supplies(self, view: RelayView, scan: dict[str, LocalFile], base: dict[str, Entry]) -> list[Item]:
+    def _supplies(self, view: RelayView) -> list[Item]:
         """Contents other clients asked us for (late joiners, renames they could not apply)."""
         items: list[Item] = []
         seen: dict[str, Item] = {}
@@ -150,7 +183,7 @@ class Pusher:
                 if not isinstance(w, dict) or w.get("supplier") != self.ctx.me:
                     continue
                 path, digest = w.get("path"), w.get("hash")
-                lf = scan.get(path) if isinstance(path, str) else None
+                lf = self._local_file(path) if isinstance(path, str) else None
                 if lf is None or lf.kind != FILE or lf.hash != digest:
                     continue
                 sent = self.ctx.state.get(f"supplied:{cid}:{db_key(path)}:{digest}")
@@ -158,7 +191,8 @@ class Pusher:
                     continue  # already on its way
                 if self.ctx.state.mark(f"answered:{cid}:{db_key(path)}:{digest}") >= n:
                     continue  # this request was answered: only a newer one asks again
-                b = base.get(path)
+                b = self.ctx.state.base_entry(path)
+                self.scanned[path] = lf  # sent as the very file looked at here
                 e = b if b is not None and b.kind == FILE and b.hash == digest else \
                     Entry(path, FILE, digest, lf.size, lf.mtime_ns, lf.mode, None, self.ctx.me)
                 if path in seen:
@@ -168,6 +202,25 @@ class Pusher:
                 seen[path].requesters.append((cid, n))
                 items.append(seen[path])
         return items
+
+    def _local_file(self, path: str) -> LocalFile | None:
+        """The file at ``path`` as the scan would see it (digest filled), or None if the scan
+        would not take it (filtered, escale's own, in an excluded folder) or cannot read it."""
+        got = self.scanned.get(path)
+        if got is not None:
+            return got
+        flt = self.ctx.filter
+        parts = path.split("/")
+        if (not path or is_state_name(parts[0]) or any(TMP_MARK in p for p in parts)
+                or not flt.accepts_file(path)
+                or not all(flt.may_descend("/".join(parts[:i])) for i in range(1, len(parts)))):
+            return None
+        try:
+            lf = self.ctx.folder.stat_one(path)
+        except (EscaleError, OSError, ValueError) as exc:  # LocalChanged, UnsafePath, NameTwin, unreadable
+            log.info("%s: %s: cannot supply it now (%s)", self.ctx.name, path, exc)
+            return None
+        return lf if lf is not None and lf.kind == FILE else None
 
     def _replayed_request(self, info, n: int) -> bool:
         """A request whose counter is below the newest seen from its client — or equal
