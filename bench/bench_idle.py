@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--only", choices=("startup", "idle", "scale", "requests"), action="append")
     ap.add_argument("--code", type=Path, action="append", help="an escale source tree to measure")
     args = ap.parse_args()
+    os.chdir("/")  # python -m escale puts the working folder first on sys.path: only PYTHONPATH may choose
     only = set(args.only or ("startup", "idle", "requests"))  # scale (a million files) when asked
     codes = [c.resolve() for c in args.code] if args.code else [ROOT]
     print("| what | tool | min / median |")

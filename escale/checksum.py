@@ -176,9 +176,9 @@ class ChecksumCache:
         (size, mtime_ns, inode, digest), for this algorithm only."""
         with self._lock:
             rows = self._db().execute(
-                "SELECT path, size, mtime_ns, inode, algorithm, digest FROM checksums WHERE parent = ?",
-                (db_key(folder),)).fetchall()
-        return {from_db_key(p): (z, m, i, d) for p, z, m, i, a, d in rows if a == self.algorithm}
+                "SELECT path, size, mtime_ns, inode, digest FROM checksums WHERE parent = ? AND algorithm = ?",
+                (db_key(folder), self.algorithm)).fetchall()
+        return {from_db_key(p) if p.startswith("/") else p: (z, m, i, d) for p, z, m, i, d in rows}
 
     def parents(self) -> set[str]:
         """The folders (names.db_key form) the cache holds entries in."""

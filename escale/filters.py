@@ -101,6 +101,8 @@ class Filter:
     _exclude_dir: list[Matcher] = field(init=False, repr=False, compare=False)
     #: accepts_dir's answer per folder: a scan asks it once per file, for far fewer folders
     _dir_memo: dict[str, bool] = field(init=False, repr=False, compare=False, default_factory=dict)
+    #: no rule at all: every file is accepted (but escale's own folder)
+    _everything: bool = field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         self.include = _patterns(self.include, "include")
@@ -119,6 +121,8 @@ class Filter:
                 raise ValueError(f"filetype: {ext!r} is not a file extension")
             extensions.append("." + clean)
         self._extensions = tuple(extensions)
+        self._everything = not (self.include or self.exclude or self.filetype or self.include_directory
+                                or self.exclude_directory)
 
     # -- names
     def accepts_name(self, basename: str) -> bool:
@@ -166,7 +170,15 @@ class Filter:
         reldir, _, basename = text.rpartition("/")
         if not basename or text.split("/", 1)[0].lower() == _STATE_DIR:
             return False
+        if self._everything:  # no rule set: a scan asks this for every file
+            return True
         return self.accepts_name(basename) and self.accepts_dir(reldir)
+
+    @property
+    def accepts_every_file(self) -> bool:
+        """No rule is set: every file is accepted (but escale's own folder, which a scan
+        never enters), so a scan need not ask for each."""
+        return self._everything
 
     def select(self, relpaths: Iterable[str]) -> list[str]:
         """The accepted paths among ``relpaths``, in order (0.7's ``Manager.filter``)."""

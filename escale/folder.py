@@ -185,7 +185,7 @@ class Folder:
             found.update(listing)
         return found
 
-    def scan_folders(self, accept_file: Callable[[str], bool], accept_dir: Callable[[str], bool],
+    def scan_folders(self, accept_file: Callable[[str], bool] | None, accept_dir: Callable[[str], bool],
                      descend: Callable[[str], bool] | None = None) -> Iterator[tuple[str, dict[str, LocalFile]]]:
         """Stat every file and folder (no hashing), one folder at a time: ``(folder, its
         accepted children)``, "" first; dot-files included, .escale/ never. Only one folder's
@@ -193,8 +193,8 @@ class Folder:
 
         ``descend`` says whether to walk into a folder (only exclusions stop a walk, so
         ``include directory = src/lib*`` still reaches ``src/library``); ``accept_dir``
-        whether the folder itself is synced. Folders are entered by descriptor, never
-        through a link. What could not be read is in :attr:`unreadable` (complete once the
+        whether the folder itself is synced; ``accept_file`` None takes every file. Folders
+        are entered by descriptor, never through a link. What could not be read is in :attr:`unreadable` (complete once the
         walk ends).
         """
         descend = descend or accept_dir
@@ -207,9 +207,9 @@ class Folder:
             found: dict[str, LocalFile] = {}
             for d in list(entries):
                 relpath, st = d.path, d.st
-                name = relpath.rpartition("/")[2]
-                if (not rel and is_state_name(name)) or TMP_MARK in name:
-                    if not rel and name != META_DIR:
+                # (a folder whose name holds the mark is never entered: no path here has it above)
+                if TMP_MARK in relpath or (not rel and is_state_name(relpath)):
+                    if not rel and relpath != META_DIR and TMP_MARK not in relpath:
                         log.warning("skipping %s: the name reaches escale's own %s/ folder on some file "
                                     "systems", relpath, META_DIR)
                     entries.remove(d)
@@ -221,7 +221,7 @@ class Folder:
                     if not descend(relpath):
                         entries.remove(d)
                 elif stat.S_ISREG(st.st_mode):
-                    if accept_file(relpath):
+                    if accept_file is None or accept_file(relpath):
                         found[relpath] = LocalFile(relpath, FILE, st.st_size, min(st.st_mtime_ns, MAX_INT),
                                                    st.st_ino, stat.S_IMODE(st.st_mode) & 0o777, dev=st.st_dev)
                 else:

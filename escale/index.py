@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .names import is_canonical
 
@@ -87,10 +87,10 @@ def version_of(kind: str | None, digest: str | None) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Synced:
+class Synced(NamedTuple):
     """What the pusher compares of a base row: kind, version and mode (the whole
-    :class:`Entry` is rebuilt only for a path that changed)."""
+    :class:`Entry` is rebuilt only for a path that changed). A tuple: built straight from
+    a SQLite row, one per synced path in the folder being compared."""
 
     path: str
     kind: str

@@ -45,7 +45,7 @@ from .sync.report import CycleReport
 from .sync.membership import Membership, MemberStatus, RepositoryStatus  # noqa: F401 (MemberStatus: kept importable)
 from .sync.moves import Moves
 from .sync.pull import Puller
-from .sync.interrupted import ended_cleanly, sweep_due, swept
+from .sync.interrupted import ended_cleanly, sweep_due, sweep_needed, swept
 from .sync.push import Pusher
 from .sync.quota import Quota
 
@@ -240,7 +240,8 @@ class Manager:
             ctx.cache = ChecksumCache(cache_path, ctx.algorithm)
             root = Path(ctx.repository.path)
             ctx.folder = Folder(root, ctx.algorithm, ctx.cache.digest_stream, known=ctx.cache.lookup)
-            ctx.folder.remove_temporaries()
+            if sweep_needed(ctx.state):  # only a killed run leaves temporaries: no second walk otherwise
+                ctx.folder.remove_temporaries()
             if ctx.enc_name == "off":
                 log.warning("%s: encryption is off: the relay sees file names and contents", ctx.name)
         except BaseException:

@@ -285,6 +285,8 @@ def folder_changes(found: Mapping[str, LocalFile], base: Mapping[str, Synced | E
     changed: list[LocalFile] = []
     for path, lf in found.items():
         b = base.get(path)
+        if b is not None and b.hash == lf.hash and b.kind == lf.kind and b.mode == lf.mode:
+            continue  # the common case, decided without building versions
         bv = b.version if b is not None else None
         if lf.version == bv and (b is None or b.mode == lf.mode):
             continue

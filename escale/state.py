@@ -183,12 +183,11 @@ class State:
         return self.base_folder_key(db_key(folder))
 
     def base_folder_key(self, key: str) -> dict[str, Synced]:
-        rows = self.db.execute("SELECT path, kind, hash, mode FROM base WHERE parent = ?", (key,))
-        out = {}
-        for p, k, h, m in rows:
-            path = from_db_key(p)
-            out[path] = Synced(path, sys.intern(k), h, m)
-        return out
+        rows = self.db.execute("SELECT path, kind, hash, mode FROM base WHERE parent = ?", (key,)).fetchall()
+        make = Synced._make
+        if any(p.startswith("/") for p, _k, _h, _m in rows):  # a name that is not UTF-8 (names.db_key)
+            rows = [(from_db_key(p), k, h, m) for p, k, h, m in rows]
+        return {row[0]: make(row) for row in rows}
 
     def base_parents(self) -> Iterator[str]:
         """The keys (names.db_key) of every folder the base holds a row in (from the index)."""

@@ -1,4 +1,4 @@
-"""When to look for our own interrupted uploads on the relay.
+"""When to look for our own interrupted uploads on the relay (and temporaries in the folder).
 
 ``Relay.abort_incomplete`` costs one listing per prefix (seven at every start-up, e.g.
 seven ListMultipartUploads on S3) although leftovers only come from a writer that died
@@ -21,9 +21,16 @@ SWEEP_INTERVAL = 24 * 3600.0
 def sweep_due(state) -> bool:
     """Whether this start-up must look for interrupted uploads; from here on the run counts
     as unfinished until ``ended_cleanly``."""
-    clean = state.get(CLEAN_KEY) == "1"
+    due = sweep_needed(state)
     state.unset(CLEAN_KEY)  # running: a kill from here on leaves no record
-    if not clean:
+    return due
+
+
+def sweep_needed(state) -> bool:
+    """Whether the run before this one may have left something behind (it did not end
+    through close()), or the daily sweep is due; reads only. Also says whether to look
+    for the temporary files a killed run leaves in the synced folder (a whole walk)."""
+    if state.get(CLEAN_KEY) != "1":
         return True
     try:
         last = float(state.get(SWEPT_KEY, "0"))

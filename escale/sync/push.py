@@ -91,8 +91,9 @@ class Pusher:
         into = Changes()
         walked: set[str] = set()
         with cache.batch():
-            for rel, found in folder.scan_folders(self.ctx.filter.accepts_file, self.ctx.filter.accepts_dir,
-                                                  descend):
+            flt = self.ctx.filter
+            for rel, found in folder.scan_folders(None if flt.accepts_every_file else flt.accepts_file,
+                                                  flt.accepts_dir, descend):
                 blind = folder.unreadable
                 walked.add(db_key(rel))
                 known = cache.folder(rel)
