@@ -1,3 +1,5 @@
+import base64
+import os
 import sys
 from pathlib import Path
 
@@ -30,8 +32,11 @@ def relay_cluster(request, tmp_path):
     if kind == "file":
         return Cluster(tmp_path)
     if kind == "encrypted":
+        # a raw key file (base64 of 32 bytes): the scenarios test encryption and padding, not
+        # the passphrase path (test_startup, test_config_mistakes, test_encryption do), and
+        # each new client would otherwise pay one scrypt (about 0.4 s and 128 MiB)
         secret = tmp_path / "passphrase"
-        secret.write_text("a passphrase for the scenarios\n")
+        secret.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
         secret.chmod(0o600)
         return Cluster(tmp_path, relay_conf=f"passphrase = {secret}\npadding = on\n", kind=kind)
     factory = request.getfixturevalue("relay_" + kind.replace("-", "_"))
