@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +33,7 @@ from .junk import Junk, drop_strangers
 from .marker import FolderIdentity, record_place
 from .outbox import Outbox
 from .pacing import TimeQuotaController
-from .protocol import HEADER_NAME, ObjectStore, RelayView, ack_name, list_relay, member_name, request_name, \
+from .protocol import ObjectStore, RelayView, ack_name, list_relay, member_name, request_name, \
     reservation_name, snapshot_name
 from .relay import Relay, backend_for, parse_address
 from .relay.split import Splitting
@@ -52,6 +53,8 @@ from .sync.quota import Quota
 log = logging.getLogger(__name__)
 
 DEFAULT_MAXPAGESIZE = 200 * 10**6
+#: the first cycle uses connect's listing if it is at most this old (and connecting wrote nothing)
+CONNECT_VIEW_SECONDS = 10.0
 
 
 class _Shared:
@@ -153,6 +156,7 @@ class Manager:
         self.verbosity = verbosity
         self._checksum_cache_opt = checksum_cache
         self._lock: InstanceLock | None = None
+        self._connect_view: tuple[RelayView, float] | None = None  # connect's listing, for the first cycle
         self.wake = threading.Event()  # set by the folder watcher: something changed here
         self.observers: list[Callable[[CycleReport], None]] = []  # told of each finished cycle
         # the parts of a cycle, each over the shared context
@@ -261,16 +265,25 @@ class Manager:
                                      config_path=ctx.config_path)
 
     def connect(self) -> None:
-        """Reach the relay: repository header, our member card, unfinished publications."""
+        """Reach the relay: repository header, our member card, unfinished publications.
+
+        One listing tells whether the header, our card and a reservation of ours are there
+        (no request for each); when connecting wrote nothing, the first cycle uses it too."""
         ctx = self.ctx
+        self._connect_view = None
         ctx.relay.open()
-        if self.moves.instead_of_header():  # the repository moved: on to the new relay
+        view = list_relay(ctx.relay)
+        if self.moves.instead_of_header(view):  # the repository moved: on to the new relay
             ctx.relay.open()
-        self.members.ensure_header()
-        if ctx.relay.stat(member_name(ctx.me)) is not None:
-            self.members.ensure_card()  # kept up to date; a new card waits for the cycle's name check
+            view = list_relay(ctx.relay)
+        wrote = self.members.ensure_header(view)
+        if ctx.me in view.members:  # kept up to date; a new card waits for the cycle's name check
+            wrote = self.members.ensure_card(present=True) or wrote
+        wrote = wrote or bool(ctx.state.outbox())
         self.pusher.recover_outbox()
-        ctx.relay.delete(reservation_name(ctx.me))
+        if ctx.me in view.reservations:  # a publication's reservation left by a crash
+            ctx.relay.delete(reservation_name(ctx.me))
+            wrote = True
         # interrupted uploads of our own objects (we are their only writer), after a run that
         # did not end cleanly, or once a day: one listing per prefix (7 requests on S3)
         if sweep_due(ctx.state):
@@ -280,7 +293,18 @@ class Manager:
                 request_name(me), reservation_name(me)))
             swept(ctx.state)
             if removed:
+                wrote = True
                 log.info("%s: removed %d interrupted upload(s) from the relay", ctx.name, removed)
+        if not wrote:
+            self._connect_view = (view, time.monotonic())
+
+    def _listing(self) -> RelayView:
+        """A fresh listing of the relay; the first cycle after connecting takes connect's,
+        when connecting wrote nothing and it is at most CONNECT_VIEW_SECONDS old."""
+        kept, self._connect_view = self._connect_view, None
+        if kept is not None and time.monotonic() - kept[1] <= CONNECT_VIEW_SECONDS:
+            return kept[0]
+        return list_relay(self.ctx.relay)
 
     def close(self) -> None:
         ctx = self.ctx
@@ -378,10 +402,11 @@ class Manager:
             self._identity()
         try:
             ctx.relay.open()
-            if ctx.relay.stat(HEADER_NAME) is None:
+            view = list_relay(ctx.relay)
+            if view.header is None:
                 raise RelayError(f"no escale repository on {ctx.relay.address} yet")
-            self.members.ensure_header()
-            yield list_relay(ctx.relay)
+            self.members.ensure_header(view)
+            yield view
         finally:
             ctx.relay.close()
             if own_state:
@@ -416,7 +441,7 @@ class Manager:
         ctx = self.ctx
         report = report or CycleReport(ctx.name)
         ctx.check_folder()
-        view = list_relay(ctx.relay)
+        view = self._listing()
         ctx.problems = []
         ctx.junk = Junk()
         if view.notices and self.moves.follow(view):  # the repository moved (escalectl migrate)
@@ -427,7 +452,7 @@ class Manager:
         joining = ctx.me not in view.members
         if joining:  # joining (refused under a taken name), or removed by hand
             self.members.refuse_name_clash()
-            self.members.ensure_card()
+            self.members.ensure_card(present=False)
         ctx.load_flags()
         pulled = False
         if ctx.repository.may_pull():
@@ -453,11 +478,13 @@ class Manager:
 
     def download(self, view: RelayView | None = None, report: CycleReport | None = None) -> CycleReport:
         """Apply every pusher's new updates in causal order (0.7 name), then acknowledge them."""
+        self._connect_view = None  # what it writes makes connect's listing old
         report = report or CycleReport(self.ctx.name)
         return self.puller.pull(view or list_relay(self.ctx.relay), report)
 
     def upload(self, view: RelayView | None = None, report: CycleReport | None = None) -> CycleReport:
         """Collect acked updates, then publish local changes and requested contents (0.7 name)."""
+        self._connect_view = None
         report = report or CycleReport(self.ctx.name)
         view = view or list_relay(self.ctx.relay)
         self.collector.collect(view)

@@ -64,12 +64,20 @@ class Membership:
     def __init__(self, ctx: Repo):
         self.ctx = ctx
 
-    def ensure_header(self) -> None:
+    def ensure_header(self, view: RelayView | None = None) -> bool:
         """Create or read the repository header; with encryption, derive the key and check
-        it against the header's key-check value before anything else is read or written."""
+        it against the header's key-check value before anything else is read or written.
+        Returns whether it was created here.
+
+        ``view``: a listing of the relay, which tells whether the header is there (else one
+        ``stat``). A header listed with the size and version it had when this client last
+        read it is not downloaded again: the header pinned at first sight is checked
+        instead (what a client uses is always the pinned header: reading the relay's copy
+        only finds a header altered or a relay replaced, which changes its version)."""
         encrypted = self.ctx.enc_name != "off"
         master = None
-        if self.ctx.relay.stat(HEADER_NAME) is None:
+        info = view.header if view is not None else self.ctx.relay.stat(HEADER_NAME)
+        if info is None:
             if self.ctx.state.get("repository_header") is not None:
                 raise RelayError(f"no repository header ({HEADER_NAME}) on {self.ctx.relay.address}, but this client "
                                  "synced with it before: the relay looks unmounted or replaced. escale does not "
@@ -92,10 +100,15 @@ class Membership:
                 log.info("%s: created repository on %s", self.ctx.name, self.ctx.relay.address)
                 self._pin_header(header)
                 self._use_key(master)
-                return
+                return True
             except ObjectExists:
                 pass  # another client created it first: use theirs
-        found = self.ctx.store.get_header()
+        listed = f"{info.size}:{info.version}" if info is not None else None
+        pinned = self.ctx.state.get("repository_header")
+        if listed is not None and pinned is not None and self.ctx.state.get("header_listed") == listed:
+            found = json.loads(pinned)
+        else:
+            found = self.ctx.store.get_header()
         if isinstance(found, dict) and found.get("format") == 1:
             raise WrongRepository(f"the repository on {self.ctx.relay.address} has format 1 (escale before repository "
                                   "ids): its objects are not bound to one repository, and this version refuses "
@@ -134,6 +147,8 @@ class Membership:
                                       "relay was altered)", path=self.ctx.config_path, section=self.ctx.name,
                                       option="passphrase")
         self._pin_header(found)
+        if listed is not None and self.ctx.state.get("header_listed") != listed:
+            self.ctx.state.set("header_listed", listed)
         self._use_key(master)
         algo = found.get("hash")
         if algo != self.ctx.algorithm:
@@ -179,14 +194,18 @@ class Membership:
         return {"v": FORMAT_VERSION, "name": self.ctx.clientname, "mode": self.ctx.mode, "key": key.hex(),
                 "pulls": self.ctx.repository.may_pull(), "pushes": self.ctx.repository.may_push()}
 
-    def ensure_card(self) -> None:
+    def ensure_card(self, present: bool | None = None) -> bool:
+        """Write our member card if it is missing or changed; returns whether it was written.
+        ``present``: whether a listing showed it (else one ``stat``)."""
         name = member_name(self.ctx.me)
         card = self._card()
-        info = self.ctx.relay.stat(name)
-        if info is not None and self.ctx.state.get("card") == repr(card):
-            return
+        if present is None:
+            present = self.ctx.relay.stat(name) is not None
+        if present and self.ctx.state.get("card") == repr(card):
+            return False
         self.ctx.store.put_json(name, card)
         self.ctx.state.set("card", repr(card))
+        return True
 
     def read_cards(self, view: RelayView, repair: bool = True) -> None:
         """Member cards, each signed with the key it carries; a client's key is pinned the
@@ -211,7 +230,7 @@ class Membership:
         self.ctx.names.update(labels({cid: card["name"] for cid, card in self.ctx.cards.items()}))
         self.ctx.bad = {n: v for n, v in self.ctx.bad.items() if signer_of(n) in view.members}
         if repair and self.ctx.me not in view.members:  # e.g. removed by hand: put it back
-            self.ensure_card()
+            self.ensure_card(present=False)
 
     def refuse_name_clash(self) -> None:
         """Two members with one client name would be told apart by nobody (forget, status,

@@ -18,7 +18,7 @@ import time
 
 from ..errors import EscaleError, IntegrityError, RelayError, RelayObjectMissing
 from ..migrate import alias_state, copy_object, public_address
-from ..protocol import HEADER_NAME, Notice, RelayView, list_relay, parse_notice, signer_of
+from ..protocol import HEADER_NAME, Notice, RelayView, parse_notice, signer_of
 from ..relay.base import Relay
 from .context import Repo
 
@@ -36,13 +36,13 @@ class Moves:
     def __init__(self, ctx: Repo, members):
         self.ctx, self.members = ctx, members
 
-    def instead_of_header(self) -> bool:
-        """At connect: the relay holds a notice but no header (the repository moved and
-        the old relay was cleared). True if this client switched (connect again)."""
+    def instead_of_header(self, view: RelayView) -> bool:
+        """At connect (``view``: its listing): the relay holds a notice but no header (the
+        repository moved and the old relay was cleared). True if this client switched
+        (connect again)."""
         ctx = self.ctx
-        if ctx.relay.stat(HEADER_NAME) is not None or ctx.state.get("repository_header") is None:
+        if view.header is not None or ctx.state.get("repository_header") is None:
             return False
-        view = list_relay(ctx.relay)
         if not view.notices:
             return False
         self.members.open_pinned_header()
