@@ -205,3 +205,36 @@ def test_a_server_answering_depth_infinity_as_depth_1_is_walked_and_lists_everyt
         assert sorted(i.name for i in direct.list("u/0123456789abcdef/")) == ["u/0123456789abcdef/1",
                                                                            "u/0123456789abcdef/2"]
     assert dict(counts.depths) == {"infinity": 2}, counts.depths
+
+
+def test_sftp_connects_without_a_walk_and_a_listing_removes_stale_temporaries(relay_sftp):
+    """Connecting used to walk the whole relay for temporaries older than 6 hours (as many
+    requests again as a listing); any listing now removes them, as on FTP and WebDAV."""
+    import io
+    import os
+    import time
+
+    from escale.relay.sftp import SFTP
+
+    address, _conf, kwargs = relay_sftp.new()
+    first = SFTP(address, **kwargs)
+    first.open()
+    try:
+        first.put("u/0123456789abcdef/1", io.BytesIO(b"one"), size=3)
+    finally:
+        first.close()
+    folder = relay_sftp.data / address.rsplit("/", 1)[1] / "u" / "0123456789abcdef"
+    stale, fresh = folder / ".escale-put-2.0a1b", folder / ".escale-put-3.0c2d"
+    for p in (stale, fresh):
+        p.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7 * 3600,) * 2)
+    relay = SFTP(address, **kwargs)
+    try:
+        with counting("sftp") as counts:
+            relay.open()
+        assert not {k for k in counts if k in ("opendir", "readdir")}, counts
+        assert stale.exists()
+        assert [i.name for i in relay.list()] == ["u/0123456789abcdef/1"]
+        assert not stale.exists() and fresh.exists()  # a writer's temporary under way is kept
+    finally:
+        relay.close()

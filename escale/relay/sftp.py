@@ -337,7 +337,6 @@ class SFTP(Relay):
             self._posix_rename_works(sftp)
 
         self._call("open", check)
-        self._remove_stale_temporaries()
 
     def _posix_rename_works(self, sftp) -> None:
         """Refuse a server without posix-rename@openssh.com: plain SFTP rename cannot replace."""
@@ -455,6 +454,10 @@ class SFTP(Relay):
                     todo.append(full)
                 elif statmod.S_ISREG(mode):
                     hidden = n.startswith(TMP_MARK) or n.startswith(PROBE_MARK)
+                    if hidden and not temporaries and a.st_mtime \
+                            and time.time() - a.st_mtime > STALE_TMP_SECONDS:
+                        self._remove_quietly(full)  # a killed writer's, found by any listing
+                        continue
                     if hidden == temporaries or (temporaries and n.startswith(PROBE_MARK)):
                         yield full, a
 
@@ -698,12 +701,6 @@ class SFTP(Relay):
                 self._remove_quietly(rel)
                 removed += 1
         return removed
-
-    def _remove_stale_temporaries(self) -> None:
-        now = time.time()
-        for rel, a in list(self._walk("", temporaries=True)):
-            if now - (a.st_mtime or now) > STALE_TMP_SECONDS:
-                self._remove_quietly(rel)
 
     def usage(self) -> Usage:
         return Usage()
