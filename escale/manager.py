@@ -53,8 +53,7 @@ from .sync.quota import Quota
 log = logging.getLogger(__name__)
 
 DEFAULT_MAXPAGESIZE = 200 * 10**6
-#: the first cycle uses connect's listing if it is at most this old (and connecting wrote nothing)
-CONNECT_VIEW_SECONDS = 10.0
+CONNECT_VIEW_SECONDS = 10.0  #: the first cycle takes connect's listing if this recent and nothing was written
 
 
 class _Shared:
@@ -265,10 +264,8 @@ class Manager:
                                      config_path=ctx.config_path)
 
     def connect(self) -> None:
-        """Reach the relay: repository header, our member card, unfinished publications.
-
-        One listing tells whether the header, our card and a reservation of ours are there
-        (no request for each); when connecting wrote nothing, the first cycle uses it too."""
+        """Reach the relay: header, our card, unfinished publications; one listing tells what is
+        there (no request each), and the first cycle uses it when connecting wrote nothing."""
         ctx = self.ctx
         self._connect_view = None
         ctx.relay.open()
@@ -276,31 +273,26 @@ class Manager:
         if self.moves.instead_of_header(view):  # the repository moved: on to the new relay
             ctx.relay.open()
             view = list_relay(ctx.relay)
-        wrote = self.members.ensure_header(view)
+        wrote = self.members.ensure_header(view) or bool(ctx.state.outbox())
         if ctx.me in view.members:  # kept up to date; a new card waits for the cycle's name check
             wrote = self.members.ensure_card(present=True) or wrote
-        wrote = wrote or bool(ctx.state.outbox())
         self.pusher.recover_outbox()
         if ctx.me in view.reservations:  # a publication's reservation left by a crash
-            ctx.relay.delete(reservation_name(ctx.me))
-            wrote = True
-        # interrupted uploads of our own objects (we are their only writer), after a run that
-        # did not end cleanly, or once a day: one listing per prefix (7 requests on S3)
+            wrote = ctx.relay.delete(reservation_name(ctx.me)) or True
+        # our interrupted uploads (ours alone), after an unclean end or daily: 7 listings on S3
         if sweep_due(ctx.state):
             me = ctx.me
-            removed = sum(ctx.relay.abort_incomplete(prefix) for prefix in (
-                f"u/{me}/", f"b/{me}/", ack_name(me), snapshot_name(me), member_name(me),
-                request_name(me), reservation_name(me)))
+            removed = sum(ctx.relay.abort_incomplete(prefix) for prefix in (f"u/{me}/", f"b/{me}/", ack_name(me),
+                          snapshot_name(me), member_name(me), request_name(me), reservation_name(me)))
             swept(ctx.state)
+            wrote = wrote or removed > 0
             if removed:
-                wrote = True
                 log.info("%s: removed %d interrupted upload(s) from the relay", ctx.name, removed)
         if not wrote:
             self._connect_view = (view, time.monotonic())
 
     def _listing(self) -> RelayView:
-        """A fresh listing of the relay; the first cycle after connecting takes connect's,
-        when connecting wrote nothing and it is at most CONNECT_VIEW_SECONDS old."""
+        """A fresh listing, or connect's (unwritten-after, at most CONNECT_VIEW_SECONDS old)."""
         kept, self._connect_view = self._connect_view, None
         if kept is not None and time.monotonic() - kept[1] <= CONNECT_VIEW_SECONDS:
             return kept[0]
