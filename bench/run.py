@@ -547,7 +547,8 @@ def local50k_row(by: dict) -> tuple:
 #: a target row (by a word of its label) -> a word of the hand-written section that analyses it
 ANALYSIS = (("requests", "idle cycle"), ("idle", "idle cycle"), ("memory", "idle cycle"), ("start", "idle cycle"), ("encrypted", "idle cycle"),
             ("version", "idle cycle"), ("GiB", "Large files"), ("MB file", "Large files"),
-            ("large file", "Large files"), ("KiB", "Small files"), ("small files", "Small files"))
+            ("large file", "Large files"), ("KiB", "Small files"), ("small files", "Small files"),
+            ("first sync of", "idle cycle"))
 
 
 BY_HAND = "\n# Measurements and analysis, by hand\n"
