@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .errors import ConfigError, IntegrityError
-from .stream import read_exactly
+from .stream import BlockReader, read_exactly
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class _Encryptor(_ChunkStream):
         self.done_all = last
 
 
-class _Decryptor(_ChunkStream):
+class _Decryptor(BlockReader, _ChunkStream):
     def __init__(self, cipher: StreamCipher, name: str, src: BinaryIO):
         self.name, self.src = name, src
         head = read_exactly(src, HEADER_LEN)
@@ -220,8 +220,7 @@ class _Decryptor(_ChunkStream):
         self.aead = _BY_ID[alg_id][1](cipher._key(salt, name))
         self.aad, self.prefix, self.chunk = head + name.encode(), prefix, 1 << log2
         self.ahead = b""
-        self.pending: bytes = b""  # the current chunk's plaintext, handed out from pending_at
-        self.pending_at = 0
+        self.pending: bytes = b""  # the current chunk's plaintext
         self.counter = 0
         self.length: int | None = None
         self.emitted = 0
@@ -273,42 +272,20 @@ class _Decryptor(_ChunkStream):
             (self.length,) = LENGTH.unpack(pt[:LENGTH.size])
             start = LENGTH.size
         take = min(len(pt) - start, self.length - self.emitted)
-        self.pending, self.pending_at = (pt if start == 0 and take == len(pt) else pt[start:start + take]), 0
+        self.pending = pt if start == 0 and take == len(pt) else pt[start:start + take]
         self.emitted += take
         if last:
             self.done_all = True
             if self.emitted != self.length:
                 raise IntegrityError(self.name, "truncated: shorter than its authenticated length")
 
-    def read(self, size: int = -1) -> bytes:
-        """The next plaintext bytes: up to the rest of the current chunk, as one bytes object
-        (no copy when the whole chunk fits)."""
-        if size is None or size < 0:
-            parts = []
-            while block := self.read(1 << 20):
-                parts.append(block)
-            return b"".join(parts)
-        if size == 0:
-            return b""
-        while self.pending_at >= len(self.pending):
-            if self.done_all:
-                return b""
-            self._next()
-        if self.pending_at == 0 and size >= len(self.pending):
-            data, self.pending = self.pending, b""
-            return data
-        data = self.pending[self.pending_at:self.pending_at + size]
-        self.pending_at += len(data)
-        return data
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        n = len(data)
-        b[:n] = data
-        return n
-
-    def readall(self) -> bytes:
-        return self.read(-1)
+    def _block(self) -> bytes | None:
+        """The next chunk's plaintext (handed out by BlockReader.read with no further copy
+        when it fits whole), or None after the last chunk."""
+        if self.done_all:
+            return None
+        self._next()
+        return self.pending
 
 
 # ---------------------------------------------------------------------------------------

@@ -107,15 +107,76 @@ class HashingReader(io.RawIOBase):
         return self.hasher.hexdigest()
 
 
-class ReadAhead(io.RawIOBase):
+class BlockReader(io.RawIOBase):
+    """A readable stream whose bytes come a block at a time from :meth:`_block`.
+
+    One piece of logic for every stream that produces blocks (decrypted chunks, pieces of a
+    parallel download, blocks read ahead by a thread): ``read(n)`` hands out at most the rest
+    of the current block, without copying it when it fits whole; ``readinto`` and ``readall``
+    follow from it."""
+
+    _cur: bytes | bytearray | memoryview = b""
+    _pos = 0
+    _ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _block(self) -> bytes | bytearray | memoryview | None:
+        """The next block (it may be empty: asked again), or None at the end."""
+        raise NotImplementedError
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read of a closed stream")
+        if size is None or size < 0:
+            parts = []
+            while block := self.read(BLOCK):
+                parts.append(block)
+            return b"".join(parts)
+        if size == 0:
+            return b""
+        while self._pos >= len(self._cur):
+            if self._ended:
+                return b""
+            block = self._block()
+            if block is None:
+                self._ended = True
+                self._cur, self._pos = b"", 0
+                return b""
+            self._cur, self._pos = block, 0
+        cur, pos = self._cur, self._pos
+        if pos == 0 and size >= len(cur):
+            self._cur = b""
+            return cur if isinstance(cur, bytes) else bytes(cur)
+        if isinstance(cur, bytes):
+            data = cur[pos:pos + size]
+        else:
+            with memoryview(cur) as view:
+                data = bytes(view[pos:pos + size])
+        self._pos = pos + len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+
+class ReadAhead(BlockReader):
     """``src`` read by a thread of its own, up to ``depth`` blocks ahead of the reader.
 
     Why: producing the bytes (a network receive, AES-GCM, SHA-256 in a HashingReader) and
     using them (a file's digest and write, a socket send) each release the GIL on large
     buffers, so with the two in different threads they overlap on two cores instead of
     taking turns. Memory: at most ``depth`` + 1 blocks. What the source raises is raised
-    to the reader at the point where it happened; :meth:`close` stops the thread (it may
-    finish the block it is reading) before it closes the source.
+    to the reader at the point where it happened (and again at every later read);
+    :meth:`close` stops the thread (it may finish the block it is reading) before it closes
+    the source.
     """
 
     def __init__(self, src: BinaryIO, block: int = BLOCK, depth: int = 4):
@@ -123,14 +184,9 @@ class ReadAhead(io.RawIOBase):
         self.src, self.block = src, block
         self._queue: queue.Queue = queue.Queue(depth)
         self._stop = threading.Event()
-        self._cur = b""
-        self._pos = 0
-        self._end: BaseException | bool = False  # True at the end, or what the source raised
+        self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="read-ahead", daemon=True)
         self._thread.start()
-
-    def readable(self) -> bool:
-        return True
 
     def _run(self) -> None:
         try:
@@ -150,42 +206,14 @@ class ReadAhead(io.RawIOBase):
             except queue.Full:
                 continue
 
-    def read(self, size: int = -1) -> bytes:
-        if self.closed:
-            raise ValueError("read of a closed stream")
-        if size is None or size < 0:
-            parts = []
-            while block := self.read(BLOCK):
-                parts.append(block)
-            return b"".join(parts)
-        while self._pos >= len(self._cur):
-            if self._end is True:
-                return b""
-            if self._end:
-                raise self._end
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._end = item
-                raise item
-            if not item:
-                self._end = True
-                return b""
-            self._cur, self._pos = item, 0
-        if self._pos == 0 and size >= len(self._cur):
-            data, self._cur = self._cur, b""  # the whole block, no copy
-            return bytes(data) if not isinstance(data, bytes) else data
-        data = self._cur[self._pos:self._pos + size]
-        self._pos += len(data)
-        return bytes(data)
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        n = len(data)
-        b[:n] = data
-        return n
-
-    def readall(self) -> bytes:
-        return self.read(-1)
+    def _block(self) -> bytes | None:
+        if self._failed is not None:
+            raise self._failed
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._failed = item
+            raise item
+        return item or None
 
     def close(self) -> None:
         if not self.closed:

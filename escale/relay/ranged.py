@@ -16,7 +16,6 @@ callers' own checks (the AEAD chunks, the file's digest) stay where they were.
 """
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from collections import deque
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..errors import RelayError
+from ..stream import BlockReader
 
 if TYPE_CHECKING:
     from .base import Relay
@@ -53,7 +53,7 @@ class _Stopped(Exception):
     """The reader was closed while a piece was being fetched."""
 
 
-class ParallelRead(io.RawIOBase):
+class ParallelRead(BlockReader):
     """Bytes ``[0, size)`` of relay object ``name`` at ``version``: the first piece from the
     already open ``first`` stream, the others by ``relay.get_range`` in threads."""
 
@@ -66,13 +66,8 @@ class ParallelRead(io.RawIOBase):
         self.stop = threading.Event()
         self.ahead: deque[Future] = deque()
         self.submitted = 0
-        self.cur = memoryview(b"")
-        self.pos = 0
         while self.submitted < min(plan.width, self.count):
             self._submit()
-
-    def readable(self) -> bool:
-        return True
 
     def _submit(self) -> None:
         self.ahead.append(self.pool.submit(self._fetch, self.submitted))
@@ -103,43 +98,14 @@ class ParallelRead(io.RawIOBase):
                              "read (truncated or replaced meanwhile)")
         return buf
 
-    def _advance(self) -> bool:
-        """Make the next piece current; False at the end."""
-        self.cur.release()
-        self.cur, self.pos = memoryview(b""), 0
+    def _block(self) -> bytearray | None:
+        """The next piece, in order (its fetch's error raised here); None after the last."""
         if not self.ahead:
-            return False
+            return None
         buf = self.ahead.popleft().result()
         if self.submitted < self.count:
             self._submit()
-        self.cur = memoryview(buf)
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if self.closed:
-            raise ValueError("read of a closed relay object")
-        if size is None or size < 0:
-            parts = []
-            while block := self.read(MiB):
-                parts.append(block)
-            return b"".join(parts)
-        if size == 0:
-            return b""
-        while self.pos >= len(self.cur):
-            if not self._advance():
-                return b""
-        data = bytes(self.cur[self.pos:self.pos + size])
-        self.pos += len(data)
-        return data
-
-    def readinto(self, b) -> int:
-        data = self.read(len(b))
-        n = len(data)
-        b[:n] = data
-        return n
-
-    def readall(self) -> bytes:
-        return self.read(-1)
+        return buf
 
     def close(self) -> None:
         if not self.closed:
@@ -151,7 +117,6 @@ class ParallelRead(io.RawIOBase):
                 if f.done() and not f.cancelled():
                     f.exception()
             self.ahead.clear()
-            self.cur.release()
             if self.first is not None:
                 self.first.close()
                 self.first = None
