@@ -218,3 +218,25 @@ def test_rename_moves_the_file_instead_of_copying(relay_cluster):
     assert not b.path("dir/original.bin").exists()
     assert not list((b.folder / ".escale").rglob("original.bin"))  # nothing needed the trash
     assert b.tree() == a.tree()
+
+
+def test_a_supply_in_a_later_update_does_not_hide_the_version_from_others(cluster):
+    """Found by the randomized test (seed 37): C renames f.txt to g.txt (the rename travels
+    without content); A, whose f.txt was edited, cannot reuse its copy and asks C for g.txt;
+    C answers in its next update (a *supply*, applied only by those who asked). B, pulling
+    both of C's updates at once, took the supply for a later version of g.txt, skipped the
+    rename as history — and then ignored the supply it had not asked for: B never got g.txt,
+    every cycle, silently."""
+    a, b, c = cluster.add("a"), cluster.add("b"), cluster.add("c")
+    a.write("f.txt", "the shared version\n" * 50)
+    cluster.round(rounds=2)
+    a.write("f.txt", "a's edit\n")
+    b.write("f.txt", "b's edit\n")
+    c.path("f.txt").rename(c.path("g.txt"))
+    c.once()  # update 1: g.txt renamed from f.txt (no content), f.txt deleted
+    a.once()  # a's f.txt changed: asks c for g.txt
+    c.once()  # update 2: g.txt's content, for a
+    b.once()  # pulls updates 1 and 2 together
+    cluster.round(rounds=3)
+    for x in (a, b, c):
+        assert x.path("g.txt").read_text() == "the shared version\n" * 50, x.name

@@ -286,7 +286,8 @@ class Puller:
         """Path -> the last queued update of ``pusher`` that writes it (a returning machine:
         a file's content that a later pending update of the same pusher replaces or deletes
         is history, never downloaded). Paths a later update renames from are left out: their
-        content may be reused by the rename. An update that cannot be read ends the look-ahead
+        content may be reused by the rename; so are supplies (a later update answering another
+        client's request carries the same version, which this client applies only if it asked). An update that cannot be read ends the look-ahead
         (its error comes when its turn comes)."""
         last: dict[str, int] = {}
         origins: dict[str, int] = {}
@@ -296,6 +297,8 @@ class Puller:
             except IntegrityError:
                 break
             for item in self._spools[(pusher, seq)][0].items:
+                if item.supply:  # content sent to those who asked for it: it replaces nothing
+                    continue
                 last[item.entry.path] = seq
                 if item.entry.origin is not None:
                     origins[item.entry.origin] = seq
