@@ -895,14 +895,7 @@ class WebDAV(Relay):
                 continue
             if not entered(parent):
                 continue
-            base = rel.rpartition("/")[2]
-            if base.startswith((TMP_MARK, PROBE_MARK)):
-                if e.mtime and time.time() - e.mtime > STALE_TMP_SECONDS:  # a killed writer's
-                    self._delete_quietly(rel)
-                    continue
-                if not temporaries:
-                    continue
-            if rel.startswith(prefix) or (temporaries and base.startswith(TMP_MARK)):
+            if self._listed(rel, e, prefix, temporaries):
                 files.append((rel, e))
         self._known.add(folder)
         self._known.update(cols)
@@ -917,6 +910,18 @@ class WebDAV(Relay):
                     yield item
         if cut:
             self._finite_depth("it answers 'Depth: infinity' only in part")
+
+    def _listed(self, rel: str, e: _Entry, prefix: str, temporaries: bool) -> bool:
+        """Whether a listed object belongs in a listing of ``prefix``; a killed writer's stale
+        temporary is removed on sight (both walks share this rule)."""
+        base = rel.rpartition("/")[2]
+        if base.startswith((TMP_MARK, PROBE_MARK)):
+            if e.mtime and time.time() - e.mtime > STALE_TMP_SECONDS:
+                self._delete_quietly(rel)
+                return False
+            if not temporaries:
+                return False
+        return rel.startswith(prefix) or (temporaries and base.startswith(TMP_MARK))
 
     def _walk_collections(self, folder: str, prefix: str = "", temporaries: bool = False, members: bool = False
                           ) -> Iterator[tuple[str, _Entry]]:
@@ -952,14 +957,7 @@ class WebDAV(Relay):
                     if (rel + "/").startswith(prefix) or prefix.startswith(rel + "/"):
                         subs.append(rel)
                     continue
-                base = rel.rpartition("/")[2]
-                if base.startswith((TMP_MARK, PROBE_MARK)):
-                    if e.mtime and time.time() - e.mtime > STALE_TMP_SECONDS:  # a killed writer's
-                        self._delete_quietly(rel)
-                        continue
-                    if not temporaries:
-                        continue
-                if rel.startswith(prefix) or (temporaries and base.startswith(TMP_MARK)):
+                if self._listed(rel, e, prefix, temporaries):
                     files.append((rel, e))
             self._known.add(col)
             files.sort()
