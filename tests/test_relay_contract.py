@@ -35,6 +35,8 @@ KINDS = ["file", "file-nolinks", "webdav-wsgidav", "webdav-apache", "webdav-rclo
          "sftp", "sftp-nolinks", "rclone-local", "rclone-webdav", "rclone-s3"]
 WEBDAV_KINDS = [k for k in KINDS if k.startswith("webdav-")]
 S3_KINDS = [k for k in KINDS if k.startswith("s3-")]
+#: the backends whose puts go through escale/relay/body.PutBody
+PUT_BODY_KINDS = [k for k in KINDS if k.startswith(("webdav-", "ftp", "sftp"))]
 #: servers that honour conditional writes (rclone ignores If-None-Match on WebDAV and S3)
 CONDITIONAL_S3 = ["s3-seaweedfs", "s3-moto"]
 MiB = 1 << 20
@@ -203,6 +205,20 @@ def test_source_read_error_is_a_file_error(request, kind, tmp_path) -> None:
     with pytest.raises(SourceError, match="relay object s/broken"):
         relay.put("s/broken", FailingStream(1000))
     assert relay.stat("s/broken") is None and list(relay.list()) == []
+
+
+@pytest.mark.parametrize("kind", PUT_BODY_KINDS)
+def test_announced_size_is_what_is_stored(request, kind, tmp_path) -> None:
+    """On the backends that send a body themselves (escale/relay/body.py), a source that
+    gives fewer or more bytes than the size it was announced with is the caller's file
+    error (SourceError), never an object of another length: WebDAV stored the short one."""
+    relay = make_relay(request, kind, tmp_path)
+    for got in (10, 30):
+        with pytest.raises(SourceError, match="relay object s/sized"):
+            relay.put("s/sized", Pattern(got), size=20)
+        assert relay.stat("s/sized") is None
+    assert relay.put("s/sized", Pattern(20), size=20) == 20 and read(relay, "s/sized") == Pattern(20).read()
+    assert [i.name for i in relay.list()] == ["s/sized"]
 
 
 def test_create_if_absent(request, kind, tmp_path) -> None:
@@ -420,6 +436,16 @@ def test_webdav_sized_put_sends_content_length_not_chunked(request, kind, tmp_pa
     assert puts and all(int(h.get("Content-Length", -1)) == size for h in puts)
     assert not any("chunked" in h.get("Transfer-Encoding", "").lower() for h in puts)
     assert relay.stat("b/big").size == size
+
+
+@pytest.mark.parametrize("kind", WEBDAV_KINDS)
+def test_webdav_source_read_error_while_sending_is_a_file_error(request, kind, tmp_path) -> None:
+    """A read error in the middle of a streamed body (past what is kept to replay) is the
+    caller's SourceError: not retried, not a relay failure, no object left."""
+    relay = make_relay(request, kind, tmp_path)
+    with pytest.raises(SourceError, match="relay object s/broken"):
+        relay.put("s/broken", FailingStream(8 * MiB + 10), size=9 * MiB)
+    assert relay.stat("s/broken") is None and list(relay.list()) == []
 
 
 @pytest.mark.parametrize("kind", WEBDAV_KINDS)

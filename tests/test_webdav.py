@@ -19,7 +19,7 @@ import requests
 
 from cluster import Cluster, temp_files, update_objects
 from escale.errors import (AuthenticationError, ConfigError, ObjectExists, QuotaExceeded, RelayError,
-                           RelayObjectMissing)
+                           RelayObjectMissing, SourceError)
 from escale.relay import backend_for
 from escale.relay.webdav import PROBE_MARK, TMP_MARK, WebDAV
 from servers_webdav import PASSWORD, USER, FaultProxy, ServerUnavailable, make_ca, make_server
@@ -220,7 +220,7 @@ def test_interrupted_put_leaves_nothing_under_the_name(dav_server):
                 raise OSError("disk gone")
             return super().readinto(b)
 
-    with pytest.raises(RelayError):
+    with pytest.raises(SourceError):  # the local read failed: the caller's file error, not the relay's
         relay.put(f"b/{CID}/1/0", Failing(20 * MB))
     assert relay.stat(f"b/{CID}/1/0") is None and list(relay.list()) == []
     # a writer killed mid-put leaves a temporary: listings hide it, its writer removes it

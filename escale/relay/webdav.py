@@ -34,12 +34,15 @@ How the relay contract is met
   temporary ``<folder>/.escale-put-<name>.<random>`` first and is then moved into place
   with MOVE (a rename on the server). The writer's :meth:`abort_incomplete` removes its
   temporaries after a crash; listings hide them and delete those older than 6 hours.
-- **Streaming.** A seekable source (a file, a BytesIO) is sent with its Content-Length in
-  1 MiB blocks; a non-seekable one is read ahead up to 8 MiB (then it is small, sent with
-  a length and replayable) or sent chunked, after which the temporary's stored size is
-  checked against what was sent before it takes the real name (some PHP-based servers
-  silently store nothing of a chunked body). Downloads are read from the response as it
-  arrives, in the caller's block size.
+- **Streaming.** The body is :class:`escale.relay.body.PutBody`, as on FTP and SFTP. A
+  seekable source (a file, a BytesIO) is sent with its Content-Length in 1 MiB blocks; a
+  non-seekable one of announced size with that Content-Length; one of unknown size is
+  read ahead up to 8 MiB (then it is small, sent with a length and replayable) or sent
+  chunked, after which the temporary's stored size is checked against what was sent
+  before it takes the real name (some PHP-based servers silently store nothing of a
+  chunked body). A source that fails to read, or gives another length than announced,
+  is the caller's SourceError, never a relay failure. Downloads are read from the
+  response as it arrives, in the caller's block size.
 - **Create-if-absent** (``create_only``) is probed once per relay (lazily, at the first
   such put): MOVE with ``Overwrite: F`` onto an existing name must fail with 412, and
   PUT with ``If-None-Match: *`` must fail with 412. The temporary + ``MOVE Overwrite: F``
@@ -99,12 +102,12 @@ from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import (AuthenticationError, ConfigError, ObjectExists, QuotaExceeded, RelayError,
                       RelayObjectMissing, SourceError, TransientRelayError)
-from ..stream import read_exactly
 from ..values import parse_verify_ssl
 from . import retry
 from .address import redact, split_network_address
-from .base import (PROBE_MARK, REPLAY_BUFFER, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay,
-                   Usage, check_name)
+from .base import (PROBE_MARK, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay, Usage,
+                   check_name)
+from .body import PutBody
 from .options import MAX_RETRIES, TLS
 from .ranged import Parallel, ParallelRead
 from .split import MAX_OBJECT_SIZE
@@ -204,130 +207,15 @@ _REFUSED = object()
 _MEMBER = ("", None)
 
 
-class _BodyError(SourceError):
-    """The source stream failed or changed length while being sent (a local file error,
-    never retried here: the next cycle sends it again)."""
-
-
-class _Body:
-    """One PUT body, streamed in blocks: known length when the source can tell, else chunked.
-
-    A seekable source (a file, a BytesIO) can be sent again from its start on a retry; a
-    non-seekable one is read ahead up to REPLAY_BUFFER bytes: if it ends there, it is
-    kept in memory and replayable too, otherwise it is sent once, chunked.
-    """
-
-    def __init__(self, stream: BinaryIO, size: int | None = None, name: str = "?"):
-        self.stream = stream
-        self.name = name
-        self.count = 0
-        self.started = False
-        self.data: bytes | None = None
-        self.prefix = b""
-        self.length: int | None = None
-        self.start = 0
-        self.seekable = False
-        try:
-            if stream.seekable():
-                self.start = stream.tell()
-                end = stream.seek(0, io.SEEK_END)
-                stream.seek(self.start)
-                self.length, self.seekable = end - self.start, True
-        except (AttributeError, OSError, ValueError):
-            self.seekable = False
-        if not self.seekable and size is not None and size > REPLAY_BUFFER:
-            # the caller knows the exact size: send it with Content-Length, never chunked
-            # (servers behind php-fpm or unbuffered nginx store nothing of a chunked body)
-            self.length = size
-        elif not self.seekable:
-            head = self._read_upto(REPLAY_BUFFER + 1)
-            if len(head) <= REPLAY_BUFFER:
-                self.data, self.length = head, len(head)
-            else:
-                self.prefix = head
-        if self.seekable and self.length is not None and self.length <= BLOCK:
-            self.data = self._read_upto(self.length + 1)
-            if len(self.data) != self.length:
-                raise _BodyError(f"relay object {self.name}: source stream gave {len(self.data)} bytes, "
-                                 f"expected {self.length}")
-            self.seekable = False
-
-    def _read_upto(self, n: int) -> bytes:
-        try:
-            return read_exactly(self.stream, n)
-        except OSError as exc:
-            raise _BodyError(f"cannot read the data to send as relay object {self.name}: "
-                                 f"{exc.strerror or exc}") from exc
-
-    @property
-    def replayable(self) -> bool:
-        return self.data is not None or self.seekable or not self.started
-
-    def payload(self):
-        """What to hand to requests for one attempt."""
-        self.count = 0
-        if self.data is not None:
-            self.count = len(self.data)
-            self.started = True
-            return self.data
-        if self.seekable:
-            self.stream.seek(self.start)
-            return _Sized(self._blocks(self.length), self.length)
-        if self.length is not None:
-            return _Sized(self._blocks(self.length, check_end=True), self.length)
-        return self._chunks()
-
-    def digest(self) -> str | None:
-        """SHA-256 of the whole body, when it can be read again (None otherwise)."""
-        if self.data is not None:
-            return hashlib.sha256(self.data).hexdigest()
-        if not self.seekable or self.length is None:
-            return None
-        h = hashlib.sha256()
-        self.stream.seek(self.start)
-        left = self.length
-        while left > 0 and (block := self.stream.read(min(BLOCK, left))):
-            h.update(block)
-            left -= len(block)
-        return h.hexdigest()
-
-    def _blocks(self, length: int, check_end: bool = False):
-        self.started = True
-        left = length
-        while left > 0:
-            try:
-                data = self.stream.read(min(BLOCK, left))
-            except OSError as exc:
-                raise _BodyError(f"cannot read the data to send as relay object {self.name}: "
-                                 f"{exc.strerror or exc}") from exc
-            if not data:
-                raise _BodyError(f"relay object {self.name}: source stream ended {left} bytes early")
-            left -= len(data)
-            self.count += len(data)
-            if left < 0:
-                raise _BodyError(f"relay object {self.name}: source stream is longer than "
-                                 f"the {length} bytes announced")
-            if left == 0 and check_end and self._read_upto(1):
-                raise _BodyError(f"relay object {self.name}: source stream is longer than "
-                                 f"the {length} bytes announced")
-            yield data
-
-    def _chunks(self):
-        self.started = True
-        if self.prefix:
-            self.count += len(self.prefix)
-            yield self.prefix
-            self.prefix = b""
-        while True:
-            try:
-                data = self.stream.read(BLOCK)
-            except OSError as exc:
-                raise _BodyError(f"cannot read the data to send as relay object {self.name}: "
-                                 f"{exc.strerror or exc}") from exc
-            if not data:
-                return
-            self.count += len(data)
-            yield data
+def _payload(body: PutBody):
+    """What to hand to requests for one try of a PUT: the bytes kept in memory, a stream of
+    known length (sent with Content-Length), or chunks when the length is unknown."""
+    if body.data is not None:
+        body.count, body.started = len(body.data), True
+        return body.data
+    if body.length is not None:
+        return _Sized(body.blocks(), body.length)
+    return body.blocks()
 
 
 class _Sized:
@@ -583,7 +471,7 @@ class WebDAV(Relay):
         return RelayError(f"{method} {what or '/'} on {self.address} failed: HTTP {r.status_code} {r.reason or ''}"
                           .rstrip() + hint)
 
-    def _request(self, method: str, url: str, what: str, *, headers: dict | None = None, body: _Body | None = None,
+    def _request(self, method: str, url: str, what: str, *, headers: dict | None = None, body: PutBody | None = None,
                  data: bytes | None = None, stream: bool = False, done=None,
                  passthrough: tuple[int, ...] = ()) -> requests.Response | None:
         """Send one request, retried by :func:`escale.relay.retry.call` on transient failures;
@@ -603,18 +491,21 @@ class WebDAV(Relay):
         return None if r is retry.LANDED else r
 
     def _attempt(self, method: str, url: str, what: str, attempt: int, *, headers: dict | None = None,
-                 body: _Body | None = None, data: bytes | None = None, stream: bool = False,
+                 body: PutBody | None = None, data: bytes | None = None, stream: bool = False,
                  passthrough: tuple[int, ...] = ()) -> requests.Response:
         """One try of a request: a transient failure is raised as TransientRelayError (with
         the server's Retry-After), anything else but auth and quota (unless in
         ``passthrough``) is returned."""
-        payload = body.payload() if body is not None else data
+        payload = _payload(body) if body is not None else data
         try:
             r = self.session.request(method, url, headers=headers, data=payload, stream=stream,
                                      timeout=self.timeout, verify=self.verify, allow_redirects=False)
-        except _BodyError:
+        except SourceError:
             raise
-        except requests.exceptions.SSLError as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            if body is not None and body.error is not None:  # the local read failed, wrapped by requests
+                raise body.error from exc
+            raise self._transport_failure(method, what, exc) from exc
             raise RelayError(f"TLS connection to {self.address} failed: {_tls_reason(exc)}") from exc
         except _transport_errors() as exc:
             reason = _describe(exc)
@@ -641,6 +532,15 @@ class WebDAV(Relay):
         retry_after = self._retry_after(r)
         r.close()
         raise retry.transient(f"{method} {what or '/'} on {self.address} failed: {reason}", retry_after, reason)
+
+    def _transport_failure(self, method: str, what: str, exc: BaseException) -> RelayError:
+        """What a request that got no answer is: a TLS failure is final, a network one transient."""
+        if isinstance(exc, requests.exceptions.SSLError):
+            return RelayError(f"TLS connection to {self.address} failed: {_tls_reason(exc)}")
+        if isinstance(exc, _transport_errors()):
+            reason = _describe(exc)
+            return retry.transient(f"{method} {what or '/'} on {self.address} failed: {reason}", reason=reason)
+        return RelayError(f"{method} {what or '/'} on {self.address} failed: {_describe(exc)}")
 
     def _propfind(self, name: str, depth: str, collection: bool = True, body: bytes = _PROPFIND_BODY,
                   refused: tuple[int, ...] = ()) -> list[_Entry] | None:
@@ -1049,7 +949,7 @@ class WebDAV(Relay):
     def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
         check_name(name)
         folder, _, base = name.rpartition("/")
-        body = _Body(stream, size, name)
+        body = PutBody(stream, size, name)
         self._mkcol(folder)
         mode = self._create_strategy() if create_only else None
         if mode == "if-none-match":
@@ -1081,7 +981,7 @@ class WebDAV(Relay):
                 self._delete_quietly(tmp)
         return body.count
 
-    def _put_to(self, name: str, body: _Body, headers: dict | None = None, landed=None,
+    def _put_to(self, name: str, body: PutBody, headers: dict | None = None, landed=None,
                 create: bool = False) -> requests.Response | None:
         """PUT ``body`` to ``name`` (retried; a folder gone since is made again once).
         ``create``: the headers make it create-if-absent, and 412 is ObjectExists."""
@@ -1113,7 +1013,7 @@ class WebDAV(Relay):
                        recheck=(ObjectExists,) if create else (), replayable=lambda: body.replayable)
         return None if r is retry.LANDED else r
 
-    def _holds(self, name: str, body: _Body) -> bool:
+    def _holds(self, name: str, body: PutBody) -> bool:
         """Whether ``name`` holds exactly the bytes of ``body`` (the outcome check of a
         create whose answer was lost). Identical bytes from someone else cannot be told
         from ours, and are harmless: the object is what we meant to write."""
