@@ -244,6 +244,10 @@ class State:
     def want_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM wants").fetchone()[0]
 
+    def any_wants(self) -> bool:
+        """Whether any content is wanted: one EXISTS query, where a COUNT walks the table."""
+        return self.db.execute("SELECT EXISTS (SELECT 1 FROM wants)").fetchone()[0] == 1
+
     def wants_page(self, limit: int) -> list[tuple[str, str, str]]:
         """(path, digest, supplier) of the first ``limit`` wanted paths, in path order."""
         rows = self.db.execute("SELECT entry, supplier FROM wants ORDER BY path LIMIT ?", (limit,))
@@ -266,6 +270,10 @@ class State:
     def held(self) -> list[tuple[str, str, int]]:
         """(path, author, seq) of every version held back."""
         return [(from_db_key(p), a, s) for p, a, s in self.db.execute("SELECT path, author, seq FROM held")]
+
+    def any_held(self) -> bool:
+        """Whether any version is held back: one EXISTS query, never the rows."""
+        return self.db.execute("SELECT EXISTS (SELECT 1 FROM held)").fetchone()[0] == 1
 
     # -- local files escale could not write or read: an error every cycle until resolved ---
     def fail(self, path: str, message: str) -> None:

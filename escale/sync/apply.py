@@ -102,8 +102,8 @@ class Applier:
         self.failed_now = set()
         self.reask = False
         # usually both tables are empty: then no per-file query or delete is made for them
-        self.any_wants = self.ctx.state.want_count() > 0
-        self.any_held = bool(self.ctx.state.held())
+        self.any_wants = self.ctx.state.any_wants()
+        self.any_held = self.ctx.state.any_held()
 
     def apply_entry(self, objname: str, e: Entry, pusher: str, source, report: CycleReport, *,
                      supply: bool = False, seen=lambda b: False) -> None:
