@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import io
 import json
 import logging
 import os
@@ -151,29 +150,16 @@ def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
     return prefix + counter.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
 
-class _ChunkStream(io.RawIOBase):
-    """A readable stream that produces its bytes one AEAD chunk at a time (``_next``)."""
+class _ChunkStream(BlockReader):
+    """A readable stream that produces its bytes one AEAD chunk at a time (a block each,
+    handed out by :class:`~escale.stream.BlockReader` with no further copy)."""
 
     src: BinaryIO
-    out: bytearray
     done_all = False
 
-    def readable(self) -> bool:
-        return True
-
-    def _next(self) -> None:  # pragma: no cover - overridden
-        raise RuntimeError("abstract")
-
-    def readinto(self, b) -> int:
-        while not self.out and not self.done_all:
-            self._next()
-        n = min(len(b), len(self.out))
-        b[:n] = self.out[:n]
-        del self.out[:n]
-        return n
-
     def close(self) -> None:
-        self.src.close()
+        if not self.closed:
+            self.src.close()
         super().close()
 
 
@@ -182,31 +168,58 @@ class _Encryptor(_ChunkStream):
                  chunk: int):
         self.aead, self.aad, self.prefix, self.src = aead, aad, prefix, src
         self.size, self.total, self.chunk = size, total, chunk
-        self.out = bytearray(header)
+        self.header: bytes | None = header
         self.done = 0       # plaintext bytes (length prefix, data, padding) sealed so far
         self.src_left = size
         self.counter = 0
+        self._src_readinto = getattr(src, "readinto", None)
 
-    def _next(self) -> None:
-        """Seal the next chunk of the plaintext (length prefix, data, padding)."""
+    def _block(self) -> bytes | None:
+        """The header, then each sealed chunk; None after the last."""
+        if self.header is not None:
+            header, self.header = self.header, None
+            return header
+        if self.done_all:
+            return None
+        return self._next()
+
+    def _next(self) -> bytes:
+        """Seal the next chunk of the plaintext (length prefix, data, padding).
+
+        The source is read straight into the chunk's buffer (``readinto``; a
+        :class:`~escale.stream.HashingReader` hashes it there) and the buffer sealed as it
+        is: no copy of the plaintext on the way. The buffer starts zeroed, so whatever the
+        source does not fill (padding, or a source that ended early — the caller's digest
+        check catches that) is zeros."""
         n = min(self.chunk, self.total - self.done)
-        data = bytearray(LENGTH.pack(self.size)) if self.done == 0 else bytearray()
-        while len(data) < n and self.src_left > 0:
-            got = self.src.read(min(n - len(data), self.src_left))
-            if not got:
-                self.src_left = 0  # the source ended early; the caller's digest check catches it
-                break
-            data += got
-            self.src_left -= len(got)
-        data += bytes(n - len(data))  # padding (or a short source)
+        buf = bytearray(n)
+        have = 0
+        if self.done == 0:
+            buf[:LENGTH.size] = LENGTH.pack(self.size)
+            have = LENGTH.size
+        with memoryview(buf) as view:
+            while have < n and self.src_left > 0:
+                want = min(n - have, self.src_left)
+                if self._src_readinto is not None:
+                    got = self._src_readinto(view[have:have + want]) or 0
+                else:
+                    data = self.src.read(want)
+                    got = len(data)
+                    view[have:have + got] = data
+                if not got:
+                    self.src_left = 0  # the source ended early; the caller's digest check catches it
+                    break
+                have += got
+                self.src_left -= got
         last = self.done + n == self.total
-        self.out += self.aead.encrypt(_nonce(self.prefix, self.counter, last), bytes(data), self.aad)
+        sealed = self.aead.encrypt(_nonce(self.prefix, self.counter, last), buf, self.aad)
         self.counter += 1
         self.done += n
         self.done_all = last
+        return sealed
 
 
-class _Decryptor(BlockReader, _ChunkStream):
+class _Decryptor(_ChunkStream):
     def __init__(self, cipher: StreamCipher, name: str, src: BinaryIO):
         self.name, self.src = name, src
         head = read_exactly(src, HEADER_LEN)

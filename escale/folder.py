@@ -87,6 +87,9 @@ class PendingWrite:
 
 #: threads that fsync deferred writes at once (the disk, not the CPU, is what they wait for)
 FSYNC_THREADS = 8
+#: a download this large has its writeback started every WRITEBACK_STEP bytes (see
+#: :func:`_start_writeback`), so the ``fsync`` before its rename has little left to do
+WRITEBACK_STEP = 8 << 20
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -108,6 +111,25 @@ def _fsync_write(p: PendingWrite) -> BaseException | None:
     finally:
         os.close(p.fd)
         p.fd = -1
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``[offset, offset + length)`` of a file being
+    downloaded to disk now, without waiting for it.
+
+    Why: otherwise a 1 GiB download sits in the page cache until the ``fsync`` before its
+    rename, which then writes all of it while nothing else happens (~0.45 s per GiB here);
+    started as the bytes arrive, the disk works while the network does. Linux's
+    ``POSIX_FADV_DONTNEED`` starts the writeback of a range's dirty pages (and drops only
+    pages that are clean already). Only a hint: durability still comes from the ``fsync``
+    (unchanged), and where the call is missing or fails nothing else changes."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    try:
+        advise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except OSError as exc:  # a file system that refuses the hint
+        log.debug("no writeback hint: %s", exc)
+
 
 
 class Folder:
@@ -345,6 +367,7 @@ class Folder:
                     src = source if copy_from is None else self._open_local(copy_from)
                     try:
                         left = entry.size
+                        flushed = 0  # bytes whose writeback has been started
                         while left > 0:
                             data = src.read(min(BLOCK, left))
                             if not data:
@@ -353,6 +376,10 @@ class Folder:
                             out.write(data)
                             size += len(data)
                             left -= len(data)
+                            if size - flushed >= WRITEBACK_STEP and not defer:
+                                out.flush()
+                                _start_writeback(out.fileno(), flushed, size - flushed)
+                                flushed = size
                         if whole and src.read(1):
                             raise ContentMismatch(f"content of {target} is longer than announced")
                     finally:

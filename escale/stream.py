@@ -91,13 +91,21 @@ class HashingReader(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:
-        data = self.src.read(len(b))
-        if not data:
-            return 0
-        b[:len(data)] = data
-        self.hasher.update(data)
-        self.count += len(data)
-        return len(data)
+        """Read into ``b`` (straight from the source where it has ``readinto``: no copy) and
+        hash exactly the bytes read."""
+        readinto = getattr(self.src, "readinto", None)
+        if readinto is not None:
+            n = readinto(b) or 0
+            if n:
+                with memoryview(b) as view:
+                    self.hasher.update(view[:n])
+        else:
+            data = self.src.read(len(b))
+            n = len(data)
+            b[:n] = data
+            self.hasher.update(data)
+        self.count += n
+        return n
 
     def close(self) -> None:
         self.src.close()
@@ -126,25 +134,33 @@ class BlockReader(io.RawIOBase):
         """The next block (it may be empty: asked again), or None at the end."""
         raise NotImplementedError
 
-    def read(self, size: int | None = -1) -> bytes:
+    def _fill(self) -> bool:
+        """Make the current block one with bytes left to hand out; False at the end."""
         if self.closed:
             raise ValueError("read of a closed stream")
+        while self._pos >= len(self._cur):
+            if self._ended:
+                return False
+            block = self._block()
+            if block is None:
+                self._ended = True
+                self._cur, self._pos = b"", 0
+                return False
+            self._cur, self._pos = block, 0
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             parts = []
             while block := self.read(BLOCK):
                 parts.append(block)
             return b"".join(parts)
         if size == 0:
+            if self.closed:
+                raise ValueError("read of a closed stream")
             return b""
-        while self._pos >= len(self._cur):
-            if self._ended:
-                return b""
-            block = self._block()
-            if block is None:
-                self._ended = True
-                self._cur, self._pos = b"", 0
-                return b""
-            self._cur, self._pos = block, 0
+        if not self._fill():
+            return b""
         cur, pos = self._cur, self._pos
         if pos == 0 and size >= len(cur):
             self._cur = b""
@@ -158,9 +174,20 @@ class BlockReader(io.RawIOBase):
         return data
 
     def readinto(self, b) -> int:
-        data = self.read(len(b))
-        n = len(data)
-        b[:n] = data
+        """Copy straight from the current block into ``b`` (one copy; ``read`` and a
+        slice assignment would be two)."""
+        size = len(b)
+        if size == 0:
+            if self.closed:
+                raise ValueError("read of a closed stream")
+            return 0
+        if not self._fill():
+            return 0
+        cur, pos = self._cur, self._pos
+        n = min(size, len(cur) - pos)
+        with memoryview(cur) as view:
+            b[:n] = view[pos:pos + n]
+        self._pos = pos + n
         return n
 
     def readall(self) -> bytes:
