@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import shutil
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +209,8 @@ class Folder:
         return found
 
     def scan_folders(self, accept_file: Callable[[str], bool] | None, accept_dir: Callable[[str], bool],
-                     descend: Callable[[str], bool] | None = None) -> Iterator[tuple[str, dict[str, LocalFile]]]:
+                     descend: Callable[[str], bool] | None = None,
+                     tops: Iterable[str] = ("",)) -> Iterator[tuple[str, dict[str, LocalFile]]]:
         """Stat every file and folder (no hashing), one folder at a time: ``(folder, its
         accepted children)``, "" first; dot-files included, .escale/ never. Only one folder's
         listing is held at once, so memory does not grow with the folder's size.
@@ -217,7 +219,8 @@ class Folder:
         ``include directory = src/lib*`` still reaches ``src/library``); ``accept_dir``
         whether the folder itself is synced; ``accept_file`` None takes every file. Folders
         are entered by descriptor, never through a link. What could not be read is in :attr:`unreadable` (complete once the
-        walk ends).
+        walk ends). ``tops``: the folders to walk from (a watcher-driven scan walks only the
+        folders that changed; ``descend`` then says which of their subfolders are new).
         """
         descend = descend or accept_dir
         self.unreadable = {}
@@ -225,7 +228,8 @@ class Folder:
         def unreadable(rel: str, exc: OSError) -> None:
             self.unreadable[rel] = exc.strerror or str(exc)
 
-        for rel, _fd, entries in self.tree.walk(on_error=unreadable):
+        walks = (self.tree.walk(top.split("/") if top else (), on_error=unreadable) for top in tops)
+        for rel, _fd, entries in itertools.chain.from_iterable(walks):
             found: dict[str, LocalFile] = {}
             for d in list(entries):
                 relpath, st = d.path, d.st

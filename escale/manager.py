@@ -38,6 +38,7 @@ from .protocol import ObjectStore, RelayView, ack_name, list_relay, member_name,
 from .relay import Relay, backend_for, parse_address
 from .relay.split import Splitting
 from .state import InstanceLock, State
+from .watch import DEFAULT_FULL_SCAN, FolderWatcher
 from .sync.acks import Acks
 from .sync.apply import Applier
 from .sync.collect import Collector
@@ -110,7 +111,7 @@ class Manager:
                  maxpagesize=None, state_dir=None, trash_retention_days=30.0, name=None, push_only=False,
                  pull_only=False, passphrase=None, padding=True, strict_permissions=True, config_path=None,
                  identity: FolderIdentity | None = None, max_delete: DeleteLimit | str | None = None,
-                 repository_id=None, **relay_args):
+                 repository_id=None, full_scan=None, **relay_args):
         if isinstance(repository, AccessController):
             access, self._access_args = repository, None
         else:
@@ -157,6 +158,7 @@ class Manager:
         self._lock: InstanceLock | None = None
         self._connect_view: tuple[RelayView, float] | None = None  # connect's listing, for the first cycle
         self.wake = threading.Event()  # set by the folder watcher: something changed here
+        self.full_scan = DEFAULT_FULL_SCAN if full_scan is None else full_scan
         self.observers: list[Callable[[CycleReport], None]] = []  # told of each finished cycle
         # the parts of a cycle, each over the shared context
         self.members = Membership(self.ctx)
@@ -184,7 +186,7 @@ class Manager:
                    mode=cfg.mode, encryption=cfg.encryption, passphrase=cfg.passphrase, padding=cfg.padding,
                    strict_permissions=cfg.strict_permissions, config_path=cfg.config_path,
                    repository_id=cfg.repository_id,
-                   refresh=cfg.refresh, clientname=cfg.client_name, filetype=cfg.filetype,
+                   refresh=cfg.refresh, full_scan=cfg.full_scan, clientname=cfg.client_name, filetype=cfg.filetype,
                    include=cfg.include, exclude=cfg.exclude, count=cfg.puller_count, checksum=cfg.checksum,
                    checksum_cache=cfg.checksum_cache, includedirectory=cfg.include_directory,
                    excludedirectory=cfg.exclude_directory, quota=cfg.quota, maxpagesize=cfg.maxpagesize,
@@ -328,12 +330,9 @@ class Manager:
         if opened:
             self.open()
         connected = False
-        watcher = None
-        if not once:
-            from .watch import FolderWatcher
-
-            watcher = FolderWatcher(self.folder.root, self.wake)
-            watcher.start()
+        watcher = None if once else FolderWatcher(self.folder.root, self.wake, full_scan=self.full_scan)
+        if watcher is not None and watcher.start():  # it tells each cycle's scan which folders changed
+            self.pusher.scanner.watcher = watcher
         try:
             last_relay_error: str | None = None
             while True:
@@ -379,6 +378,7 @@ class Manager:
         finally:
             if watcher is not None:
                 watcher.stop()
+                self.pusher.scanner.watcher = None
             if opened:
                 self.close()
 

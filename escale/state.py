@@ -193,6 +193,29 @@ class State:
         """The keys (names.db_key) of every folder the base holds a row in (from the index)."""
         return (p for (p,) in self.db.execute("SELECT DISTINCT parent FROM base"))
 
+    def knows_folder(self, folder: str) -> bool:
+        """Whether the base holds the folder or a row in it (two indexed lookups): a
+        watcher-driven scan enters only folders it does not know (new ones)."""
+        key = db_key(folder)
+        return (self.db.execute("SELECT 1 FROM base WHERE parent = ? LIMIT 1", (key,)).fetchone() is not None
+                or self.db.execute("SELECT 1 FROM base WHERE path = ?", (key,)).fetchone() is not None)
+
+    def base_parents_within(self, folder: str) -> list[str]:
+        """The keys of the folders at or under ``folder`` that the base holds rows in (a
+        range of the parent index: the rows of a folder that vanished)."""
+        if not folder:
+            return list(self.base_parents())
+        key = db_key(folder)
+        found = [p for (p,) in self.db.execute("SELECT DISTINCT parent FROM base WHERE parent = ?", (key,))]
+        if not key.startswith(_RAW_PREFIX):
+            found += [p for (p,) in self.db.execute(
+                "SELECT DISTINCT parent FROM base WHERE parent >= ? AND parent < ?", (key + "/", key + "0"))]
+        inside = folder + "/"  # a name below that is not UTF-8 has a key of its own form
+        found += [p for (p,) in self.db.execute(
+            "SELECT DISTINCT parent FROM base WHERE parent >= '/raw/' AND parent < '/raw0'")
+            if p != key and from_db_key(p).startswith(inside)]
+        return found
+
     def base_entry(self, path: str) -> Entry | None:
         row = self.db.execute("SELECT entry FROM base WHERE path = ?", (db_key(path),)).fetchone()
         return _stored(row[0]) if row else None
@@ -295,6 +318,8 @@ class State:
     def set_seen(self, name: str, size: int, mtime: float, value) -> None:
         self.db.execute("REPLACE INTO seen VALUES (?, ?, ?, ?)", (name, size, mtime, json.dumps(value)))
 
+
+_RAW_PREFIX = db_key("\udcff")[:5]  # "/raw/": how a key of a name that is not UTF-8 starts
 
 #: columns the pusher compares, beside the row's JSON (which stays the record)
 _BASE_COLUMNS = (("parent", "TEXT"), ("kind", "TEXT"), ("hash", "TEXT"), ("mode", "INTEGER"))

@@ -14,6 +14,7 @@ import platformdirs
 
 from ..deletions import DEFAULT_MAX_DELETE, DeleteLimit
 from ..marker import FolderIdentity
+from ..watch import DEFAULT_FULL_SCAN
 
 DEFAULT_REFRESH = 30.0
 DEFAULT_MAXPAGESIZE = 200 * 10**6
@@ -54,6 +55,8 @@ class RepositoryConfig:
     client_name: str
     mode: str = "shared"
     refresh: float = DEFAULT_REFRESH
+    #: seconds between two full scans of the folder while the watcher reports changes; 0: every cycle
+    full_scan: float = DEFAULT_FULL_SCAN
     quota: int | None = None
     puller_count: int | None = None
     include: list[str] = field(default_factory=list)

@@ -62,6 +62,7 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
     _o("push_only", "push only", "read only"),
     _o("pull_only", "pull only", "write only"),
     _o("refresh", "refresh"),
+    _o("full_scan", "full scan", "full scan interval", "rescan"),
     _o("quota", "disk quota", "quota"),
     _o("puller_count", "puller count", "pullers"),
     _o("include", "include", "include files", "filter", "pattern"),

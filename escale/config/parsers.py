@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from ..values import _FALSE, _TRUE, parse_bool, parse_size
-from .model import DEFAULT_CHECKSUM, DEFAULT_REFRESH, LOG_LEVELS, MAX_CLIENT_NAME
+from .model import DEFAULT_CHECKSUM, DEFAULT_FULL_SCAN, DEFAULT_REFRESH, LOG_LEVELS, MAX_CLIENT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,23 @@ def _parse_refresh(text: str) -> float:
     if x <= 0:
         raise ValueError("must be a number of seconds greater than 0 "
                          f"(the pause between two synchronisation cycles; default {DEFAULT_REFRESH:g})")
+    return x
+
+
+def _parse_full_scan(text: str) -> float:
+    t = text.strip().lower()
+    if t in _TRUE - {"1"}:
+        return DEFAULT_FULL_SCAN
+    if t in ("always", "every cycle"):
+        return 0.0
+    if t in _FALSE - {"0"}:
+        raise ValueError("full scans cannot be turned off (they find what the folder watcher missed); give "
+                         f"the longest time between two in seconds (default {DEFAULT_FULL_SCAN:g}), or 0 to "
+                         "scan the whole folder every cycle")
+    x = _parse_float(t)
+    if x < 0:
+        raise ValueError("must be a number of seconds, 0 or more (0: the whole folder every cycle; "
+                         f"default {DEFAULT_FULL_SCAN:g})")
     return x
 
 

@@ -15,12 +15,12 @@ from ..errors import ConfigError
 from ..relay import BACKENDS, backend_for, parse_address, split_network_address
 from ..repository_id import parse_id
 from ..values import parse_bool
-from .model import (DEFAULT_CHECKSUM, DEFAULT_MAXPAGESIZE, DEFAULT_REFRESH, DEFAULT_TRASH_RETENTION_DAYS,
+from .model import (DEFAULT_CHECKSUM, DEFAULT_FULL_SCAN, DEFAULT_MAXPAGESIZE, DEFAULT_REFRESH, DEFAULT_TRASH_RETENTION_DAYS,
                     GlobalConfig, RepositoryConfig, _sanitize)
 from .options import RELAY, _key, backend_label, lookup_option, option_table
 from .parsers import (_parse_abs_path, _parse_checksum, _parse_checksum_cache, _parse_client_name,
                       _parse_command, _parse_encryption, _parse_extensions, _parse_index, _parse_int, _parse_list,
-                      _parse_mode, _parse_port, _parse_positive_size, _parse_quota, _parse_refresh,
+                      _parse_full_scan, _parse_mode, _parse_port, _parse_positive_size, _parse_quota, _parse_refresh,
                       _parse_timestamp, _parse_trash)
 from .read import _Section, _Value, _where
 
@@ -347,6 +347,7 @@ def _build_repository(name: str, vals: dict[str, _Value], path: Path | None,
         client_name=client_name,
         mode=mode or "shared",
         refresh=sec.get("refresh", _parse_refresh, DEFAULT_REFRESH),
+        full_scan=sec.get("full_scan", _parse_full_scan, DEFAULT_FULL_SCAN),
         quota=sec.get("quota", _parse_quota, None),
         puller_count=sec.get("puller_count", lambda t: _parse_int(t, 1), None),
         include=sec.get("include", _parse_list, []),

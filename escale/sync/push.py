@@ -18,7 +18,6 @@ import time
 from dataclasses import replace
 from typing import BinaryIO
 
-from ..checksum import FileChangedError
 from ..deletions import (CONFIRMED_KEY, HELD_KEY, DeletionGuard, dump_paths, is_file_deletion,
                          load_paths)
 from ..errors import EscaleError, IntegrityError, QuotaExceeded
@@ -26,7 +25,6 @@ from ..folder import TMP_MARK
 from ..fsnames import is_state_name
 from ..index import FILE, GONE, Entry, LocalFile
 from ..names import db_key
-from ..plan import Changes, folder_changes
 from ..protocol import (BLOB, INLINE, NONE, UPDATE_MAGIC, Item, ObjectStore, RelayView, UpdateHeader, blob_name,
                         reservation_name, update_name)
 from ..state import Published
@@ -36,6 +34,7 @@ from .context import BLOB_THRESHOLD, Repo, Stoppable
 from .report import CycleReport
 from .membership import Membership
 from .quota import Quota
+from .scan import Scanner
 
 log = logging.getLogger(__name__)
 
@@ -50,84 +49,36 @@ class Pusher:
         self.ctx, self.members, self.acks, self.quota = ctx, members, acks, quota
         self.deletions = deletions
         self.deletions_held = False  # read from the state when it is opened
-        self.scanned: dict[str, LocalFile] = {}  # the last scan: what is sent is opened again as that file
+        self.scanner = Scanner(ctx)
+
+    @property
+    def scanned(self) -> dict[str, LocalFile]:
+        """The last scan's changed files: what is sent is opened again as that very file."""
+        return self.scanner.scanned
 
     def push(self, view: RelayView, report: CycleReport) -> CycleReport:
-        """Scan the folder; publish its changes and the contents others asked us for."""
+        """Scan the folder (escale/sync/scan.py: only what changed when a watcher runs);
+        publish its changes and the contents others asked us for."""
+        complete = False
         unsettled: set[str] = set()  # there but unreadable or changing: neither sent nor deleted
-        changes = self._scan(unsettled, report)
-        changes = self._guard_deletions(changes, report)
-        supplies = self._supplies(view)
-        items = [self._item(e) for e in changes] + supplies
-        report.unpublished = len(unsettled) + len(self.held_deletions())
-        if not items:
+        changes = self.scanner.changes(unsettled, report)
+        try:
+            changes = self._guard_deletions(changes, report)
+            supplies = self._supplies(view)
+            items = [self._item(e) for e in changes] + supplies
+            report.unpublished = len(unsettled) + len(self.held_deletions())
+            left = len(changes)
+            for batch in self._batches(items, report) if items else ():
+                self.ctx.check_stop()
+                if not self._publish(batch, report):
+                    report.waiting_for_room = True
+                    break
+                left -= sum(1 for i in batch if not i.supply)
+            report.unpublished += max(0, left) if report.waiting_for_room else 0
+            complete = not report.waiting_for_room and not self.deletions_held
             return report
-        left = len(changes)
-        for batch in self._batches(items, report):
-            self.ctx.check_stop()
-            if not self._publish(batch, report):
-                report.waiting_for_room = True
-                break
-            left -= sum(1 for i in batch if not i.supply)
-        report.unpublished += max(0, left) if report.waiting_for_room else 0
-        return report
-
-    def _scan(self, unsettled: set[str], report: CycleReport) -> list[Entry]:
-        """Walk the folder one folder at a time and compare each with that folder's base
-        and checksum rows (one query each): memory and work per unchanged file stay small,
-        and only what changed becomes an Entry (plan.folder_changes). Base rows of folders
-        the walk did not reach are deletions — unless the walk could not read them."""
-        def descend(path: str) -> bool:  # a walk of millions of folders still stops on SIGTERM
-            self.ctx.check_stop()
-            return self.ctx.filter.may_descend(path)
-
-        folder, cache, state = self.ctx.folder, self.ctx.cache, self.ctx.state
-        self.scanned = {}  # what is sent is opened again as the very file the scan saw
-        blind = folder.unreadable  # what the scan could not even list (filled as the walk goes)
-
-        def in_scope(p: str, k: str) -> bool:
-            return p not in unsettled and not (blind and _within(p, blind)) and self.ctx.scope_push(p, k)
-
-        into = Changes()
-        walked: set[str] = set()
-        with cache.batch():
-            flt = self.ctx.filter
-            for rel, found in folder.scan_folders(None if flt.accepts_every_file else flt.accepts_file,
-                                                  flt.accepts_dir, descend):
-                blind = folder.unreadable
-                walked.add(db_key(rel))
-                known = cache.folder(rel)
-                for lf in found.values():
-                    if lf.kind != FILE:
-                        continue
-                    row = known.pop(lf.path, None)
-                    if row is not None and row[:3] == (lf.size, lf.mtime_ns, lf.inode):
-                        lf.hash = row[3]
-                        continue
-                    self.ctx.check_stop()
-                    try:
-                        folder.fill_hash(lf)
-                    except (FileChangedError, FileNotFoundError) as exc:
-                        log.info("%s: %s is changing; will send it once it settles (%s)", self.ctx.name, lf.path,
-                                 exc)
-                        unsettled.add(lf.path)
-                    except OSError as exc:  # stays an error every cycle until it can be read
-                        report.error(f"{lf.path}: cannot read it ({exc.strerror or exc}); not sent until it "
-                                     "can be read")
-                        unsettled.add(lf.path)
-                if known:  # files gone from this folder
-                    cache.forget_all(p for p in known if p not in found)
-                for lf in folder_changes(found, state.base_folder(rel), into, me=self.ctx.me, in_scope=in_scope):
-                    self.scanned[lf.path] = lf
-            blind = folder.unreadable
-            for rel, why in sorted(blind.items()):
-                report.error(f"{rel or 'the synced folder'}: cannot read it ({why}); what it holds is neither "
-                             "sent nor deleted until it can be read")
-            cache.forget_folders(cache.parents() - walked)
-        self.ctx.check_folder()  # unmounted during the scan: what it missed is not deleted
-        for key in set(state.base_parents()) - walked:  # folders gone (or not walked): their rows
-            folder_changes({}, state.base_folder_key(key), into, me=self.ctx.me, in_scope=in_scope)
-        return into.ordered(keep=lambda e: not (blind and _within(e.path, blind)))
+        finally:
+            self.scanner.done(complete)
 
     def _guard_deletions(self, changes: list[Entry], report: CycleReport) -> list[Entry]:
         """Hold back a scan's deletions beyond ``max delete`` until the user confirms them
@@ -427,16 +378,6 @@ class Pusher:
                     self.ctx.state.clear_outbox(seq)
                 self.ctx.outbox.discard(seq)
                 log.info("%s: rolled back update %d interrupted before it was sent", self.ctx.name, seq)
-
-
-def _within(path: str, places: dict[str, str]) -> bool:
-    """Is ``path`` one of ``places`` or inside one ("" is the whole folder)?"""
-    while True:
-        if path in places:
-            return True
-        if not path:
-            return False
-        path = path.rpartition("/")[0]
 
 
 def _head_bytes(item: Item) -> int:

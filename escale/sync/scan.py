@@ -1,0 +1,169 @@
+"""Scan: what changed in the synced folder since the base (the last synced state).
+
+A full scan walks every folder, one at a time, against that folder's base and checksum
+rows. With the daemon's folder watcher (escale/watch.py) a cycle walks only the folders
+the watcher saw change, and the new folders below them: an idle cycle lists nothing.
+The watcher decides when its word cannot be trusted (then the scan is full); a scan
+whose changes were not all published hands its folders back (:meth:`Scanner.done`).
+"""
+from __future__ import annotations
+
+import logging
+import stat
+
+from ..checksum import FileChangedError
+from ..errors import EscaleError
+from ..folder import TMP_MARK, LocalChanged
+from ..fsnames import is_state_name
+from ..index import FILE, Entry, LocalFile
+from ..names import db_key
+from ..plan import Changes, folder_changes
+from .context import Repo
+from .report import CycleReport
+
+log = logging.getLogger(__name__)
+
+
+class Scanner:
+    """Finds the local changes of one repository, cycle after cycle."""
+
+    def __init__(self, ctx: Repo):
+        self.ctx = ctx
+        self.watcher = None  # the daemon's FolderWatcher, while it runs
+        self.scanned: dict[str, LocalFile] = {}  # the last scan's changed files, as seen
+        self.walked = 0  # how many folders the last scan listed
+        self.again: set[str] = set()  # folders to scan next time anyway (changing files, unreadable)
+        self._taken: set[str] | None = None
+
+    def done(self, complete: bool) -> None:
+        """The changes of the last scan were all published (``complete``), or not: then the
+        watcher hands the same folders to the next scan."""
+        if self.watcher is not None:
+            self.watcher.finished(self._taken, complete, self.again)
+
+    def changes(self, unsettled: set[str], report: CycleReport) -> list[Entry]:
+        """What changed since the base, in publishing order; paths found but not settled
+        (changing, unreadable) are added to ``unsettled``. Hand the outcome to :meth:`done`.
+
+        Walk the folder one folder at a time and compare each with that folder's base
+        and checksum rows (one query each): memory and work per unchanged file stay small,
+        and only what changed becomes an Entry (plan.folder_changes). Base rows of folders
+        the walk did not reach are deletions — unless the walk could not read them.
+
+        With ``changed`` (a watcher's folders), only those are walked, each with the new
+        folders below it; the rows of a changed folder that is gone are deletions."""
+        def descend(path: str) -> bool:  # a walk of millions of folders still stops on SIGTERM
+            self.ctx.check_stop()
+            return self.ctx.filter.may_descend(path)
+
+        changed = self._taken = self.watcher.take() if self.watcher is not None else None
+        folder, cache, state = self.ctx.folder, self.ctx.cache, self.ctx.state
+        self.scanned = {}  # what is sent is opened again as the very file the scan saw
+        blind = folder.unreadable = {}  # what the scan could not even list (filled as the walk goes)
+
+        def in_scope(p: str, k: str) -> bool:
+            return p not in unsettled and not (blind and _within(p, blind)) and self.ctx.scope_push(p, k)
+
+        into = Changes()
+        walked: set[str] = set()
+        tops: list[str] = [""]
+        vanished: list[str] = []
+        chosen = self._changed_folders(changed) if changed is not None else None
+        if chosen is None:
+            changed = None
+        else:
+            tops, vanished = chosen
+        enter = descend if changed is None else (  # below a changed folder, only the new folders
+            lambda path, walked_anyway=frozenset(tops): (path not in walked_anyway and descend(path)
+                                                         and not state.knows_folder(path)))
+        with cache.batch():
+            flt = self.ctx.filter
+            for rel, found in folder.scan_folders(None if flt.accepts_every_file else flt.accepts_file,
+                                                  flt.accepts_dir, enter, tops):
+                blind = folder.unreadable
+                walked.add(db_key(rel))
+                known = cache.folder(rel)
+                for lf in found.values():
+                    if lf.kind != FILE:
+                        continue
+                    row = known.pop(lf.path, None)
+                    if row is not None and row[:3] == (lf.size, lf.mtime_ns, lf.inode):
+                        lf.hash = row[3]
+                        continue
+                    self.ctx.check_stop()
+                    try:
+                        folder.fill_hash(lf)
+                    except (FileChangedError, FileNotFoundError) as exc:
+                        log.info("%s: %s is changing; will send it once it settles (%s)", self.ctx.name, lf.path,
+                                 exc)
+                        unsettled.add(lf.path)
+                    except OSError as exc:  # stays an error every cycle until it can be read
+                        report.error(f"{lf.path}: cannot read it ({exc.strerror or exc}); not sent until it "
+                                     "can be read")
+                        unsettled.add(lf.path)
+                if known:  # files gone from this folder
+                    cache.forget_all(p for p in known if p not in found)
+                for lf in folder_changes(found, state.base_folder(rel), into, me=self.ctx.me, in_scope=in_scope):
+                    self.scanned[lf.path] = lf
+            blind = folder.unreadable
+            for rel, why in sorted(blind.items()):
+                report.error(f"{rel or 'the synced folder'}: cannot read it ({why}); what it holds is neither "
+                             "sent nor deleted until it can be read")
+            if changed is None:
+                gone = set(state.base_parents()) - walked  # folders gone (or not walked): their rows
+                cache.forget_folders(cache.parents() - walked)
+            else:
+                gone = {key for v in vanished for key in state.base_parents_within(v)} - walked
+                cache.forget_folders(gone)
+        self.walked = len(walked)  # folders listed (status and tests: O(changes) with a watcher)
+        self.again = {p.rpartition("/")[0] for p in unsettled} | set(blind)
+        self.ctx.check_folder()  # unmounted during the scan: what it missed is not deleted
+        for key in gone:
+            folder_changes({}, state.base_folder_key(key), into, me=self.ctx.me, in_scope=in_scope)
+        return into.ordered(keep=lambda e: not (blind and _within(e.path, blind)))
+
+    def _changed_folders(self, changed: set[str]) -> tuple[list[str], list[str]] | None:
+        """(folders to walk, folders gone) from a watcher's changed folders: those the scan
+        would not enter (filtered, escale's own) are dropped; a folder that is no longer
+        one is gone, and its parent is walked instead. None if one cannot be looked at
+        (the whole folder is scanned then: its rules for unreadable folders apply)."""
+        flt, folder = self.ctx.filter, self.ctx.folder
+        is_folder: dict[str, bool] = {"": True}
+
+        def there(rel: str) -> bool:
+            if rel not in is_folder:
+                try:
+                    st = folder.lstat(rel)
+                except (LocalChanged, FileNotFoundError, NotADirectoryError):  # a link or a file on the way
+                    st = None
+                is_folder[rel] = st is not None and stat.S_ISDIR(st.st_mode)
+            return is_folder[rel]
+
+        tops: set[str] = set()
+        vanished: set[str] = set()
+        for rel in changed:
+            parts = rel.split("/") if rel else []
+            if parts and (is_state_name(parts[0]) or any(TMP_MARK in p for p in parts)
+                          or not all(flt.may_descend("/".join(parts[:i + 1])) for i in range(len(parts)))):
+                continue
+            try:
+                while not there(rel):  # gone: the nearest folder still there says what replaced it
+                    vanished.add(rel)
+                    rel = rel.rpartition("/")[0]
+            except (EscaleError, OSError, ValueError) as exc:  # unreadable: the full scan's rules decide
+                log.info("%s: %s: %s; scanning the whole folder", self.ctx.name, rel, exc)
+                return None
+            tops.add(rel)
+        gone = dict.fromkeys(vanished)
+        outer = [v for v in vanished if not _within(v.rpartition("/")[0], gone)]  # the rest is inside
+        return sorted(tops, key=lambda t: (t.count("/") if t else -1, t)), sorted(outer)
+
+
+def _within(path: str, places: dict[str, str]) -> bool:
+    """Is ``path`` one of ``places`` or inside one ("" is the whole folder)?"""
+    while True:
+        if path in places:
+            return True
+        if not path:
+            return False
+        path = path.rpartition("/")[0]
