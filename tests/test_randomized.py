@@ -192,3 +192,68 @@ def test_random_edits_renames_deletes_kills_lose_nothing(tmp_path, seed, kills):
         lost = oracle.alive() - tokens_in(c.folder)
         assert not lost, f"seed {seed}: {c.name} lost contents no user deleted: {sorted(lost)[:10]}\n{log}"
         assert temp_files(c.folder) == [], f"seed {seed}: temporary files left in {c.name}"
+
+
+@pytest.mark.parametrize("seed", [5, 17])
+def test_random_edits_under_running_daemons_lose_nothing(tmp_path, seed):
+    """The same users and oracle, but the clients are daemons running all along (their
+    folder watchers drive the cycles: only changed folders are scanned), edited while they
+    run and now and then killed with -9 and started again."""
+    rng = random.Random(seed)
+    key = tmp_path / "repo.key"
+    key.write_text(base64.b64encode(rng.randbytes(32)).decode() + "\n")
+    key.chmod(0o600)
+    cluster = Cluster(tmp_path, relay_conf=f"passphrase = {key}\npadding = on\n", kind="encrypted")
+    clients = [cluster.add(n, extra="full scan = 3600\n") for n in ("A", "B", "C")]
+    history: list[str] = [f"seed {seed}, daemons"]
+    oracle = Oracle()
+
+    def start(c) -> subprocess.Popen:
+        log = open(tmp_path / f"daemon-{c.name}.log", "a")
+        try:
+            return subprocess.Popen(c.cmd(), stdout=log, stderr=log, env=cluster.env)
+        finally:
+            log.close()
+
+    procs = {c.name: start(c) for c in clients}
+    trees: list = []
+    try:
+        for _ in range(STEPS):
+            r = rng.random()
+            if r < 0.85:
+                history.append(user_step(rng, oracle, rng.choice(clients)))
+                time.sleep(rng.uniform(0, 0.4))
+            elif r < 0.93:
+                c = rng.choice(clients)
+                kill9(procs[c.name])
+                procs[c.name] = start(c)
+                history.append(f"kill -9 {c.name}'s daemon, started again")
+            else:
+                time.sleep(rng.uniform(1, 3))
+                history.append("pause")
+        stable, end = 0, time.monotonic() + 240
+        while time.monotonic() < end and stable < 3:  # the same, equal trees three seconds running
+            time.sleep(1)
+            now = [content_tree(c.folder) for c in clients]
+            stable = stable + 1 if all(t == now[0] for t in now) and now == trees else 0
+            trees = now
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            p.wait(timeout=60)
+    log = "\n".join(history[-40:])
+    for c in clients:
+        text = (tmp_path / f"daemon-{c.name}.log").read_text()
+        assert "Traceback" not in text, f"seed {seed}: {c.name}'s daemon:\n{text[-3000:]}"
+    for c, t in zip(clients, trees):
+        assert t == trees[0], (f"seed {seed}: {c.name} differs from A: only in A "
+                               f"{sorted(set(trees[0]) - set(t))[:5]}, only in {c.name} "
+                               f"{sorted(set(t) - set(trees[0]))[:5]}\n{log}")
+    assert oracle.alive() and any(t for t in trees[0].values()), f"seed {seed}: the run synced nothing\n{log}"
+    for c in clients:
+        r = c.once(check=False)
+        assert r.code == 0, f"seed {seed}: {c.name} does not end clean: {r}\n{log}"
+        lost = oracle.alive() - tokens_in(c.folder)
+        assert not lost, f"seed {seed}: {c.name} lost contents no user deleted: {sorted(lost)[:10]}\n{log}"
+        assert temp_files(c.folder) == [], f"seed {seed}: temporary files left in {c.name}"

@@ -113,6 +113,10 @@ def test_an_idle_watched_cycle_lists_no_folder_and_a_change_lists_its_folder(clu
     r = w.cycle()
     assert r.files == [("sent", "d3/new/x.txt")]
     assert w.m.pusher.scanner.walked == 2  # d3, and d3/new (new: walked from d3)
+    (a.folder / "d3" / "f0.txt").write_text("changed too\n")
+    r = w.cycle()
+    assert r.files == [("sent", "d3/f0.txt")]
+    assert w.m.pusher.scanner.walked == 1  # d3 only: d3/new is known now, and did not change
     assert w.full_cycle().sent == 0
 
 

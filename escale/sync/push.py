@@ -61,9 +61,8 @@ class Pusher:
         publish its changes and the contents others asked us for."""
         complete = False
         unsettled: set[str] = set()  # there but unreadable or changing: neither sent nor deleted
-        changes = self.scanner.changes(unsettled, report)
         try:
-            changes = self._guard_deletions(changes, report)
+            changes = self._guard_deletions(self.scanner.changes(unsettled, report), report)
             supplies = self._supplies(view)
             items = [self._item(e) for e in changes] + supplies
             report.unpublished = len(unsettled) + len(self.held_deletions())
