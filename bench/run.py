@@ -107,6 +107,9 @@ SUITE = [
     Bench("propagation", "Propagation delay and idle requests of two daemons", "bench_propagation.py",
           ["--samples", "5", "--idle", "30", "--relays", "file,webdav"], ["--samples", "2", "--idle", "2", "--relays", "file"],
           kind="text", needs=("wsgidav", "cheroot"), peer="none (rclone has no daemon that syncs both ways)"),
+    Bench("watch", "Daemon cycles with the folder watcher, 100,000 files", "bench_watch.py",
+          ["--files", "100000", "--window", "20"], ["--files", "2000", "--window", "4"], kind="text",
+          peer="the same daemon scanning the whole folder every cycle (`full scan = 0`); rclone has no daemon"),
     Bench("padding", "Space cost of padding", "bench_padding.py", [], None, kind="text",
           peer="none (sizes, not times: deterministic, one run)"),
 ]
@@ -438,6 +441,7 @@ def target_rows(by: dict[str, Outcome]) -> list[tuple[str, str, str, str, str]]:
     else:
         rows.append(("memory per synced file", _not("idle-small", by), "—", "≤ 0.3 KiB/file", "?"))
     rows.append(scale_row(by))
+    rows.append(watch_row(by))
     rv = _find(idle, "rclone version")
     e = _find(idle, "encrypted", "later")
     rows.append(("encrypted `--once` after the first run", _cpu(e) if e else _not("idle", by),
@@ -470,6 +474,24 @@ def scale_row(by: dict) -> tuple:
     met = _met(worst < 300) if n >= 1_000_000 else f"? (measured at {n:,} files, not 1,000,000)"
     return (f"first sync of {n:,} files, file:// (peak RSS; one run)", f"{text}; {worst * 1024 / n:.2f} KiB/file",
             "—", target, met)
+
+
+WATCH_ROW = re.compile(r"\|\s*(watched|full scan every cycle)[^|]*\|\s*(\d+)\s*\|\s*(\d+) ms\s*\|\s*(\d+)\s*\|"
+                       r"\s*(\d+) ms")
+
+
+def watch_row(by: dict) -> tuple:
+    """bench_watch: the daemon's CPU per cycle, watcher-driven against a full scan every cycle."""
+    o = by.get("watch")
+    got = {m[1]: (int(m[3]), int(m[5])) for m in WATCH_ROW.finditer(o.text if o else "")}
+    n = re.search(r"at ([\d,]+) files", o.text if o else "")
+    label = f"daemon cycle with the watcher running, {n[1] if n else 'many'} files (CPU per cycle: idle / 1 edit a second)"
+    target = "O(changes), not O(files)"
+    if "watched" not in got or "full scan every cycle" not in got:
+        return (label, _not("watch", by), "—", target, "?")
+    (wi, wb), (fi, fb) = got["watched"], got["full scan every cycle"]
+    return (label, f"{wi} / {wb} ms", f"{fi} / {fb} ms (the same daemon, `full scan = 0`)", target,
+            _met(wi * 10 <= fi and wb * 5 <= fb))
 
 
 def _files(o: Outcome | None) -> int | None:
@@ -545,7 +567,7 @@ def local50k_row(by: dict) -> tuple:
 
 
 #: a target row (by a word of its label) -> a word of the hand-written section that analyses it
-ANALYSIS = (("requests", "idle cycle"), ("idle", "idle cycle"), ("memory", "idle cycle"), ("start", "idle cycle"), ("encrypted", "idle cycle"),
+ANALYSIS = (("daemon cycle", "watcher"), ("requests", "idle cycle"), ("idle", "idle cycle"), ("memory", "idle cycle"), ("start", "idle cycle"), ("encrypted", "idle cycle"),
             ("version", "idle cycle"), ("GiB", "Large files"), ("MB file", "Large files"),
             ("large file", "Large files"), ("KiB", "Small files"), ("small files", "Small files"),
             ("first sync of", "idle cycle"))
