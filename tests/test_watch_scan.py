@@ -292,3 +292,25 @@ def test_only_local_file_systems_are_trusted(tmp_path):
     assert filesystem_type(Path("/mnt/nas/sync"), str(mounts)) == "nfs4"
     assert filesystem_type(Path("/mnt/my drive/x"), str(mounts)) == "fuse.sshfs"
     assert filesystem_type(Path("/mnt/nasty"), str(mounts)) == "ext4"  # a prefix of a name is not the mount
+
+
+def test_a_file_system_mounted_inside_the_folder_makes_every_scan_full(cluster, watched):
+    """A mount point inside the synced folder (a NAS share, a USB disk): inotify does not see
+    what changes there through another path or machine, so the watcher is not trusted."""
+    import subprocess
+
+    a = cluster.add("a")
+    (a.folder / "share").mkdir()
+    (a.folder / "plain").mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "escale-test", str(a.folder / "share")],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (a.folder / "share" / "x.txt").write_text("x")
+        w = watched(a)
+        w.cycle()
+        assert not w.watcher.trusted
+        w.cycle()
+        assert w.m.pusher.scanner.walked == 3  # the top, plain and share: every cycle scans it all
+    finally:
+        subprocess.run(["umount", "-l", str(a.folder / "share")], capture_output=True)

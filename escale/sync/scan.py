@@ -9,6 +9,7 @@ whose changes were not all published hands its folders back (:meth:`Scanner.done
 from __future__ import annotations
 
 import logging
+import os
 import stat
 
 from ..checksum import FileChangedError
@@ -34,6 +35,20 @@ class Scanner:
         self.walked = 0  # how many folders the last scan listed
         self.again: set[str] = set()  # folders to scan next time anyway (changing files, unreadable)
         self._taken: set[str] | None = None
+
+    def _root_dev(self) -> int | None:
+        try:
+            return os.stat(self.ctx.folder.root).st_dev
+        except OSError:
+            return None
+
+    def _another_file_system(self, path: str) -> None:
+        """A mount point inside the synced folder: inotify does not report what another
+        machine or path changes there, so the watcher is not trusted any more (every cycle
+        scans the whole folder, as without it)."""
+        log.info("%s: %s is on another file system than the synced folder; every cycle scans the whole "
+                 "folder", self.ctx.name, path)
+        self.watcher.trusted = False
 
     def done(self, complete: bool) -> None:
         """The changes of the last scan were all published (``complete``), or not: then the
@@ -66,6 +81,8 @@ class Scanner:
 
         into = Changes()
         walked: set[str] = set()
+        # a file system mounted inside the folder: its changes may not reach the watcher
+        root_dev = self._root_dev() if self.watcher is not None and self.watcher.trusted else None
         tops: list[str] = [""]
         vanished: list[str] = []
         chosen = self._changed_folders(changed) if changed is not None else None
@@ -84,6 +101,9 @@ class Scanner:
                 walked.add(db_key(rel))
                 known = cache.folder(rel)
                 for lf in found.values():
+                    if lf.dev != root_dev and root_dev is not None:
+                        self._another_file_system(lf.path)
+                        root_dev = None
                     if lf.kind != FILE:
                         continue
                     row = known.pop(lf.path, None)
