@@ -64,7 +64,7 @@ SIGNATURE = 64
 CARD_PAD = 1024
 _CID = r"[0-9a-f]{16}"
 _CID_RE = re.compile(rf"^{_CID}$")
-_NAME_RE = re.compile(rf"^(?:(?P<kind>[mjasqrn])/(?P<cid>{_CID})"
+_NAME_RE = re.compile(rf"^(?:(?P<kind>[masqrn])/(?P<cid>{_CID})"
                       rf"|u/(?P<ucid>{_CID})/(?P<useq>[1-9][0-9]{{0,17}})"
                       rf"|b/(?P<bcid>{_CID})/(?P<bseq>[1-9][0-9]{{0,17}})/(?P<bn>0|[1-9][0-9]{{0,8}}))$")
 
@@ -135,11 +135,8 @@ class RelayView:
                 view.blobs.setdefault((m["bcid"], int(m["bseq"])), []).append(info)
             else:
                 table = {"m": view.members, "a": view.acks, "s": view.snapshots,
-                         "q": view.requests, "r": view.reservations, "n": view.notices}.get(m["kind"])
-                if table is None:
-                    view.unknown.append(info.name)
-                else:
-                    table[m["cid"]] = info
+                         "q": view.requests, "r": view.reservations, "n": view.notices}[m["kind"]]
+                table[m["cid"]] = info
         return view
 
     def pushers(self) -> set[str]:
