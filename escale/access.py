@@ -20,6 +20,7 @@ same state around (a split is due once the mode and the path gate grow).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -102,13 +103,7 @@ def check_relpath(root: str | os.PathLike[str], relpath: str) -> None:
     """
     if not isinstance(relpath, str):
         raise UnsafePath(repr(relpath), "path is not a string")
-    if relpath in _checked:  # its spelling passed a moment ago: only the folders are looked at again
-        parts = relpath.split("/")
-    else:
-        parts = _check_spelling(relpath)
-        if len(_checked) >= _CHECKED_MAX:
-            _checked.clear()
-        _checked.add(relpath)
+    parts = _spelling(relpath)  # remembered: a pulled file is checked by the applier, then each folder step
     base = os.fspath(root)
     current = base
     for i, part in enumerate(parts[:-1]):
@@ -123,14 +118,20 @@ def check_relpath(root: str | os.PathLike[str], relpath: str) -> None:
             raise UnsafePath(relpath, f"folder {'/'.join(parts[:i + 1])!r} is a symbolic link")
 
 
-#: paths whose spelling passed (a pulled file is checked by the applier, then by each
-#: folder operation on it): those rules depend on the string alone, so it is checked once
-_checked: set[str] = set()
-_CHECKED_MAX = 4096
+@functools.lru_cache(maxsize=4096)
+def _spelling(relpath: str) -> tuple[str, ...]:
+    """The checks of :func:`check_relpath` that depend on the string alone; its parts.
 
-
-def _check_spelling(relpath: str) -> list[str]:
-    """The checks of :func:`check_relpath` that depend on the string alone; its parts."""
+    Remembered for the last 4096 paths that passed, in one table for the whole process
+    rather than one per folder or client: the answer is a function of the string alone
+    (no root, no file system, no configuration), so every folder and thread may share
+    it, and :func:`check_relpath` is called where no instance is at hand (the applier,
+    each folder operation). A refused path raises and is not remembered: it is refused
+    again each time. The symbolic-link check, which depends on the folder, is never
+    remembered. At most 4096 entries of at most PATH_MAX bytes: 16 MiB for a hostile
+    relay's longest names, a few hundred KiB for real ones. ``functools.lru_cache`` is
+    thread-safe and keeps the most recent paths where a hand-written set was emptied
+    whole when full."""
     if not relpath:
         raise UnsafePath(relpath, "empty path")
     if "\x00" in relpath:
@@ -151,7 +152,7 @@ def _check_spelling(relpath: str) -> list[str]:
     if is_state_name(parts[0]):
         raise UnsafePath(relpath, f"path is inside escale's own {STATE_DIR}/ folder (on a file system that "
                                   "ignores letter case, Unicode normalisation or trailing dots)")
-    return parts
+    return tuple(parts)
 
 
 # --------------------------------------------------------------------------- modifiers

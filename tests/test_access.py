@@ -245,6 +245,25 @@ def test_safe_join_rejects_symlinked_folder(tmp_path, folder):
     assert list(outside.iterdir()) == []
 
 
+def test_safe_join_remembers_only_what_depends_on_the_string(tmp_path, folder):
+    """The spelling checks are remembered process-wide (escale/access.py ``_spelling``):
+    a path that passed in one folder is still refused in another where one of its
+    folders is a symbolic link, and a refused spelling is refused every time."""
+    other = tmp_path / "other"
+    other.mkdir()
+    os.symlink(tmp_path / "outside", other / "d")
+    assert safe_join(folder, "d/f") == folder / "d" / "f"
+    for _ in range(2):
+        with pytest.raises(UnsafePath, match="symbolic link"):
+            safe_join(other, "d/f")
+        with pytest.raises(UnsafePath, match="'..' component"):
+            safe_join(folder, "d/../f")
+    for i in range(5000):  # past the 4096 remembered: all still answered
+        assert safe_join(folder, f"n{i}/f") == folder / f"n{i}" / "f"
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        safe_join(other, "d/f")
+
+
 def test_safe_join_root_may_be_a_symlink(tmp_path, folder):
     alias = tmp_path / "alias"
     os.symlink(folder, alias)
