@@ -58,6 +58,13 @@ def relay_on(server: FTPServer, **extra) -> FTP:
     return relay
 
 
+def on_disk(server: FTPServer, relay: FTP, name: str):
+    """The server-side file of object ``name``, in the relay's layout."""
+    from escale.relay.layout import FLAT, encode
+
+    return server.folder(relay.address) / (encode(name) if relay.layout == FLAT else name)
+
+
 def leftovers(server: FTPServer, relay: FTP) -> list[str]:
     """Temporaries, locks and set-aside objects on the server's disk."""
     folder = server.folder(relay.address)
@@ -219,16 +226,17 @@ def test_a_server_that_will_not_rename_onto_an_existing_file(own_server, caplog)
         relay.close()
 
 
-def test_an_object_set_aside_by_a_crash_is_put_back(own_server) -> None:
+@pytest.mark.parametrize("layout", ["flat", "nested"])
+def test_an_object_set_aside_by_a_crash_is_put_back(own_server, layout) -> None:
     """A crash between the two renames of a replace leaves the old object aside: the
     writer's next start (abort_incomplete) gives it its name back."""
     server = own_server(rename_overwrites=False)
-    relay = relay_on(server)
+    relay = relay_on(server, layout=layout)
     try:
         relay.put("u/me/1", io.BytesIO(b"published"))
-        folder = server.folder(relay.address) / "u" / "me"
-        (folder / "1").rename(folder / f"{OLD_MARK}1.0123abcd")  # what the crash left
-        (folder / f"{TMP_MARK}1.4567cdef").write_bytes(b"half")
+        path = on_disk(server, relay, "u/me/1")
+        path.rename(path.parent / f"{OLD_MARK}{path.name}.0123abcd")  # what the crash left
+        (path.parent / f"{TMP_MARK}{path.name}.4567cdef").write_bytes(b"half")
         assert relay.stat("u/me/1") is None and list(relay.list()) == []
         assert relay.abort_incomplete("u/me/") == 1
         assert relay.get("u/me/1").read() == b"published" and leftovers(server, relay) == []
@@ -595,7 +603,8 @@ def test_unverified_tls_is_warned_about(relay_ftps_pyftpdlib, caplog) -> None:
     assert sum("verify ssl = no" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_a_lost_answer_to_the_lock_folder_never_makes_two_creators(own_server, monkeypatch) -> None:
+@pytest.mark.parametrize("layout", ["flat", "nested"])
+def test_a_lost_answer_to_the_lock_folder_never_makes_two_creators(own_server, monkeypatch, layout) -> None:
     """Create-if-absent takes the lock folder ``.escale-lock-<name>`` with MKD. When MKD's
     answer is lost and the folder is there, it may be another writer's (made first: our MKD
     failed unheard). It was taken as ours, so two writers created the same name, the second
@@ -607,11 +616,12 @@ def test_a_lost_answer_to_the_lock_folder_never_makes_two_creators(own_server, m
 
     monkeypatch.setattr(ftp_module, "LOCK_WAIT_SECONDS", 0.5)
     server = own_server()
-    relay = relay_on(server, max_retries=3)
+    relay = relay_on(server, max_retries=3, layout=layout)
     relay.retry.sleep = lambda seconds: None
     try:
         relay.put("h/seed", io.BytesIO(b"x"), create_only=True)  # h/ exists; MKD probed (it fails on a folder)
-        lock = server.folder(relay.address) / "h" / f"{LOCK_MARK}header"
+        path = on_disk(server, relay, "h/header")
+        lock = path.parent / f"{LOCK_MARK}{path.name}"
         lock.mkdir()  # another writer is creating h/header right now
         server.fault("MKD", "mute", arg=LOCK_MARK)  # ours fails (it exists) and its answer is lost
         with pytest.raises(TransientRelayError, match="another writer holds"):

@@ -33,6 +33,8 @@ from servers_s3 import FaultProxy as S3FaultProxy
 KINDS = ["file", "file-nolinks", "webdav-wsgidav", "webdav-apache", "webdav-rclone",
          "s3-seaweedfs", "s3-moto", "s3-rclone", "gdrive", "ftp-pyftpdlib", "ftps-pyftpdlib",
          "sftp", "sftp-nolinks", "rclone-local", "rclone-webdav", "rclone-s3"]
+#: FTP and SFTP make new relays flat (escale/relay/layout.py); relays made before are nested
+KINDS += ["ftp-nested", "sftp-nested"]
 WEBDAV_KINDS = [k for k in KINDS if k.startswith("webdav-")]
 S3_KINDS = [k for k in KINDS if k.startswith("s3-")]
 #: the backends whose puts go through escale/relay/body.PutBody
@@ -54,6 +56,8 @@ def server_of(request, kind: str):
         return request.getfixturevalue("s3_rclone")
     if kind == "sftp-nolinks":
         return request.getfixturevalue("sftp_nolinks")
+    if kind.endswith("-nested"):
+        return request.getfixturevalue({"ftp-nested": "relay_ftp_pyftpdlib", "sftp-nested": "relay_sftp"}[kind])
     return request.getfixturevalue("relay_" + kind.replace("-", "_"))
 
 
@@ -78,13 +82,13 @@ def make_relay(request, kind: str, tmp_path, *, via: str | None = None, limit: i
         relay = GoogleDrive(address, **{**kwargs, **extra})
     elif kind.startswith(("ftp-", "ftps-")):
         address, _conf, kwargs = server_of(request, kind).new()
-        relay = FTP(address, **{**kwargs, **extra})
+        relay = FTP(address, **{**kwargs, **({"layout": "nested"} if kind == "ftp-nested" else {}), **extra})
     elif kind.startswith("rclone-"):
         address, _conf, kwargs = server_of(request, kind).new()
         relay = Rclone(address, **{**kwargs, **extra})
     elif kind.startswith("sftp"):
         address, _conf, kwargs = server_of(request, kind).new()
-        relay = SFTP(address, **{**kwargs, **extra})
+        relay = SFTP(address, **{**kwargs, **({"layout": "nested"} if kind == "sftp-nested" else {}), **extra})
     else:
         server = server_of(request, kind)
         address, _conf, kwargs = server.new()

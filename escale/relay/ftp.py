@@ -95,6 +95,8 @@ from ..errors import (AuthenticationError, ConfigError, EscaleError, ObjectExist
 from ..values import parse_bool, parse_verify_ssl
 from .address import redact, split_network_address
 from .body import PutBody
+from . import layout as layouts
+from .layout import FLAT, GUARDS, LAYOUT
 from .base import (PROBE_MARK, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay,
                    RelayOption, check_name)
 from . import retry
@@ -277,11 +279,12 @@ class FTP(Relay):
                         "connect back to the client, which rarely works through NAT"),
         RelayOption("timeout", ("timeout", "ftp timeout"), _parse_timeout,
                     doc="seconds an FTP server may take to answer before the call is retried (default 60)"),
+        LAYOUT,
     )
 
     def __init__(self, address: str, user: str | None = None, password: str | None = None, *,
                  tls_mode: str | None = None, passive=None, verify_ssl=None, certfile: str | None = None,
-                 keyfile: str | None = None, max_retries=None, timeout=None, port=None, **options):
+                 keyfile: str | None = None, max_retries=None, timeout=None, port=None, layout=None, **options):
         try:
             net = split_network_address(address)
         except ConfigError as exc:
@@ -336,6 +339,9 @@ class FTP(Relay):
         self._create_atomic: bool | None = None  # MKD of an existing folder fails?
         self._replace_atomic = True
         self._warned_plain = False
+        #: the layout a new relay gets; an existing relay's own is found at open (escale/relay/layout.py)
+        self.new_layout = self._option(layout, layouts.parse_layout, "layout", FLAT)
+        self.layout: str | None = None
 
     @staticmethod
     def _option(value, parse: Callable[[str], T], option: str, default: T) -> T:
@@ -562,8 +568,41 @@ class FTP(Relay):
             return base
 
         self.base = self._run("connecting", setup)
-        self._mkdirs("")
+        # the root listing says which layout the relay has (escale/relay/layout.py) and
+        # whether it exists (a missing folder is created: a new relay)
         self._known.add("")
+        entries = self._run("listing /", lambda c: self._entries(c, ""))
+        if isinstance(entries, _Refused) and self._is_folder(""):
+            raise RelayError(f"listing / on {self.address} failed: {entries.reason}")
+        if not isinstance(entries, list):
+            self._forget("")
+            self._mkdirs("")
+            entries = []
+        self.layout = self._find_layout(entries)
+
+    def _find_layout(self, entries: list[_Entry]) -> str:
+        folders = {e.name for e in entries if e.kind == "dir" and not e.name.startswith(_HIDDEN)}
+        files = {e.name for e in entries if e.kind == "file" and not e.name.startswith(_HIDDEN)}
+        found = layouts.detect(self.address, folders, files)
+        if found is not None:
+            return found
+        if self.new_layout == FLAT:
+            for g in sorted(GUARDS - files):  # empty files where a nested client would make folders
+                self._run(f"STOR {g}", lambda c, g=g: self._store_empty(c, g))
+            log.info("%s: a new relay: flat layout (one listing request per cycle)", self.address)
+        return self.new_layout
+
+    def _store_empty(self, conn: _Conn, rel: str) -> None:
+        data = conn.transfer("STOR " + self._abs(rel))
+        _finish(data)
+        conn.ftp.voidresp()
+
+    def _rel(self, name: str) -> str:
+        """The path of object ``name`` under the relay folder, in this relay's layout."""
+        check_name(name)
+        if self.layout is None:
+            raise RelayError(f"{self.address}: the relay is not open")
+        return layouts.encode(name) if self.layout == FLAT else name
 
     def close(self) -> None:
         with self._lock:
@@ -686,7 +725,10 @@ class FTP(Relay):
                 log.warning("%s: a name in folder %s is not UTF-8 (%r); skipped", self.address, folder or "/", raw)
         return out
 
-    def _walk(self, folder: str, prefix: str = "", hidden: bool = False) -> Iterator[tuple[str, _Entry]]:
+    def _walk(self, folder: str, prefix: str = "", hidden: bool = False,
+              flat: bool = False) -> Iterator[tuple[str, _Entry]]:
+        """(path, entry) of the files under ``folder``, recursively; ``flat``: the relay
+        folder's own files only (a flat relay: a nested layout's folder there is an error)."""
         stack = [folder]
         first = True
         while stack:
@@ -718,6 +760,10 @@ class FTP(Relay):
                         if hidden:
                             files.append((rel, e))
                         continue
+                    if flat:
+                        if e.name in GUARDS:
+                            raise layouts.mixed(self.address, e.name)
+                        continue
                     if (rel + "/").startswith(prefix) or prefix.startswith(rel + "/"):
                         subs.append(rel)
                     continue
@@ -740,6 +786,15 @@ class FTP(Relay):
             stack.extend(sorted(subs, reverse=True))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if self.layout == FLAT:  # one listing: the relay folder's files are every object
+            found = []
+            for rel, e in self._walk("", flat=True):
+                name = layouts.decode(rel)
+                if name is not None and name.startswith(prefix):
+                    found.append(e.info(name))
+            found.sort(key=lambda i: i.name)
+            yield from found
+            return
         folder = prefix.rpartition("/")[0]
         if folder:
             check_name(folder)
@@ -782,15 +837,16 @@ class FTP(Relay):
         return _Entry(posixpath.basename(rel), "file", int(size), (_mdtm(conn, path) if conn.mdtm else 0.0) or 0.0)
 
     def stat(self, name: str) -> ObjectInfo | None:
-        check_name(name)
-        e = self._run(f"stat {name}", lambda c: self._stat_entry(c, name))
-        if e is None or e.kind != "file":
-            return None
-        return e.info(name)
+        e = self._stat_file(self._rel(name))
+        return None if e is None else e.info(name)
+
+    def _stat_file(self, rel: str) -> _Entry | None:
+        """The entry of the file at ``rel`` (a path in this relay's layout), None if absent."""
+        e = self._run(f"stat {rel}", lambda c: self._stat_entry(c, rel))
+        return None if e is None or e.kind != "file" else e
 
     def get(self, name: str) -> BinaryIO:
-        check_name(name)
-        return io.BufferedReader(_Download(self, name), BLOCK)
+        return io.BufferedReader(_Download(self, self._rel(name)), BLOCK)
 
     # -- writing ---------------------------------------------------------------------------
     def _store(self, rel: str, body: PutBody) -> None:
@@ -848,8 +904,8 @@ class FTP(Relay):
         self._known.add(folder)
 
     def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
-        check_name(name)
-        folder, _, base = name.rpartition("/")
+        rel = self._rel(name)
+        folder, _, base = rel.rpartition("/")
         body = PutBody(stream, size, name)
         self._mkdirs(folder)
         tmp = (folder + "/" if folder else "") + f"{TMP_MARK}{base}.{uuid.uuid4().hex}"
@@ -857,9 +913,9 @@ class FTP(Relay):
         try:
             self._store(tmp, body)
             if create_only:
-                self._create(name, tmp, body)
+                self._create(rel, tmp, body)
             else:
-                self._replace(tmp, name)
+                self._replace(tmp, rel)
             moved = True
         finally:
             if not moved:
@@ -872,7 +928,7 @@ class FTP(Relay):
 
     def _moved(self, tmp: str, name: str) -> Callable[[], bool]:
         def done() -> bool:  # the temporary is ours alone: gone, with the name there, means moved
-            return self.stat(tmp) is None and self.stat(name) is not None
+            return self._stat_file(tmp) is None and self._stat_file(name) is not None
         return done
 
     def _replace(self, tmp: str, name: str) -> None:
@@ -909,7 +965,7 @@ class FTP(Relay):
         if self._create_atomic is None:
             self._create_atomic = self._probe()
         if not self._create_atomic:
-            if self.stat(name) is not None:
+            if self._stat_file(name) is not None:
                 if self._holds(name, body):
                     return
                 raise ObjectExists(f"relay object {name} already exists")
@@ -919,7 +975,7 @@ class FTP(Relay):
         lock = (folder + "/" if folder else "") + f"{LOCK_MARK}{base}"
         self._take_lock(lock, name, tmp, body)
         try:
-            if self.stat(name) is not None:
+            if self._stat_file(name) is not None:
                 if self._holds(name, body):  # an earlier try whose answer was lost
                     return
                 raise ObjectExists(f"relay object {name} already exists")
@@ -948,7 +1004,7 @@ class FTP(Relay):
             # second writer.
             if self._run(f"MKD {lock}", mkd):
                 return
-            if self.stat(name) is not None:
+            if self._stat_file(name) is not None:
                 if self._holds(name, body):
                     return
                 raise ObjectExists(f"relay object {name} already exists")
@@ -1020,7 +1076,7 @@ class FTP(Relay):
             return False
         h = hashlib.sha256()
         try:
-            with self.get(name) as f:
+            with io.BufferedReader(_Download(self, name), BLOCK) as f:
                 while block := f.read(BLOCK):
                     h.update(block)
         except RelayObjectMissing:
@@ -1035,9 +1091,9 @@ class FTP(Relay):
             log.debug("%s: could not remove %s: %s", self.address, rel, exc)
 
     def delete(self, name: str) -> None:
-        check_name(name)
-        self._run(f"DELE {name}", lambda c: _dele(c, self._abs(name)))
-        self._prune(name.rpartition("/")[0])
+        rel = self._rel(name)
+        self._run(f"DELE {name}", lambda c: _dele(c, self._abs(rel)))
+        self._prune(rel.rpartition("/")[0])
 
     def _prune(self, folder: str) -> None:
         """Remove ``folder`` and its parents while empty, stopping above the first level.
@@ -1058,11 +1114,12 @@ class FTP(Relay):
             folder = folder.rpartition("/")[0]
 
     def abort_incomplete(self, prefix: str) -> int:
-        folder = prefix.rpartition("/")[0]
+        flat = self.layout == FLAT
+        folder = "" if flat else prefix.rpartition("/")[0]
         if folder:
             check_name(folder)
         removed = 0
-        for rel, e in list(self._walk(folder, prefix, hidden=True)):
+        for rel, e in list(self._walk(folder, "" if flat else prefix, hidden=True, flat=flat)):
             d, _, base = rel.rpartition("/")
             for mark in (TMP_MARK, OLD_MARK, LOCK_MARK):
                 if base.startswith(mark):
@@ -1071,9 +1128,10 @@ class FTP(Relay):
                 continue
             target = (d + "/" if d else "") + (base[len(mark):].rsplit(".", 1)[0] if mark != LOCK_MARK
                                                 else base[len(mark):])
-            if not target.startswith(prefix):
+            name = layouts.decode(target) if flat else target
+            if name is None or not name.startswith(prefix):
                 continue
-            if mark == OLD_MARK and self.stat(target) is None:
+            if mark == OLD_MARK and self._stat_file(target) is None:
                 # a crash between the two renames of a replace: put the old object back
                 self._run(f"rename to {target}", lambda c, s=rel, t=target: self._rename(c, s, t))
                 continue
