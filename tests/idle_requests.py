@@ -118,12 +118,13 @@ def _conf(work: Path, name: str, address: str, extra: str) -> Path:
     return c
 
 
-def count_idle(work: Path, kind: str, files: int = 20, server=None) -> tuple[Counts, Counts]:
+def count_idle(work: Path, kind: str, files: int = 20, server=None, more: str = "") -> tuple[Counts, Counts]:
     """(requests of start-up plus the first cycle, requests of an idle cycle after that) of a
     client ``a`` sharing a repository with a client ``b``, ``files`` files synced.
 
     ``server``: one of the tests' servers (``new() -> (address, config lines, keywords)``);
-    for the WebDAV kinds (wsgidav, apache, rclone) one is started when none is given."""
+    for the WebDAV kinds (wsgidav, apache, rclone) one is started when none is given. ``more``:
+    configuration lines added to both clients' sections (``layout = nested``)."""
     work.mkdir(parents=True, exist_ok=True)
     own = None
     if kind == "file":
@@ -136,7 +137,7 @@ def count_idle(work: Path, kind: str, files: int = 20, server=None) -> tuple[Cou
             server.start()
         address, extra, _kwargs = server.new()
     try:
-        confs = {n: _conf(work, n, address, extra) for n in ("a", "b")}
+        confs = {n: _conf(work, n, address, extra + more) for n in ("a", "b")}
         for i in range(files):
             p = work / "a" / f"d{i % 5}" / f"f{i}.txt"
             p.parent.mkdir(parents=True, exist_ok=True)

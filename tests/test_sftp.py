@@ -173,7 +173,7 @@ def test_ssh_config_host_alias(relay_sftp, tmp_path, monkeypatch) -> None:
     relay.open()
     relay.put("a/x", io.BytesIO(b"alias"))
     relay.close()
-    assert (relay_sftp.data / folder / "a" / "x").read_bytes() == b"alias"
+    assert (relay_sftp.data / folder / "a%2Fx").read_bytes() == b"alias"  # a new relay: flat
     other = tmp_path / "ssh_config"
     other.write_text(text.replace("myrelay", "elsewhere"))
     relay = SFTP(f"sftp://elsewhere/~/{folder}", ssh_config=str(other))  # ~/: in the login folder

@@ -101,7 +101,11 @@ def detect(address: str, folders: set[str], files: set[str]) -> str | None:
     return None
 
 
-def mixed(address: str, folder: str) -> RelayError:
-    """The error of a flat relay in which a nested layout's folder appeared."""
-    return RelayError(f"relay folder {address} is flat, but holds the folder {folder} of the nested layout: a "
+def mixed(address: str, entry: str, nested: bool = False) -> RelayError:
+    """The error of a flat relay in which a nested layout's folder appeared (``nested``: a
+    nested relay in which a flat layout's file appeared)."""
+    if nested:
+        return RelayError(f"relay folder {address} is nested, but holds the file {entry} of the flat layout: a "
+                          "client of another escale version wrote to it (docs/relays.md, 'Layouts')")
+    return RelayError(f"relay folder {address} is flat, but holds the folder {entry} of the nested layout: a "
                       "client of another escale version wrote to it (docs/relays.md, 'Layouts')")

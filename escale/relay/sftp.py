@@ -83,6 +83,7 @@ import stat as statmod
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from ..errors import (AuthenticationError, ConfigError, ObjectExists, PermanentRelayError, RelayError,
@@ -92,6 +93,8 @@ from .base import (PROBE_MARK, STALE_TMP_SECONDS, TMP_MARK, Capabilities, Object
                    RelayOption, Usage, check_name)
 from . import retry as retries
 from .body import PutBody
+from . import layout as layouts
+from .layout import FLAT, GUARDS, LAYOUT
 from .options import KEYFILE, MAX_RETRIES, parse_path_text
 from .split import MAX_OBJECT_SIZE
 
@@ -103,6 +106,13 @@ READ_WINDOW = 4 << 20
 DEFAULT_TIMEOUT = 30.0
 #: no escale object is deeper than b/<cid>/<seq>/<n>
 MAX_RELAY_DEPTH = 16
+#: a flat relay's listing is reused while the relay folder's (mtime, size) is unchanged, once
+#: that mtime was this many seconds old when the listing began (SFTP gives whole seconds: a
+#: change within the listing's own second would not change it)
+LISTING_SETTLE_SECONDS = 2.0
+#: ... and never for longer than this (a server clock behind ours, a file system that does not
+#: update a folder's mtime: a change is then seen this late at worst)
+LISTING_MAX_AGE = 60.0
 
 
 def _seconds(text: str) -> float:
@@ -110,6 +120,19 @@ def _seconds(text: str) -> float:
     if not 0 < v <= 86400:  # also NaN and inf, which failed later in the socket layer
         raise ValueError("a timeout is a number of seconds above 0 and at most 86400")
     return v
+
+
+@dataclass
+class _RootListing:
+    """A flat relay's listing and the relay folder's (mtime, size) seen just before it."""
+
+    mtime: object
+    size: object
+    entries: list
+    taken: float  # time.monotonic()
+
+    def same(self, st) -> bool:
+        return st.st_mtime is not None and (st.st_mtime, st.st_size) == (self.mtime, self.size)
 
 
 class _ConnectionLost(Exception):
@@ -131,12 +154,14 @@ class SFTP(Relay):
                     doc="sftp: the SSH configuration read for host aliases (default ~/.ssh/config)", path=True),
         MAX_RETRIES,
         MAX_OBJECT_SIZE,
+        LAYOUT,
     )
 
     def __init__(self, address: str, user: str | None = None, password: str | None = None,
                  port: str | int | None = None, keyfile: str | None = None, key_passphrase: str | None = None,
                  known_hosts: str | None = None, ssh_config: str | None = None,
-                 max_retries: str | int | None = None, timeout: str | float | None = None, **_ignored):
+                 max_retries: str | int | None = None, timeout: str | float | None = None,
+                 layout: str | None = None, **_ignored):
         try:
             net = split_network_address(address)
         except ConfigError as exc:
@@ -187,6 +212,16 @@ class SFTP(Relay):
         self._dirs: set[str] = set()
         self._hardlink: bool | None = None  # hardlink@openssh.com works here (None: not tried yet)
         self._claimed = False
+        try:
+            #: the layout a new relay gets; an existing relay's own is found from its root listing
+            self.new_layout = layouts.parse_layout(layout) if isinstance(layout, str) and layout.strip() \
+                else (layout or FLAT)
+        except ValueError as exc:
+            raise ConfigError(str(exc), option="layout") from None
+        self._layout: str | None = None
+        #: the relay folder's last listing (flat layout), and what may still be reused of it
+        self._root: _RootListing | None = None
+        self._writes = 0  # puts, deletes and removals made: a listing taken across one is not kept
 
     # -- connection --------------------------------------------------------------------
     def _settings(self) -> dict:
@@ -315,8 +350,17 @@ class SFTP(Relay):
                 self._dirs.clear()
 
     def open(self) -> None:
-        def check(sftp):
+        def check(sftp) -> str | None:
             root = self._abs("")
+            try:  # one request says the folder exists and, mostly, its layout (escale/relay/layout.py)
+                guard = sftp.lstat(self._abs("m"))
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+            else:
+                self._posix_rename_works(sftp)
+                return layouts.FLAT if statmod.S_ISREG(guard.st_mode or 0) else \
+                    layouts.NESTED if statmod.S_ISDIR(guard.st_mode or 0) else None
             try:
                 st = sftp.stat(root)
             except OSError as exc:
@@ -335,29 +379,95 @@ class SFTP(Relay):
             if not statmod.S_ISDIR(st.st_mode):
                 raise RelayError(f"relay folder {self.address} is not a folder on the server")
             self._posix_rename_works(sftp)
+            return None
 
-        self._call("open", check)
+        self._layout = self._call("open", check) or self._find_layout()
 
     def _posix_rename_works(self, sftp) -> None:
-        """Refuse a server without posix-rename@openssh.com: plain SFTP rename cannot replace."""
+        """Refuse a server without posix-rename@openssh.com: plain SFTP rename cannot replace.
+        One request: renaming a name that does not exist is "no such file" where the
+        extension is served, "unsupported" where it is not."""
         p = self._abs(f"{PROBE_MARK}{uuid.uuid4().hex}")
         try:
-            with sftp.open(p, "wbx") as f:
-                f.write(b"probe")
+            sftp.posix_rename(p, p + ".2")
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EACCES):
+                return
+            raise PermanentRelayError(f"{self.address}: the server does not support posix-rename@openssh.com "
+                                      f"({exc}); escale needs it to replace objects atomically "
+                                      "(OpenSSH has it since 4.9)") from exc
+        for q in (p, p + ".2"):  # it did rename something: a probe of ours, never another's name
             try:
-                sftp.posix_rename(p, p + ".2")
+                sftp.remove(q)
+            except OSError:
+                pass
+
+    def _find_layout(self) -> str:
+        """The layout of a relay without ``m`` (new, or holding the header only), from its root
+        listing (escale/relay/layout.py); a new relay takes ``layout`` (flat by default)
+        and, flat, gets its guard files."""
+        entries = self._root_entries(fresh=True)
+        folders = {a.filename for a in entries if statmod.S_ISDIR(a.st_mode or 0)}
+        files = {a.filename for a in entries if statmod.S_ISREG(a.st_mode or 0)
+                 and not a.filename.startswith((TMP_MARK, PROBE_MARK))}
+        found = layouts.detect(self.address, folders, files)
+        if found is None:
+            found = self.new_layout
+            if found == FLAT:
+                def guard(sftp, g: str) -> None:
+                    sftp.open(self._abs(g), "wb").close()
+
+                for g in sorted(GUARDS - files):  # empty files where a nested client would make folders
+                    self._call(f"writing {g}", lambda sftp, g=g: guard(sftp, g))
+                self._wrote()
+                log.info("%s: a new relay: flat layout (one listing per cycle)", self.address)
+        return found
+
+    def _rel(self, name: str) -> str:
+        """The path of object ``name`` under the relay folder, in this relay's layout."""
+        check_name(name)
+        if self._layout is None:
+            raise RelayError(f"{self.address}: the relay is not open")
+        return layouts.encode(name) if self._layout == FLAT else name
+
+    @property
+    def layout(self) -> str | None:
+        return self._layout
+
+    def _wrote(self) -> None:
+        """Something was written or removed: the relay folder's listing is not reused."""
+        with self._lock:
+            self._writes += 1
+            self._root = None
+
+    def _root_entries(self, fresh: bool = False) -> list:
+        """The relay folder's entries (attributes). A flat relay's listing is reused while
+        the folder's (mtime, size) is unchanged: one ``stat`` instead of ``opendir``,
+        ``readdir``… ``close`` (every put, rename and delete in it changes its mtime). It
+        is reused only when it began at least LISTING_SETTLE_SECONDS after that mtime (by
+        our clock: SFTP times are whole seconds), and for LISTING_MAX_AGE at most."""
+        with self._lock:
+            writes, kept = self._writes, self._root
+        root = self._abs("")
+        asked = time.time()
+        st = self._call("stat /", lambda sftp: sftp.stat(root))
+        if not fresh and kept is not None and kept.same(st) and time.monotonic() - kept.taken < LISTING_MAX_AGE:
+            return kept.entries
+
+        def read(sftp):
+            try:
+                return sftp.listdir_attr(root)
             except OSError as exc:
-                if exc.errno in (errno.ENOENT, errno.EACCES):
-                    raise
-                raise PermanentRelayError(f"{self.address}: the server does not support posix-rename@openssh.com "
-                                          f"({exc}); escale needs it to replace objects atomically "
-                                          "(OpenSSH has it since 4.9)") from exc
-        finally:
-            for q in (p, p + ".2"):
-                try:
-                    sftp.remove(q)
-                except OSError:
-                    pass
+                if exc.errno == errno.ENOENT:
+                    raise RelayError(f"relay folder {self.address} is missing") from None
+                raise
+
+        entries = self._call("listing /", read)
+        settled = st.st_mtime is not None and asked - float(st.st_mtime) >= LISTING_SETTLE_SECONDS
+        with self._lock:
+            if settled and self._writes == writes:
+                self._root = _RootListing(st.st_mtime, st.st_size, entries, time.monotonic())
+        return entries
 
     def close(self) -> None:
         self._drop()
@@ -416,7 +526,9 @@ class SFTP(Relay):
 
     # -- listing -------------------------------------------------------------------------
     def _walk(self, folder: str, temporaries: bool = False) -> Iterator[tuple[str, object]]:
-        """(name, attributes) of every file under ``folder`` (relative), recursively."""
+        """(path, attributes) of every file under ``folder`` (relative), recursively; in a
+        flat relay, the relay folder's own files (its listing reused while unchanged)."""
+        flat = self._layout == FLAT
         todo = [folder]
         while todo:
             rel = todo.pop()
@@ -430,7 +542,7 @@ class SFTP(Relay):
                         return None  # not made yet, or pruned while we listed
                     raise
 
-            entries = self._call(f"listing {rel or '/'}", read)
+            entries = self._root_entries() if flat else self._call(f"listing {rel or '/'}", read)
             if entries is None:
                 continue
             for a in entries:
@@ -447,12 +559,18 @@ class SFTP(Relay):
                     raise PermanentRelayError(f"relay folder {self.address}: {full} is a symbolic link; escale "
                                               "never follows links inside a relay (someone changed the relay "
                                               "folder)")
+                if statmod.S_ISDIR(mode) and flat:
+                    if n in GUARDS:
+                        raise layouts.mixed(self.address, n)
+                    continue
                 if statmod.S_ISDIR(mode):
                     if depth >= MAX_RELAY_DEPTH:
                         raise PermanentRelayError(f"relay folder {self.address}: {full} is nested deeper than "
                                                   f"{MAX_RELAY_DEPTH} levels: not an escale object; remove it")
                     todo.append(full)
                 elif statmod.S_ISREG(mode):
+                    if not flat and not rel and (n in GUARDS or "%2F" in n):
+                        raise layouts.mixed(self.address, n, nested=True)
                     hidden = n.startswith(TMP_MARK) or n.startswith(PROBE_MARK)
                     if hidden and not temporaries and a.st_mtime \
                             and time.time() - a.st_mtime > STALE_TMP_SECONDS:
@@ -462,6 +580,15 @@ class SFTP(Relay):
                         yield full, a
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if self._layout == FLAT:
+            found = []
+            for rel, a in self._walk(""):
+                name = layouts.decode(rel)
+                if name is not None and name.startswith(prefix):
+                    found.append(ObjectInfo(name, a.st_size or 0, float(a.st_mtime or 0)))
+            found.sort(key=lambda i: i.name)
+            yield from found
+            return
         folder = prefix.rpartition("/")[0]
         if folder:
             check_name(folder)
@@ -471,7 +598,7 @@ class SFTP(Relay):
         yield from found
 
     def stat(self, name: str) -> ObjectInfo | None:
-        path = self._abs(check_name(name))
+        path = self._abs(self._rel(name))
 
         def one(sftp):
             try:
@@ -490,7 +617,7 @@ class SFTP(Relay):
 
     # -- reading -------------------------------------------------------------------------
     def get(self, name: str) -> BinaryIO:
-        path = self._abs(check_name(name))
+        path = self._abs(self._rel(name))
 
         def opening(sftp):
             f = sftp.open(path, "rb")
@@ -530,8 +657,8 @@ class SFTP(Relay):
         self._call(f"creating folder {folder}", make)
 
     def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
-        check_name(name)
-        folder, _, base = name.rpartition("/")
+        rel = self._rel(name)
+        folder, _, base = rel.rpartition("/")
         body = PutBody(stream, size, name)
 
         def attempt(_n: int) -> int:
@@ -541,13 +668,15 @@ class SFTP(Relay):
                 n, digest = self._call(f"writing {name}", lambda sftp: self._upload(sftp, tmp, body, folder),
                                        retry=False)
                 if create_only:
-                    self._create(tmp, name, digest)
+                    self._create(tmp, rel, digest)
                 else:
-                    self._replace(tmp, name)
+                    self._replace(tmp, rel)
                 return n
             except BaseException:
                 self._remove_quietly(tmp)
                 raise
+            finally:
+                self._wrote()
 
         # sent again from its start after a dropped connection, when the data can be read again
         return retries.call(attempt, policy=self.retry, what=f"writing {name} on {self.address}",
@@ -644,6 +773,7 @@ class SFTP(Relay):
         return h.hexdigest() == digest
 
     def _remove_quietly(self, rel: str) -> None:
+        self._wrote()
         try:
             self._call(f"removing {rel}", lambda sftp: sftp.remove(self._abs(rel)), retry=False)
         except (RelayError, OSError) as exc:
@@ -651,7 +781,8 @@ class SFTP(Relay):
 
     # -- deleting ------------------------------------------------------------------------
     def delete(self, name: str) -> None:
-        path = self._abs(check_name(name))
+        rel = self._rel(name)
+        path = self._abs(rel)
 
         def remove(sftp):
             try:
@@ -668,8 +799,11 @@ class SFTP(Relay):
                 if exc.errno != errno.ENOENT:
                     raise
 
-        self._call(f"deleting {name}", remove)
-        self._prune(name.rpartition("/")[0])
+        try:
+            self._call(f"deleting {name}", remove)
+        finally:
+            self._wrote()
+        self._prune(rel.rpartition("/")[0])
 
     def _prune(self, folder: str) -> None:
         """Remove ``folder`` and its parents while empty, below the first level (``rmdir``
@@ -688,7 +822,8 @@ class SFTP(Relay):
             folder = folder.rpartition("/")[0]
 
     def abort_incomplete(self, prefix: str) -> int:
-        folder = prefix.rpartition("/")[0]
+        flat = self._layout == FLAT
+        folder = "" if flat else prefix.rpartition("/")[0]
         if folder:
             check_name(folder)
         removed = 0
@@ -697,7 +832,8 @@ class SFTP(Relay):
             if not base.startswith(TMP_MARK):
                 continue
             target = (d + "/" if d else "") + base[len(TMP_MARK):].rsplit(".", 1)[0]
-            if target.startswith(prefix):
+            name = layouts.decode(target) if flat else target
+            if name is not None and name.startswith(prefix):
                 self._remove_quietly(rel)
                 removed += 1
         return removed
