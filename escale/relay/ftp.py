@@ -32,6 +32,11 @@ How the relay contract is met
   is closed and the call is retried on a new one (``max retries``, exponential
   back-off with jitter: :mod:`escale.relay.retry`). A connection idle for a while is
   checked with ``NOOP`` before reuse, as servers end idle sessions.
+- **Layout.** A relay this backend creates is flat (every object one file of the relay
+  folder, its ``/`` written ``%2F``), so a listing is one ``EPSV`` + ``MLSD``; a relay
+  made before (nested: a folder per ``/``) stays so. The root listing at :meth:`open` says
+  which; :mod:`escale.relay.layout` has the rules and the guard files that keep older
+  clients out of a flat relay.
 - **Listings** use ``MLSD`` (RFC 3659: exact size, UTC modification time, a unique id)
   where the server has it, else ``LIST`` parsed in its Unix form; in that mode the
   listing gives times to the minute, so ``MDTM`` is asked for every object listed with
@@ -61,7 +66,7 @@ How the relay contract is met
 - **Downloads** (``RETR``) are read as they arrive; a transfer that breaks is resumed
   with ``REST`` at the byte reached, after checking (``MLST``/``SIZE``+``MDTM``) that the
   object is the one being read.
-- **Folders** are created as needed (``MKD``, parents first) and, after a delete,
+- **Folders** (nested relays) are created as needed (``MKD``, parents first) and, after a delete,
   removed while empty, below the first level only (where escale has one writer):
   ``RMD`` itself refuses a folder that holds anything.
 - **Errors.** 530 is an AuthenticationError, 452/552 QuotaExceeded, 421, other 4xx,

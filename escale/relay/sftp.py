@@ -39,7 +39,7 @@ How the relay contract is met
   (opened with ``CREATE|EXCL``: never someone else's file) and renames it over the final
   name with ``posix-rename@openssh.com`` (an atomic ``rename(2)`` on the server). A
   server without that extension is refused at :meth:`open` (plain SFTP rename cannot
-  replace). Listings hide temporaries; those older than 6 hours are removed, and the
+  replace), found by renaming a name that does not exist (one request). Listings hide temporaries; those older than 6 hours are removed, and the
   writer's :meth:`abort_incomplete` removes its own after a crash.
 - **Create-if-absent** links the complete temporary to the final name with
   ``hardlink@openssh.com`` (``link(2)``, which fails atomically when the name is taken:
@@ -47,10 +47,17 @@ How the relay contract is met
   links), the final name is claimed with an ``O_EXCL`` open, then the temporary is
   renamed over the claim: one writer wins, but a reader may see an empty object for a
   moment; :attr:`capabilities` then says ``atomic_create=False`` (logged once).
-- **Listings** read every folder under the prefix (``readdir``, one round trip per
-  batch); an error reading a folder raises instead of giving a shorter list; a
-  symbolic link inside the relay is an error naming it (escale writes none).
-- **Folders** are created as needed and removed after a delete only when empty
+- **Layout.** A relay this backend creates is flat (every object one file of the relay
+  folder, its ``/`` written ``%2F``); a relay made before (nested: a folder per ``/``)
+  stays so. One ``lstat`` of ``m`` at :meth:`open` says which (a guard file in a flat
+  relay, a folder in a nested one); :mod:`escale.relay.layout` has the rules.
+- **Listings** read the relay folder (flat) or every folder under the prefix (nested)
+  with ``readdir``, one round trip per batch; an error reading a folder raises instead
+  of giving a shorter list; a symbolic link inside the relay is an error naming it
+  (escale writes none). A flat relay's listing is reused while a ``stat`` of the relay
+  folder gives the same (mtime, size): one request per idle cycle (see
+  :meth:`SFTP._root_entries` for when it is not trusted).
+- **Folders** (nested relays) are created as needed and removed after a delete only when empty
   (``rmdir`` refuses a folder that holds anything), below the first level.
 - **Versions**: SFTP version 3 (what OpenSSH speaks) gives modification times in whole
   seconds; ``ObjectInfo.version`` is size and mtime. escale's state cache waits until an
