@@ -111,7 +111,8 @@ GDRIVE = {"local path": "/tmp/escale-t/local", "relay address": "gdrive:///escal
           "chunk size": "4MiB", "max retries": "4"}
 #: ... in an ftp one ...
 FTP = {"local path": "/tmp/escale-t/local", "relay address": "ftps://alice@ftp.example.org/escale",
-       "encryption": "off", "tls mode": "implicit", "passive": "no", "timeout": "30", "max retries": "2"}
+       "encryption": "off", "tls mode": "implicit", "passive": "no", "timeout": "30", "max retries": "2",
+       "layout": "nested"}
 #: ... in an sftp one ...
 SFTP = {"local path": "/tmp/escale-t/local", "relay address": "sftp://alice@ssh.example.org:2222/srv/escale",
         "encryption": "off", "key file": "~/.ssh/id_ed25519", "key passphrase": "kp",
