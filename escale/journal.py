@@ -31,19 +31,20 @@ def log_cycle(report, summary: bool = True) -> None:
     from .names import shown
 
     files = list(report.files)
-    if files and len(files) <= PER_FILE_LIMIT:
+    more = getattr(report, "more_files", None) or Counter()  # past the names a report keeps
+    if files and len(files) <= PER_FILE_LIMIT and not more:
         for event, path in files:
             log.info("%s: %s %s", report.repository, event, shown(path),
                      extra={"repository": report.repository, "event": event, "path": path})
     elif files:
-        counts = Counter(event for event, _ in files)
+        counts = Counter(event for event, _ in files) + more
         first = ", ".join(shown(p) for p in sorted(p for _, p in files)[:SHOWN_NAMES])
         for event, path in files:  # every name still, at DEBUG (-v, or the log file)
             log.debug("%s: %s %s", report.repository, event, shown(path),
                       extra={"repository": report.repository, "event": event, "path": path})
         log.info("%s: %s (%s, …)", report.repository,
                  ", ".join(f"{n} {event}" for event, n in counts.items()), first,
-                 extra={"repository": report.repository, "event": "files", "count": len(files)})
+                 extra={"repository": report.repository, "event": "files", "count": sum(counts.values())})
     if not summary:
         return
     again = report.relay_error is not None and _last_failure.get(report.repository) == report.relay_error

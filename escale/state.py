@@ -170,6 +170,19 @@ class State:
         return [from_db_key(p) for (p,) in
                 self.db.execute("SELECT path FROM base WHERE kind = 'file' AND hash = ?", (digest,))]
 
+    def base_holds(self, digest: str | None, upto: int) -> bool:
+        """Does a base file row among the first ``upto`` (by rowid: rows written since have
+        higher ones, see :meth:`base_last_row`) hold this content? One index range look-up,
+        however many files share the content."""
+        return self.db.execute("SELECT 1 FROM base WHERE kind = 'file' AND hash = ? AND rowid <= ? LIMIT 1",
+                               (digest, upto)).fetchone() is not None
+
+    def base_last_row(self) -> int:
+        """The highest rowid of the base: a row written (REPLACE) after this is read has a
+        higher one (SQLite gives a new row max(rowid) + 1 until 2**63 - 1 is used, then a
+        random unused one, which :meth:`base_holds` then counts as older: the safe side)."""
+        return self.db.execute("SELECT max(rowid) FROM base").fetchone()[0] or 0
+
     def base_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM base").fetchone()[0]
 

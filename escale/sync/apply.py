@@ -216,10 +216,10 @@ class Applier:
                 if step.target is None:
                     report.deleted += e.kind == GONE
                     if e.kind == GONE:
-                        report.files.append(("deleted here", step.path))
+                        report.moved("deleted here", step.path)
                 else:
                     report.conflicts += 1
-                    report.files.append(("conflict copy", target))
+                    report.moved("conflict copy", target)
                 expect = None
             elif isinstance(step, Fetch):
                 target, target_expect = step.target, expect
@@ -267,7 +267,7 @@ class Applier:
         # recorded with our digest
         self.ctx.cache.store(target, st.st_size, min(st.st_mtime_ns, MAX_INT), st.st_ino, e.hash)
         report.received += 1
-        report.files.append(("received", target))
+        report.moved("received", target)
 
     def _rotate(self) -> None:
         """A group is full: begin its fsyncs in the background, finish the group before it

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 #: a request names at most this many wanted files (the rest in later requests): it
 #: stays a small object however many entries a snapshot brought
 MAX_WANTS_PUBLISHED = 5000
+#: entries of a pusher's pending updates read ahead (their headers held) to skip versions a
+#: later one replaces: bounds a first sync's memory (pull._superseded)
+LOOKAHEAD_ITEMS = 50_000
 
 
 class Puller:
@@ -194,10 +197,13 @@ class Puller:
         queue = queues[pusher]
         while queue and queue[0] <= self.ctx.pos.get(pusher, 0):
             queue.pop(0)  # covered by a snapshot
-        later = self._superseded(pusher, queue) if len(queue) > 1 else {}
+        later: dict[str, int] = {}
+        horizon = 0  # the last update the look-ahead read
         while queue:
             self.ctx.check_stop()
             seq = queue[0]
+            if seq >= horizon and len(queue) > 1:
+                later, horizon = self._superseded(pusher, queue)
             if seq != self.ctx.pos.get(pusher, 0) + 1:
                 raise IntegrityError(update_name(pusher, self.ctx.pos.get(pusher, 0) + 1),
                                      "missing: the sequence of its client has a gap")
@@ -282,20 +288,32 @@ class Puller:
                                        "by the relay)") from None
         self._spools[(pusher, seq)] = (header, digest, spool)
 
-    def _superseded(self, pusher: str, queue: list[int]) -> dict[str, int]:
-        """Path -> the last queued update of ``pusher`` that writes it (a returning machine:
-        a file's content that a later pending update of the same pusher replaces or deletes
-        is history, never downloaded). Paths a later update renames from are left out: their
-        content may be reused by the rename; so are supplies (a later update answering another
-        client's request carries the same version, which this client applies only if it asked). An update that cannot be read ends the look-ahead
-        (its error comes when its turn comes)."""
+    def _superseded(self, pusher: str, queue: list[int]) -> tuple[dict[str, int], int]:
+        """(path -> the last queued update of ``pusher`` that writes it, the last update
+        looked at). A returning machine: a file's content that a later pending update of
+        the same pusher replaces or deletes is history, never downloaded. Paths a later
+        update renames from are left out: their content may be reused by the rename; so
+        are supplies (a later update answering another client's request carries the same
+        version, which this client applies only if it asked). An update that cannot be read
+        ends the look-ahead (its error comes when its turn comes).
+
+        The look-ahead reads at most LOOKAHEAD_ITEMS entries (at least two updates): their
+        headers are held until applied, and a first sync of a million files must not hold
+        them all. A version written again past that window is applied, then replaced when
+        its successor comes: more work, the same result (the last write of a path within a
+        window is never skipped, so a rename past it still finds its source)."""
         last: dict[str, int] = {}
         origins: dict[str, int] = {}
+        held, upto = 0, 0
         for seq in queue:
+            if upto and held >= LOOKAHEAD_ITEMS and upto > queue[0]:
+                break
             try:
                 self._spooled(pusher, seq)
             except IntegrityError:
                 break
+            upto = seq
+            held += len(self._spools[(pusher, seq)][0].items)
             for item in self._spools[(pusher, seq)][0].items:
                 if item.supply:  # content sent to those who asked for it: it replaces nothing
                     continue
@@ -304,7 +322,7 @@ class Puller:
                     origins[item.entry.origin] = seq
         for path in origins:
             last.pop(path, None)
-        return last
+        return last, upto
 
     def _apply_update(self, pusher: str, seq: int, report: CycleReport, causal: bool = True,
                       later: dict[str, int] | None = None) -> bool:

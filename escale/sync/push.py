@@ -6,6 +6,8 @@ room under the quota); each batch becomes one update: big files as their own blo
 objects, small ones inline in the update's body, spooled to the outbox and sealed
 before the update object is written, so an interrupted publication is finished with
 exactly the same bytes — or rolled back if it never left (``recover_outbox``).
+A scan that finds many new files publishes them as it goes (``_stream``), so the first
+sync of a million files holds one batch at a time.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..folder import TMP_MARK
 from ..fsnames import is_state_name
 from ..index import FILE, GONE, Entry, LocalFile
 from ..names import db_key
+from ..plan import Changes
 from ..protocol import (BLOB, INLINE, NONE, UPDATE_MAGIC, Item, ObjectStore, RelayView, UpdateHeader, blob_name,
                         reservation_name, update_name)
 from ..state import Published
@@ -34,12 +37,15 @@ from .context import BLOB_THRESHOLD, Repo, Stoppable
 from .report import CycleReport
 from .membership import Membership
 from .quota import Quota
-from .scan import Scanner
+from .scan import Scanner, _within
 
 log = logging.getLogger(__name__)
 
-#: an update header is cut below this (readers refuse one above protocol.MAX_HEADER)
-MAX_UPDATE_HEADER = 16 << 20
+#: an update header is cut below this (readers refuse one above protocol.MAX_HEADER): about
+#: 20,000 entries, whose parsed form a reader holds while it applies them
+MAX_UPDATE_HEADER = 4 << 20
+#: a scan holding this many new or changed files publishes them before it goes on (_stream)
+STREAM_AT = 20_000
 
 
 class Pusher:
@@ -50,6 +56,10 @@ class Pusher:
         self.deletions = deletions
         self.deletions_held = False  # read from the state when it is opened
         self.scanner = Scanner(ctx)
+        self.scanner.each_folder = self._stream  # a large scan publishes as it goes
+        self._streaming = False  # a scan publishes as it goes (_stream) until this is False
+        #: (synced files, highest base rowid) before a scan's first early update (_stream)
+        self._before: tuple[int, int] | None = None
 
     @property
     def scanned(self) -> dict[str, LocalFile]:
@@ -61,6 +71,7 @@ class Pusher:
         publish its changes and the contents others asked us for."""
         complete = False
         unsettled: set[str] = set()  # there but unreadable or changing: neither sent nor deleted
+        self._streaming, self._before = True, None
         try:
             changes = self._guard_deletions(self.scanner.changes(unsettled, report), report)
             supplies = self._supplies(view)
@@ -79,6 +90,58 @@ class Pusher:
         finally:
             self.scanner.done(complete)
 
+    def _stream(self, into: Changes, report: CycleReport) -> None:
+        """Publish, in the middle of a scan, the files it found new or changed once it holds
+        STREAM_AT of them: the first sync of a million files then holds one batch, not an
+        Entry, a LocalFile and an Item per file until the walk ends.
+
+        Only what the rest of the walk cannot change is sent early: changed files, and new
+        files whose content no file synced before this cycle holds (any other may turn out
+        to be the new name of a file the walk finds deleted later, and travel without
+        content as a rename). Folders and deletions wait for the end of the walk: a folder
+        the walk cannot enter is not published, deletions are known only then, and the
+        deletion guard weighs them all at once (a file's folder is made when the file is
+        written, so a receiver needs no folder entry first). Each early update is an
+        ordinary one, recorded in the state as it is published: a kill -9 in between
+        leaves what was published remembered, and the next scan finds the rest."""
+        if not self._streaming or len(into.files) < STREAM_AT:
+            return
+        if self._before is None:  # what was synced before this scan published anything
+            self._before = (self.ctx.state.base_file_count(), self.ctx.state.base_last_row())
+        blind = self.ctx.folder.unreadable
+        ready, wait = [], []
+        for e in into.files:
+            later = (e.prev is None and self._renamable(e.hash)) or (blind and _within(e.path, blind))
+            (wait if later else ready).append(e)
+        into.files = wait
+        if len(wait) >= STREAM_AT // 2:  # mostly possible renames: the rest of this walk waits for its end
+            self._streaming = False
+        early = Changes()
+        early.files = ready
+        items = [self._item(e) for e in early.ordered()]
+        published: set[int] = set()
+        waiting, report.waiting_for_room, stuck = report.waiting_for_room, False, False
+        for batch in self._batches(items, report):
+            self.ctx.check_stop()
+            if not self._publish(batch, report):
+                stuck = True
+                break
+            published.update(id(i) for i in batch)
+            for i in batch:
+                self.scanned.pop(i.entry.path, None)  # sent (or left for the next scan): not looked at again
+        stuck |= report.waiting_for_room
+        report.waiting_for_room = waiting  # the end of the push says whether it waits for room
+        if stuck:  # no room on the relay: what is left waits for the end of the walk, tried again there
+            self._streaming = False
+            into.files += [i.entry for i in items if id(i) not in published]
+        # (else an item not published is larger than the quota allows: _batches said so)
+
+    def _renamable(self, digest: str | None) -> bool:
+        """Could a new file with this content be a rename (some file synced before this
+        push began holds it)? One indexed query; nothing was synced before a first push."""
+        assert self._before is not None
+        return self._before[0] > 0 and self.ctx.state.base_holds(digest, self._before[1])
+
     def _guard_deletions(self, changes: list[Entry], report: CycleReport) -> list[Entry]:
         """Hold back a scan's deletions beyond ``max delete`` until the user confirms them
         (escalectl confirm-deletes); everything else is published."""
@@ -86,7 +149,8 @@ class Pusher:
         if not gone and not self.deletions_held:
             return changes
         confirmed = set(load_paths(self.ctx.state.get(CONFIRMED_KEY)))
-        synced = self.ctx.state.base_file_count()
+        # the synced files before this scan published any (the guard weighs deletions against them)
+        synced = self._before[0] if self._before is not None else self.ctx.state.base_file_count()
         kept, held = self.deletions.screen(changes, synced, confirmed & gone)
         with self.ctx.state.transaction():
             if confirmed and not confirmed <= gone:  # published, or the files came back
@@ -306,8 +370,9 @@ class Pusher:
             self._published(seq, head, header, size, kept)
             report.sent += sum(1 for i in kept if i.entry.kind == FILE and not i.supply)
             report.deleted += sum(1 for i in kept if i.entry.kind == GONE)
-            report.files += [("sent" if i.entry.kind == FILE else "sent deletion", i.entry.path) for i in kept
-                             if not i.supply and i.entry.kind in (FILE, GONE)]
+            for i in kept:
+                if not i.supply and i.entry.kind in (FILE, GONE):
+                    report.moved("sent" if i.entry.kind == FILE else "sent deletion", i.entry.path)
             log.debug("%s: published update %d (%d entries, %d bytes)", self.ctx.name, seq, len(kept), size)
             return True
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from typing import Callable
 
 from ..checksum import FileChangedError
 from ..errors import EscaleError
@@ -35,6 +36,9 @@ class Scanner:
         self.walked = 0  # how many folders the last scan listed
         self.again: set[str] = set()  # folders to scan next time anyway (changing files, unreadable)
         self._taken: set[str] | None = None
+        #: called with (the changes so far, the report) after each folder: the pusher publishes
+        #: a large scan's changes as it goes (push.Pusher._stream), taking them out of ``into``
+        self.each_folder: Callable[[Changes, CycleReport], None] | None = None
 
     def _root_dev(self) -> int | None:
         try:
@@ -125,6 +129,8 @@ class Scanner:
                     cache.forget_all(p for p in known if p not in found)
                 for lf in folder_changes(found, state.base_folder(rel), into, me=self.ctx.me, in_scope=in_scope):
                     self.scanned[lf.path] = lf
+                if self.each_folder is not None:
+                    self.each_folder(into, report)
             blind = folder.unreadable
             for rel, why in sorted(blind.items()):
                 report.error(f"{rel or 'the synced folder'}: cannot read it ({why}); what it holds is neither "
