@@ -123,11 +123,18 @@ def test_three_encrypted_clients_converge_through_rclone(relay_rclone_s3, tmp_pa
     assert cluster.relay_objects()
 
 
-def rclone_children() -> list[psutil.Process]:
-    me = psutil.Process()
-    return [p for p in psutil.process_iter(["cmdline"])
-            if (p.info["cmdline"] or [])[1:3] == ["serve", "webdav"] and "--dir-cache-time" in p.info["cmdline"]
-            and p.pid != me.pid]
+def rclone_children(client: subprocess.Popen) -> list[psutil.Process]:
+    """The ``rclone serve webdav`` processes below one client process: only its own, not
+    those of a test running beside it (pytest-xdist workers, another suite on the machine)."""
+    out = []
+    for p in psutil.Process(client.pid).children(recursive=True):
+        try:
+            cmdline = p.cmdline()
+        except psutil.Error:  # ended in between
+            continue
+        if cmdline[1:3] == ["serve", "webdav"] and "--dir-cache-time" in cmdline:
+            out.append(p)
+    return out
 
 
 def test_killed_client_leaves_no_rclone_and_no_temporary(relay_rclone_local, tmp_path) -> None:
@@ -138,12 +145,11 @@ def test_killed_client_leaves_no_rclone_and_no_temporary(relay_rclone_local, tmp
     b.once()
     data = os.urandom(40 * MiB)
     a.write("big.bin", data)
-    before = {p.pid for p in rclone_children()}
     proc = a.start("--once")
     try:
         assert wait_for(lambda: any(p.name.startswith(".escale-put-") for p in folder.rglob("*")), timeout=120,
                         interval=0.02), "no upload seen"
-        ours = [p for p in rclone_children() if p.pid not in before]
+        ours = rclone_children(proc)
     finally:
         kill9(proc)
     assert ours, "the client's rclone was not seen"

@@ -62,11 +62,14 @@ def server_of(request, kind: str):
 
 
 def make_relay(request, kind: str, tmp_path, *, via: str | None = None, limit: int = SPLIT_LIMIT,
-               **extra) -> Relay:
+               quick_retries: bool = False, **extra) -> Relay:
     """A fresh, empty, opened relay of ``kind``; ``via``: the URL of a proxy to go through.
-    ``split-<kind>``: that relay seen through the splitting layer with a tiny ``limit``."""
+    ``split-<kind>``: that relay seen through the splitting layer with a tiny ``limit``.
+    ``quick_retries``: backoff delays of 0.01 s from the first request on, the opening ones
+    included (a fault test; the policy itself is tested in test_retry)."""
     if kind.startswith("split-"):
-        return Splitting(make_relay(request, kind.removeprefix("split-"), tmp_path, via=via, **extra), limit)
+        return Splitting(make_relay(request, kind.removeprefix("split-"), tmp_path, via=via,
+                                    quick_retries=quick_retries, **extra), limit)
     if kind in ("file", "file-nolinks"):
         relay: Relay = LocalMount(f"file://{tmp_path}/relay-{uuid.uuid4().hex[:8]}",
                                   hard_links=False if kind == "file-nolinks" else None)
@@ -93,6 +96,8 @@ def make_relay(request, kind: str, tmp_path, *, via: str | None = None, limit: i
         server = server_of(request, kind)
         address, _conf, kwargs = server.new()
         relay = S3(address, **{**server.kwargs(endpoint=via), **extra})
+    if quick_retries:
+        relay.retry.base = relay.retry.cap = 0.01
     relay.open()
     request.addfinalizer(relay.close)
     return relay
@@ -456,8 +461,7 @@ def test_webdav_source_read_error_while_sending_is_a_file_error(request, kind, t
 def test_webdav_5xx_and_resets(request, kind, tmp_path) -> None:
     server = webdav_server(request, kind)
     proxy = start_proxy(request, server, rate=0.25, faults=("500", "503", "reset", "lost", "cut"), seed=7)
-    relay = make_relay(request, kind, tmp_path, via=proxy.url, max_retries=8)
-    relay.retry.base = relay.retry.cap = 0.01  # keep the test quick; the policy is tested in test_retry
+    relay = make_relay(request, kind, tmp_path, via=proxy.url, max_retries=8, quick_retries=True)
     for n in range(8):
         relay.put(f"f/{n}", io.BytesIO(b"data %d" % n))
     assert sorted(i.name for i in relay.list()) == [f"f/{n}" for n in range(8)]
@@ -515,8 +519,8 @@ def test_s3_lost_answers(request, kind, op, tmp_path) -> None:
 
     proxy = S3FaultProxy(server.endpoint, script=script)
     request.addfinalizer(proxy.stop)
-    relay = make_relay(request, kind, tmp_path, via=proxy.endpoint, part_size=5 * MiB, max_retries=3)
-    relay.retry.base = relay.retry.cap = 0.01
+    relay = make_relay(request, kind, tmp_path, via=proxy.endpoint, part_size=5 * MiB, max_retries=3,
+                       quick_retries=True)
     if op == "put":
         relay.put("a/obj", io.BytesIO(b"mine"))
         assert read(relay, "a/obj") == b"mine"
