@@ -22,6 +22,10 @@ Each copied object is recorded in a journal in the state folder, so an interrupt
 migration resumes where it stopped (``kill -9`` included): an object is journalled
 only once it was verified on the destination.
 
+Two members migrating at once: each stops as soon as it sees another's notice on the
+old relay (before copying, after each listing, between copies, before and after writing
+its own), removing nothing; docs/protocol.md says what is left of that race.
+
 Other clients read the notice at the start of a cycle (:mod:`escale.sync.moves`). One
 whose own configuration reaches the new address (same credentials, or the address
 holds them) checks that it holds the same repository header it pinned, carries over
@@ -191,6 +195,7 @@ def migrate(manager, dst: Relay, *, quota: int | None = None, dry_run: bool = Fa
                              "then name the new relay)")
     with manager.inspecting(), _migrating(manager):
         src = manager.relay
+        _refuse_if_moved_meanwhile(manager, target, "before copying")
         header = _read_all(src, HEADER_NAME)
         dst.open()
         try:
@@ -209,14 +214,17 @@ def migrate(manager, dst: Relay, *, quota: int | None = None, dry_run: bool = Fa
                         log.info("%s: the notice is already written (an interrupted migration): clearing the "
                                  "old relay", manager.name)  # followers may write on the new relay: no copy
                     else:
-                        _converge(src, dst, journal, report, spool, stop, max_passes)
+                        _converge(src, dst, journal, report, spool, stop, max_passes,
+                                  watch=_Rival(manager, target))
                     if dst.stat(HEADER_NAME) is None or _read_all(dst, HEADER_NAME) != header:
                         dst.put(HEADER_NAME, _bytes(header), size=len(header))
                         verify_copy(dst, HEADER_NAME, len(header), hashlib.sha256(header).hexdigest())
+                    _refuse_if_moved_meanwhile(manager, target, "before writing its notice")
                     notice = Notice(public_address(target), time.time(), manager.repository_id)
                     manager.store.put_json(notice_name(manager.me), notice.to_dict())
                     log.info("%s: notice %s written on %s: moved to %s", manager.name, notice_name(manager.me),
                              redact(src.address), notice.relay)
+                    _yield_to_a_rival(manager, target)
                     # no copy after the notice: a client that read it may already write on the
                     # new relay (and moves its own late objects there itself)
                     report.removed_from_source = _clear_source(src, journal, manager.me)
@@ -231,13 +239,96 @@ def migrate(manager, dst: Relay, *, quota: int | None = None, dry_run: bool = Fa
 @contextlib.contextmanager
 def _migrating(manager):
     """One migration of a repository at a time on this machine: two would share one journal
-    and each write a notice (exit 4, AlreadyRunning, for the second)."""
+    and each write a notice (exit 4, AlreadyRunning, for the second). Across machines:
+    :class:`_Rival` and :func:`_yield_to_a_rival`."""
     lock = InstanceLock(Path(manager.state_dir), manager.name, name="migrate.lock", doing="being migrated")
     lock.acquire()
     try:
         yield
     finally:
         lock.release()
+
+
+# ---------------------------------------------------------------------------------------
+# two machines migrating one repository at once
+# ---------------------------------------------------------------------------------------
+class MovedMeanwhile(RelayError):
+    """Another member moved the repository while this migration ran (its notice is on the
+    old relay): this one stops without clearing anything or rewriting the configuration;
+    the client follows the notices at its next cycle, as every other client does."""
+
+
+def _rival_notice(manager) -> tuple[str, Notice] | None:
+    """The newest valid notice on the old relay signed by another member, if any (one
+    listing of ``n/``; a notice that does not verify is no rival: reported, ignored)."""
+    mine, best = notice_name(manager.me), None
+    for info in manager.relay.list("n/"):
+        if info.name == mine:
+            continue
+        try:
+            notice = parse_notice(info.name, manager.store.get_json(info.name), manager.repository_id)
+        except RelayObjectMissing:
+            continue
+        except IntegrityError as exc:
+            log.warning("%s: %s", manager.name, exc)
+            continue
+        if best is None or notice.time > best[1].time:
+            best = (info.name, notice)
+    return best
+
+
+def _meanwhile(manager, target: str, found: tuple[str, Notice], when: str) -> MovedMeanwhile:
+    name, notice = found
+    same = public_address(notice.relay).rstrip("/") == public_address(target).rstrip("/")
+    copy = (f"the repository now lives on {notice.relay}, the relay this migration was copying to: nothing of it "
+            "was removed" if same else f"the partial copy on {public_address(target)} is used by no client: "
+            "delete it by hand")
+    return MovedMeanwhile(f"another member moved this repository to {notice.relay} while this migration ran "
+                          f"(its notice {name}); this migration stopped {when}: nothing was removed from "
+                          f"{public_address(manager.relay.address)} and this client's configuration is unchanged; "
+                          f"{copy}. Run 'escale --once': this client then follows the move as every other does")
+
+
+def _refuse_if_moved_meanwhile(manager, target: str, when: str) -> None:
+    found = _rival_notice(manager)
+    if found is not None:
+        raise _meanwhile(manager, target, found, when)
+
+
+@dataclass
+class _Rival:
+    """Looks for another member's notice during the copy: at each pass (before anything
+    "collected meanwhile" is deleted from the destination: an old relay being cleared by
+    another migration looks just like that) and at most every ``every`` seconds between
+    copies (after another notice, its followers may write on the destination)."""
+
+    manager: object
+    target: str
+    every: float = 1.0
+    last: float = 0.0
+
+    def check(self, when: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last >= self.every:
+            self.last = now
+            _refuse_if_moved_meanwhile(self.manager, self.target, when)
+
+
+def _yield_to_a_rival(manager, target: str) -> None:
+    """After writing our notice: if another member's is there too, the two migrations
+    raced past each other's last check. Whichever of us saw no other notice clears the
+    old relay and moves; so the one that sees one rewrites its own notice to name the
+    other's relay — every notice then names the same relay, whichever is newest — and
+    stops, leaving the old relay as it is (see docs/protocol.md)."""
+    found = _rival_notice(manager)
+    if found is None:
+        return
+    _name, rival = found
+    manager.store.put_json(notice_name(manager.me),
+                           Notice(rival.relay, time.time(), manager.repository_id).to_dict())
+    log.warning("%s: another member's notice %s names %s: this client's notice now names it too",
+                manager.name, found[0], rival.relay)
+    raise _meanwhile(manager, target, found, "after writing its notice, which now names that relay too")
 
 
 def alias_state(ctx, new_address: str) -> None:
@@ -333,12 +424,14 @@ def _check_room(src: Relay, dst: Relay, journal: Journal, quota: int | None, tar
 
 
 def _converge(src: Relay, dst: Relay, journal: Journal, report: MigrationReport, spool: str,
-              stop: Callable[[], None], max_passes: int) -> None:
+              stop: Callable[[], None], max_passes: int, watch: _Rival) -> None:
     """Copy until a listing of the source shows nothing new (objects written, rewritten
-    or collected by the clients that keep running)."""
+    or collected by the clients that keep running). Stops (MovedMeanwhile) as soon as
+    another member's notice is seen."""
     for _ in range(max_passes):
         report.passes += 1
         listing = _source_listing(src)
+        watch.check("while copying", force=True)  # after the listing: nothing it lacks was cleared by another
         there = {i.name: i for i in dst.list()}
         todo = [i for n, i in sorted(listing.items()) if not _done(journal, there, i)]
         gone = [n for n in journal.done if n not in listing]
@@ -349,6 +442,7 @@ def _converge(src: Relay, dst: Relay, journal: Journal, report: MigrationReport,
             report.dropped += 1
         for info in todo:
             stop()
+            watch.check("while copying")
             try:
                 size, digest = copy_object(src, dst, info.name, spool)
             except RelayObjectMissing:

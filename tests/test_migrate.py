@@ -286,3 +286,55 @@ def test_a_second_migration_of_the_same_repository_is_refused(secret_cluster, tm
     code, out, err = ctl(a, "migrate", f"file://{new}")  # once the first is done, it runs
     assert code == 0, (out, err)
     assert "object(s) copied" in out
+
+
+def test_two_machines_migrating_at_once(secret_cluster, tmp_path):
+    """a and b migrate one repository at once, each to a relay of its own; b finishes
+    (notice written, old relay cleared) while a is copying. a stops — nothing removed,
+    its configuration unchanged — and follows b's move at its next cycle, as c does.
+    Before, a went on: its listing showed every object gone ("collected meanwhile"), it
+    wrote its notice, the newest, so c followed it to a relay holding the header alone,
+    while b stayed on its own: the repository split."""
+    from escale.config import load_config
+    from escale.config.relocate import destination_for, open_relay
+    from escale.manager import Manager
+    from escale.migrate import MovedMeanwhile, migrate
+
+    cluster = secret_cluster
+    a, b, c = cluster.add("a"), cluster.add("b"), cluster.add("c")
+    cluster.round()
+    for i in range(4):
+        a.write(f"f{i}.txt", f"file {i}")
+    a.write("big.bin", os.urandom((2 << 20) + 5))
+    cluster.round()
+    new_a, new_b = tmp_path / "new-a", tmp_path / "new-b"
+    new_a.mkdir()
+    new_b.mkdir()
+    copies: list[str] = []
+
+    def b_migrates_meanwhile() -> None:
+        copies.append("one more")
+        if len(copies) == 2:  # a has copied one object
+            code, out, err = ctl(b, "migrate", f"file://{new_b}")
+            assert code == 0, (out, err)
+
+    cfg = load_config(str(a.conf))
+    (repo,) = cfg.repositories.values()
+    dest = destination_for(repo, f"file://{new_a}", cfg)
+    manager = Manager.from_config(repo)
+    try:
+        with pytest.raises(MovedMeanwhile, match=f"moved this repository to file://{new_b}"):
+            migrate(manager, open_relay(dest.config), stop=b_migrates_meanwhile)
+    finally:
+        manager.close()
+    assert len(copies) >= 2 and f"file://{new_a}" not in a.conf.read_text()
+    assert all(n.startswith("n/") for n in cluster.relay_objects()) and len(cluster.relay_objects()) == 1
+    for client in (c, a, b, c, a, b):
+        client.once()
+    for client in (a, b, c):
+        assert f"relay address = file://{new_b}\n" in client.conf.read_text(), client.conf.read_text()
+    assert a.tree() == b.tree() == c.tree() and a.path("big.bin").stat().st_size == (2 << 20) + 5
+    a.write("after.txt", "after")
+    for client in (a, b, c):
+        client.once()
+    assert c.path("after.txt").read_text() == "after"
