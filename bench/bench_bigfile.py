@@ -129,10 +129,14 @@ def main() -> None:
     ap.add_argument("--tmp", default=None)
     args = ap.parse_args()
     codes = [("escale", ROOT)] + [(f"escale {Path(c).name}", Path(c).resolve()) for c in args.code]
+    tmp_base = None if args.tmp is None else str(Path(args.tmp).resolve())
+    # python -m escale puts the working folder first on sys.path: run from the repository
+    # root, every --code tree would run this tree's code (as the 2026-12-01 comparisons did)
+    os.chdir("/")
     results: dict[str, list[dict]] = {}
     size = args.mb * 10**6 if args.mb else args.size_mb << 20
     what = f"{args.mb} MB" if args.mb else f"{args.size_mb} MiB"
-    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+    with tempfile.TemporaryDirectory(dir=tmp_base) as tmp:
         work = Path(tmp)
         src = work / "A"
         make_big(src, size)
