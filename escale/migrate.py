@@ -46,10 +46,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 from .errors import ConfigError, IntegrityError, QuotaExceeded, RelayError, RelayObjectMissing
-from .protocol import HEADER_NAME, Notice, notice_name, parse_notice
+from .protocol import HEADER_NAME, Notice, notice_name, parse_notice, signer_of
 from .relay import redact
 from .relay.address import split_network_address
 from .relay.base import ObjectInfo, Relay
@@ -258,23 +258,34 @@ class MovedMeanwhile(RelayError):
     the client follows the notices at its next cycle, as every other client does."""
 
 
-def _rival_notice(manager) -> tuple[str, Notice] | None:
-    """The newest valid notice on the old relay signed by another member, if any (one
-    listing of ``n/``; a notice that does not verify is no rival: reported, ignored)."""
-    mine, best = notice_name(manager.me), None
-    for info in manager.relay.list("n/"):
-        if info.name == mine:
+def newest_notice(ctx, names: Iterable[str], report: Callable[[IntegrityError], None]) -> tuple[str, Notice] | None:
+    """The notice every client follows among ``names`` (``n/<cid>`` objects): the newest
+    one signed by a member whose key ``ctx`` (a Repo) pinned, for this repository. Any
+    other is handed to ``report`` and ignored (docs/protocol.md, "Following a notice")."""
+    best = None
+    for name in sorted(names):
+        if ctx.state.pinned(signer_of(name) or "") is None:
+            report(IntegrityError(name, "a relay-move notice of a client this client never met (no pinned key): "
+                                        "ignored"))
             continue
         try:
-            notice = parse_notice(info.name, manager.store.get_json(info.name), manager.repository_id)
+            notice = parse_notice(name, ctx.store.get_json(name), ctx.repository_id)
+        except IntegrityError as exc:
+            report(exc)
+            continue
         except RelayObjectMissing:
             continue
-        except IntegrityError as exc:
-            log.warning("%s: %s", manager.name, exc)
-            continue
         if best is None or notice.time > best[1].time:
-            best = (info.name, notice)
+            best = (name, notice)
     return best
+
+
+def _rival_notice(manager) -> tuple[str, Notice] | None:
+    """The notice another member wrote on the old relay that clients would follow, if any
+    (one listing of ``n/``); one they would ignore is no rival (logged)."""
+    mine = notice_name(manager.me)
+    return newest_notice(manager.ctx, (i.name for i in manager.relay.list("n/") if i.name != mine),
+                         lambda exc: log.warning("%s: %s", manager.name, exc))
 
 
 def _meanwhile(manager, target: str, found: tuple[str, Notice], when: str) -> MovedMeanwhile:

@@ -16,9 +16,9 @@ import json
 import logging
 import time
 
-from ..errors import EscaleError, IntegrityError, RelayError, RelayObjectMissing
-from ..migrate import alias_state, copy_object, public_address
-from ..protocol import HEADER_NAME, Notice, RelayView, parse_notice, signer_of
+from ..errors import EscaleError, RelayError, RelayObjectMissing
+from ..migrate import alias_state, copy_object, newest_notice, public_address
+from ..protocol import HEADER_NAME, Notice, RelayView, signer_of
 from ..relay.base import Relay
 from .context import Repo
 
@@ -49,22 +49,7 @@ class Moves:
         return self.follow(view)
 
     def newest(self, view: RelayView) -> tuple[str, Notice] | None:
-        best = None
-        for cid, info in sorted(view.notices.items()):
-            if self.ctx.state.pinned(cid) is None:
-                self.ctx.problem(IntegrityError(info.name, "a relay-move notice of a client this client never met "
-                                                           "(no pinned key): ignored"))
-                continue
-            try:
-                notice = parse_notice(info.name, self.ctx.store.get_json(info.name), self.ctx.repository_id)
-            except IntegrityError as exc:
-                self.ctx.problem(exc)
-                continue
-            except RelayObjectMissing:
-                continue
-            if best is None or notice.time > best[1].time:
-                best = (info.name, notice)
-        return best
+        return newest_notice(self.ctx, (i.name for i in view.notices.values()), self.ctx.problem)
 
     def follow(self, view: RelayView) -> bool:
         """Switch to the relay a valid notice names (True: the caller reconnects), or
