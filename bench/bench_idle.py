@@ -8,8 +8,9 @@ start-up of an encrypted repository, ``escale --version``; side by side with rcl
   RSS of the process, from wait4(); the peer is ``rclone sync --dry-run`` of the same folder
   to a copy of itself (what rclone does to find that nothing changed).
 - ``--only scale``: memory per file: the first push of ``--scale-files`` (default 1,000,000)
-  tiny files from A, the first pull into B, then an idle ``--once`` of A; CPU and peak RSS
-  of each (one run each: the first sync of a million files takes many minutes).
+  tiny files from A, the first pull into B, A's next run (it writes its snapshot of the
+  whole base and collects the updates B acknowledged), then an idle ``--once`` of A; CPU
+  and peak RSS of each (one run each: the first sync of a million files takes many minutes).
 - ``--code DIR`` (repeatable): run escale from these source trees (PYTHONPATH) instead of
   this one, one after the other on the same data: before / after figures from one run.
 - start-up of an encrypted repository (scrypt passphrase), first run and later runs, 10 files;
@@ -89,7 +90,9 @@ def scale(work: Path, n: int, code: Path) -> None:
     env = _env(code)
     ca = conf(work, "A", a, f"file://{work}/relay")
     cb = conf(work, "B", b, f"file://{work}/relay")
-    for what, c in (("first push", ca), ("first pull", cb), ("idle", ca)):
+    # A's first run after B's pull is no idle run: every update is acknowledged, so A
+    # writes its snapshot (the whole base) and collects them; the idle run comes after
+    for what, c in (("first push", ca), ("first pull", cb), ("collect (snapshot)", ca), ("idle", ca)):
         wall, cpu, rss = measure([sys.executable, "-m", "escale", "-q", "--once", "-c", str(c)], env)
         print(f"| {what}, {n} files, file:// | escale ({_name(code)}) | wall {wall:.1f} s, CPU {cpu:.1f} s, "
               f"peak RSS {rss} MiB ({rss * 1024 / n:.2f} KiB/file) |", flush=True)

@@ -7,6 +7,7 @@ it has from a concurrent change.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -48,6 +49,13 @@ class Entry:
             if v is not None:
                 d[k] = v
         return d
+
+    def to_json(self) -> str:
+        """The one text of this entry: keys sorted, no spaces. A snapshot's lines are these
+        (protocol.Snapshot) and the state stores them so (state.State.remember), so a
+        snapshot of a million entries copies the stored text instead of parsing and
+        encoding every entry again."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Entry":

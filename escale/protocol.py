@@ -617,9 +617,15 @@ class Snapshot:
     @staticmethod
     def encode_entries(entries: Iterable[Entry], out: BinaryIO) -> tuple[int, int, str]:
         """Write entries (sorted by path) as the body; (count, size, sha256)."""
+        return Snapshot.encode_lines((e.to_json() for e in entries), out)
+
+    @staticmethod
+    def encode_lines(lines: Iterable[str], out: BinaryIO) -> tuple[int, int, str]:
+        """Write entries given as their :meth:`Entry.to_json` texts (sorted by path) as the
+        body; (count, size, sha256)."""
         h, count, size = hashlib.sha256(), 0, 0
-        for e in entries:
-            line = json.dumps(e.to_dict(), sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        for text in lines:
+            line = text.encode() + b"\n"
             h.update(line)
             out.write(line)
             count += 1

@@ -139,3 +139,36 @@ def test_a_report_keeps_a_bounded_number_of_names(cluster):
     assert re.search(r"\b30 received \(", log), log  # the cycle's line: counts, then the first names
     named = {line.rsplit(" received ", 1)[1] for line in log.splitlines() if " received d" in line}
     assert named == {f"d{i // 10}/f{i:04d}.txt" for i in range(30)}, log
+
+
+def test_a_snapshot_copies_the_stored_rows_and_reads_the_same(tmp_path):
+    """The snapshot writer copies rows stored as ``Entry.to_json`` and re-encodes rows of
+    older versions (``json.dumps(to_dict())``): the body is byte for byte the one encoding
+    every entry gives, in path order, with non-UTF-8 names merged in."""
+    import io
+
+    from escale.index import DIR, FILE, GONE, Entry
+    from escale.names import db_key
+    from escale.protocol import Snapshot
+    from escale.state import State
+
+    st = State(tmp_path / "state")
+    entries = [Entry("b/x.txt", FILE, "ab" * 32, 5, 7, 0o644, None, "c1", None, 3),
+               Entry("a", DIR, None, 0, 1, 0o755, None, "c2", None, 1),
+               Entry("b/é.txt", FILE, "cd" * 32, 9, 8, 0o600, "ef" * 32, "c1", "b/x.txt", 4),
+               Entry("z", GONE, None, 0, 2, 0, "/", "c1", None, 5),
+               Entry("raw-\udcff.txt", FILE, "01" * 32, 1, 1, 0o644, None, "c1", None, 6)]
+    old = Entry("m/old.txt", FILE, "99" * 32, 2, 3, 0o644, None, "c3", None, 2)
+    with st.transaction():
+        for e in entries:
+            st.remember(e)
+        st.remember(old)
+        st.db.execute("UPDATE base SET entry = ? WHERE path = ?", (json.dumps(old.to_dict()), db_key(old.path)))
+    rows = dict(st.db.execute("SELECT path, entry FROM base"))
+    assert rows[db_key(entries[0].path)].startswith('{"author":')  # stored as the snapshot's text
+    assert rows[db_key(old.path)].startswith('{"path": ')  # as an older version stored it
+    got, want = io.BytesIO(), io.BytesIO()
+    assert Snapshot.encode_lines(st.base_snapshot_lines(), got) == \
+        Snapshot.encode_entries(sorted(entries + [old], key=lambda e: e.path), want)
+    assert got.getvalue() == want.getvalue()
+    st.close()

@@ -113,7 +113,7 @@ class Collector:
         deps, unseen = self.ctx.horizon()
         with tempfile.TemporaryFile(dir=self.ctx.state_dir, prefix="snapshot-") as body:
             # streamed in path order: a base of a million entries is never held whole
-            count, size, sha256 = Snapshot.encode_entries(self.ctx.state.base_sorted(), body)
+            count, size, sha256 = Snapshot.encode_lines(self.ctx.state.base_snapshot_lines(), body)
             snap = Snapshot(self.ctx.me, seq, self.ctx.state.own_digest, deps, count, size, sha256, unseen)
             head = ObjectStore.encode_header(SNAPSHOT_MAGIC, snap.to_dict())
             body.seek(0)
