@@ -452,7 +452,9 @@ class SFTP(Relay):
         the folder's (mtime, size) is unchanged: one ``stat`` instead of ``opendir``,
         ``readdir``… ``close`` (every put, rename and delete in it changes its mtime). It
         is reused only when it began at least LISTING_SETTLE_SECONDS after that mtime (by
-        our clock: SFTP times are whole seconds), and for LISTING_MAX_AGE at most."""
+        our clock: SFTP times are whole seconds), and for LISTING_MAX_AGE at most. A server
+        clock behind ours can hide a change for that long at worst; one ahead of ours only
+        makes every call list."""
         with self._lock:
             writes, kept = self._writes, self._root
         root = self._abs("")
