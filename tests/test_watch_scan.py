@@ -153,6 +153,9 @@ def test_watched_cycles_publish_what_a_full_scan_would(cluster, watched):
                                     (f / "d0" / "deep2" / "er" / "again.txt").write_text("again")]),
         ("move a tree out", lambda: (f / "d2").rename(cluster.base / "outside-d2")),
         ("move a tree in", lambda: (cluster.base / "outside-d2").rename(f / "back")),
+        # one event for the tree moved out, none below it: its subfolders' rows must still go
+        ("a tree moved out, its name reused", lambda: [(f / "d0").rename(cluster.base / "outside-d0"),
+                                                       (f / "d0").mkdir(), (f / "d0" / "new.txt").write_text("new")]),
     ]
     for what, step in steps:
         step()

@@ -17,7 +17,7 @@ from ..checksum import FileChangedError
 from ..errors import EscaleError
 from ..folder import TMP_MARK, LocalChanged
 from ..fsnames import is_state_name
-from ..index import FILE, Entry, LocalFile
+from ..index import DIR, FILE, Entry, LocalFile, Synced
 from ..names import db_key
 from ..plan import Changes, folder_changes
 from .context import Repo
@@ -127,8 +127,11 @@ class Scanner:
                         unsettled.add(lf.path)
                 if known:  # files gone from this folder
                     cache.forget_all(p for p in known if p not in found)
-                for lf in folder_changes(found, state.base_folder(rel), into, me=self.ctx.me, in_scope=in_scope):
+                base = state.base_folder(rel)
+                for lf in folder_changes(found, base, into, me=self.ctx.me, in_scope=in_scope):
                     self.scanned[lf.path] = lf
+                if changed is not None:  # a known folder gone from this one: its rows are deletions too
+                    vanished += _lost_folders(found, base)  # (moved out of the watch: no event below it)
                 if self.each_folder is not None:
                     self.each_folder(into, report)
             blind = folder.unreadable
@@ -183,6 +186,14 @@ class Scanner:
         gone = dict.fromkeys(vanished)
         outer = [v for v in vanished if not _within(v.rpartition("/")[0], gone)]  # the rest is inside
         return sorted(tops, key=lambda t: (t.count("/") if t else -1, t)), sorted(outer)
+
+
+def _lost_folders(found: dict[str, LocalFile], base: dict[str, Synced]) -> list[str]:
+    """The folders a folder's base holds that its listing no longer shows as folders. A
+    folder moved out of the synced folder gives one event, for itself only: when its name
+    is reused at once (a new folder made, another tree moved in), only this listing tells
+    that the old subfolders and everything in them are gone."""
+    return [p for p, b in base.items() if b.kind == DIR and (p not in found or found[p].kind != DIR)]
 
 
 def _within(path: str, places: dict[str, str]) -> bool:
