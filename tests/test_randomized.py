@@ -152,6 +152,22 @@ def content_tree(folder: Path) -> dict[str, str | None]:
             for p in user_files(folder)}
 
 
+def assert_nothing_lost(seed: int, clients: list, trees: list, oracle: Oracle, log: str) -> None:
+    """The end of a randomized run: every client holds A's tree, the run synced something,
+    a last cycle of each ends clean, and every content no user deleted is in every folder."""
+    for c, t in zip(clients, trees):
+        assert t == trees[0], (f"seed {seed}: {c.name} differs from A: only in A "
+                               f"{sorted(set(trees[0]) - set(t))[:5]}, only in {c.name} "
+                               f"{sorted(set(t) - set(trees[0]))[:5]}\n{log}")
+    assert oracle.alive() and any(t for t in trees[0].values()), f"seed {seed}: the run synced nothing\n{log}"
+    for c in clients:
+        r = c.once(check=False)
+        assert r.code == 0, f"seed {seed}: {c.name} does not end clean: {r}\n{log}"
+        lost = oracle.alive() - tokens_in(c.folder)
+        assert not lost, f"seed {seed}: {c.name} lost contents no user deleted: {sorted(lost)[:10]}\n{log}"
+        assert temp_files(c.folder) == [], f"seed {seed}: temporary files left in {c.name}"
+
+
 @pytest.mark.parametrize("kills", KILLS,
                          ids=lambda k: f"kills{k:g}")
 @pytest.mark.parametrize("seed", SEEDS)
@@ -180,18 +196,8 @@ def test_random_edits_renames_deletes_kills_lose_nothing(tmp_path, seed, kills):
         if all(t == trees[0] for t in trees):
             break
     log = "\n".join(history[-40:])
-    for c, t in zip(clients, trees):
-        assert t == trees[0], (f"seed {seed}: {c.name} differs from A: only in A "
-                               f"{sorted(set(trees[0]) - set(t))[:5]}, only in {c.name} "
-                               f"{sorted(set(t) - set(trees[0]))[:5]}\n{log}")
-    assert oracle.alive() and any(t for t in trees[0].values()), f"seed {seed}: the run synced nothing\n{log}"
     print("\n".join(history), f"\n{len(oracle.alive())} contents alive, {len(trees[0])} files")
-    for c in clients:
-        r = c.once(check=False)
-        assert r.code == 0, f"seed {seed}: {c.name} does not end clean: {r}\n{log}"
-        lost = oracle.alive() - tokens_in(c.folder)
-        assert not lost, f"seed {seed}: {c.name} lost contents no user deleted: {sorted(lost)[:10]}\n{log}"
-        assert temp_files(c.folder) == [], f"seed {seed}: temporary files left in {c.name}"
+    assert_nothing_lost(seed, clients, trees, oracle, log)
 
 
 @pytest.mark.parametrize("seed", [5, 17])
@@ -246,14 +252,4 @@ def test_random_edits_under_running_daemons_lose_nothing(tmp_path, seed):
     for c in clients:
         text = (tmp_path / f"daemon-{c.name}.log").read_text()
         assert "Traceback" not in text, f"seed {seed}: {c.name}'s daemon:\n{text[-3000:]}"
-    for c, t in zip(clients, trees):
-        assert t == trees[0], (f"seed {seed}: {c.name} differs from A: only in A "
-                               f"{sorted(set(trees[0]) - set(t))[:5]}, only in {c.name} "
-                               f"{sorted(set(t) - set(trees[0]))[:5]}\n{log}")
-    assert oracle.alive() and any(t for t in trees[0].values()), f"seed {seed}: the run synced nothing\n{log}"
-    for c in clients:
-        r = c.once(check=False)
-        assert r.code == 0, f"seed {seed}: {c.name} does not end clean: {r}\n{log}"
-        lost = oracle.alive() - tokens_in(c.folder)
-        assert not lost, f"seed {seed}: {c.name} lost contents no user deleted: {sorted(lost)[:10]}\n{log}"
-        assert temp_files(c.folder) == [], f"seed {seed}: temporary files left in {c.name}"
+    assert_nothing_lost(seed, clients, trees, oracle, log)

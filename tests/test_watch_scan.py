@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from cluster import tree
+from test_idle_scale import _fill  # files d<n>/f<i>.txt, made old enough for the checksum cache
 from escale.config import load_config
 from escale.manager import Manager
 from escale.watch import FolderWatcher, filesystem_type
@@ -89,15 +90,6 @@ def watched(cluster):
     yield make
     for w in made:
         w.close()
-
-
-def _fill(folder: Path, folders: int, per_folder: int) -> None:
-    for d in range(folders):
-        for i in range(per_folder):
-            p = folder / f"d{d}" / f"f{i}.txt"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(f"{d}/{i}\n")
-    _old(folder)
 
 
 def test_an_idle_watched_cycle_lists_no_folder_and_a_change_lists_its_folder(cluster, watched):
