@@ -5,6 +5,7 @@ one ``file://`` relay. Nothing is mocked: every step runs ``python -m escale``.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import signal
@@ -145,6 +146,18 @@ class Cluster:
                 except FileNotFoundError:
                     pass
         return total
+
+
+def raw_key_file(folder: Path) -> Path:
+    """A raw key file (base64 of 32 random bytes, mode 0600) in ``folder``, for ``passphrase =``.
+
+    Scenarios that test encryption, not the passphrase, use it: with a passphrase each new
+    client pays one scrypt (about 0.4 s and 128 MiB); the passphrase path has its own tests
+    (test_startup, test_config_mistakes, test_encryption)."""
+    secret = folder / "raw.key"
+    secret.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    secret.chmod(0o600)
+    return secret
 
 
 def tree(folder: Path) -> dict[str, tuple]:

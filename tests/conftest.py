@@ -1,5 +1,3 @@
-import base64
-import os
 import sys
 from pathlib import Path
 
@@ -7,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cluster import Cluster  # noqa: E402
+from cluster import Cluster, raw_key_file  # noqa: E402
 from relays import RELAY_KINDS  # noqa: E402
 from servers_webdav import (dav_server, relay_webdav_apache, relay_webdav_rclone,  # noqa: E402,F401
                             relay_webdav_wsgidav)
@@ -32,12 +30,8 @@ def relay_cluster(request, tmp_path):
     if kind == "file":
         return Cluster(tmp_path)
     if kind == "encrypted":
-        # a raw key file (base64 of 32 bytes): the scenarios test encryption and padding, not
-        # the passphrase path (test_startup, test_config_mistakes, test_encryption do), and
-        # each new client would otherwise pay one scrypt (about 0.4 s and 128 MiB)
-        secret = tmp_path / "passphrase"
-        secret.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
-        secret.chmod(0o600)
+        # the scenarios test encryption and padding, not the passphrase path
+        secret = raw_key_file(tmp_path)
         return Cluster(tmp_path, relay_conf=f"passphrase = {secret}\npadding = on\n", kind=kind)
     factory = request.getfixturevalue("relay_" + kind.replace("-", "_"))
     address, conf, kwargs = factory.new()

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from cluster import Cluster
+from cluster import Cluster, raw_key_file
 from test_backup import ctl
 
 
@@ -11,9 +11,7 @@ from test_backup import ctl
 def repo(tmp_path):
     """Three members, two updates of one pusher in transit (inline files over several
     AEAD chunks, and a large file as its own object), acknowledgements, a snapshot."""
-    secret = tmp_path / "passphrase"
-    secret.write_text("check test passphrase\n")
-    secret.chmod(0o600)
+    secret = raw_key_file(tmp_path)  # encrypted; the passphrase path has its own tests
     cluster = Cluster(tmp_path, relay_conf=f"passphrase = {secret}\n")
     a, b, c = cluster.add("a"), cluster.add("b", extra="puller count = 1\n"), cluster.add("c")
     cluster.round()  # c does not run again: a's updates wait for it

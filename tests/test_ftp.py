@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from cluster import Cluster, kill9, wait_for
+from cluster import Cluster, kill9, raw_key_file, wait_for
 from escale.errors import AuthenticationError, ConfigError, ObjectExists, RelayError, TransientRelayError
 from escale.relay import FTP, backend_for
 from escale.relay.ftp import LOCK_MARK, OLD_MARK, TMP_MARK
@@ -447,9 +447,7 @@ def test_lost_answers_are_checked_not_repeated(own_server) -> None:
 # ------------------------------------------------------------------ through the CLI
 def encrypted_cluster(tmp_path, server: FTPServer) -> Cluster:
     address, conf, kwargs = server.new()
-    secret = tmp_path / "passphrase"
-    secret.write_text("a passphrase for the ftp scenarios\n")
-    secret.chmod(0o600)
+    secret = raw_key_file(tmp_path)  # encryption and padding, not the passphrase, are tested here
     return Cluster(tmp_path, address, conf + f"passphrase = {secret}\npadding = on\nmax retries = 6\n", kwargs,
                    kind="ftps")
 

@@ -489,12 +489,10 @@ def test_drive_auth_headless(tmp_path, relay_gdrive) -> None:
 
 
 def test_three_clients_converge_encrypted(tmp_path, relay_gdrive) -> None:
-    from cluster import Cluster
+    from cluster import Cluster, raw_key_file
 
     address, conf, kw = relay_gdrive.new()
-    secret = tmp_path / "passphrase"
-    secret.write_text("a passphrase for drive\n")
-    secret.chmod(0o600)
+    secret = raw_key_file(tmp_path)  # encryption, not the passphrase, is tested here
     cl = Cluster(tmp_path, address, conf + f"passphrase = {secret}\n", kw, kind="gdrive")
     a, b, c = cl.add("a"), cl.add("b"), cl.add("c")
     a.write("docs/a.txt", "from a, secret words")

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster import Cluster, kill9, wait_for
+from cluster import Cluster, kill9, raw_key_file, wait_for
 from escale.errors import AuthenticationError, ConfigError, RelayError
 from escale.relay import BACKENDS, Rclone, parse_address
 from escale.relay.rclone import join_address
@@ -93,9 +93,7 @@ def test_refused_credentials_of_the_remote(rclone_config, relay_webdav_wsgidav, 
 # --------------------------------------------------------------------------- the real CLI
 def test_three_encrypted_clients_converge_through_rclone(relay_rclone_s3, tmp_path) -> None:
     addr, conf, kwargs = relay_rclone_s3.new()
-    secret = tmp_path / "passphrase"
-    secret.write_text("a passphrase for rclone\n")
-    secret.chmod(0o600)
+    secret = raw_key_file(tmp_path)  # encryption, not the passphrase, is tested here
     base, _, sub = addr.rpartition("/")
     cluster = Cluster(tmp_path, base, conf + f"relay directory = {sub}\npassphrase = {secret}\n", kwargs,
                       kind="rclone-s3")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import Cluster, kill9, wait_for
+from cluster import Cluster, kill9, raw_key_file, wait_for
 from escale.errors import AuthenticationError, RelayError, TransientRelayError
 from escale.relay import BACKENDS, SFTP
 from escale.relay.sftp import TMP_MARK
@@ -287,9 +287,7 @@ def test_server_without_posix_rename_is_refused(tmp_path) -> None:
 # --------------------------------------------------------------------------- the real CLI
 def test_three_encrypted_clients_converge(relay_sftp, tmp_path) -> None:
     addr, conf, kwargs = relay_sftp.new()
-    secret = tmp_path / "passphrase"
-    secret.write_text("a passphrase for sftp\n")
-    secret.chmod(0o600)
+    secret = raw_key_file(tmp_path)  # encryption, not the passphrase, is tested here
     cluster = Cluster(tmp_path, addr, conf + f"passphrase = {secret}\n", kwargs, kind="sftp")
     a, b, c = cluster.add("a"), cluster.add("b"), cluster.add("c")
     expected = {}
