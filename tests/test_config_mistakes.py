@@ -87,7 +87,8 @@ def _config_error(extra: str) -> ConfigError:
 PLAIN = {
     "local path": "/tmp/escale-t/local", "relay address": "file:///tmp/escale-t/relay",
     "relay directory": "sub", "port": "2121", "client name": "laptop", "mode": "upload",
-    "push only": "no", "pull only": "no", "refresh": "12", "disk quota": "2GB", "puller count": "2",
+    "push only": "no", "pull only": "no", "refresh": "12", "full scan": "600", "disk quota": "2GB",
+    "puller count": "2",
     "include": "*.txt, *.md", "exclude": "*.tmp, a#b, c;d", "file extension": ".jpg, png",
     "include directory": "docs", "exclude directory": "build", "checksum": "sha512",
     "checksum cache": "no", "index": "topdir:2", "maxpagesize": "50MB", "encryption": "off",

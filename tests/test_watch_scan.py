@@ -309,3 +309,25 @@ def test_a_file_system_mounted_inside_the_folder_makes_every_scan_full(cluster, 
         assert w.m.pusher.scanner.walked == 3  # the top, plain and share: every cycle scans it all
     finally:
         subprocess.run(["umount", "-l", str(a.folder / "share")], capture_output=True)
+
+
+@pytest.mark.parametrize("text, seconds", [("600", 600.0), ("0", 0.0), ("always", 0.0), ("yes", 3600.0)])
+def test_the_full_scan_option(tmp_path, text, seconds):
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[r]\nlocal path = {tmp_path / 'f'}\nrelay address = {tmp_path / 'relay'}\nencryption = off\n"
+                    f"rescan = {text}\n")
+    assert load_config(conf).repositories["r"].full_scan == seconds
+
+
+@pytest.mark.parametrize("text", ["off", "never", "-5", "soon"])
+def test_full_scans_cannot_be_turned_off(tmp_path, text):
+    from escale.errors import ConfigError
+
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[r]\nlocal path = {tmp_path / 'f'}\nrelay address = {tmp_path / 'relay'}\nencryption = off\n"
+                    f"full scan = {text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(conf)
+    assert "[r]" in str(info.value) and "'full scan'" in str(info.value)
+    if text in ("off", "never"):
+        assert "cannot be turned off" in str(info.value)

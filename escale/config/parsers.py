@@ -71,7 +71,7 @@ def _parse_full_scan(text: str) -> float:
         return DEFAULT_FULL_SCAN
     if t in ("always", "every cycle"):
         return 0.0
-    if t in _FALSE - {"0"}:
+    if t in _FALSE - {"0"} or t == "never":
         raise ValueError("full scans cannot be turned off (they find what the folder watcher missed); give "
                          f"the longest time between two in seconds (default {DEFAULT_FULL_SCAN:g}), or 0 to "
                          "scan the whole folder every cycle")
