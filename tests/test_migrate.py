@@ -338,3 +338,44 @@ def test_two_machines_migrating_at_once(secret_cluster, tmp_path):
     for client in (a, b, c):
         client.once()
     assert c.path("after.txt").read_text() == "after"
+
+
+def test_a_migration_that_sees_a_rival_notice_after_its_own_names_the_rival_relay(secret_cluster, tmp_path):
+    """The last look, just after writing its notice (escale/migrate._yield_to_a_rival): a
+    member that finds another's notice there too rewrites its own to name the other's
+    relay and stops, so every notice names one relay whichever is newest; then it follows."""
+    from escale.config import load_config
+    from escale.manager import Manager
+    from escale.migrate import MovedMeanwhile, _yield_to_a_rival
+    from escale.protocol import Notice, notice_name, parse_notice
+
+    cluster = secret_cluster
+    a, b = cluster.add("a"), cluster.add("b")
+    cluster.round()
+    a.write("f.txt", "from a")
+    cluster.round()
+    new_a, new_b = tmp_path / "new-a", tmp_path / "new-b"
+    new_a.mkdir()
+    new_b.mkdir()
+    (repo,) = load_config(str(a.conf)).repositories.values()
+    manager = Manager.from_config(repo)
+    try:
+        with manager.inspecting():  # a, about to write its notice, when b's migration ends
+            code, out, err = ctl(b, "migrate", f"file://{new_b}")
+            assert code == 0, (out, err)
+            # a's own notice, written just before its last look (a later time: the newest)
+            manager.store.put_json(notice_name(manager.me),
+                                   Notice(f"file://{new_a}", time.time() + 60, manager.repository_id).to_dict())
+            with pytest.raises(MovedMeanwhile, match=f"moved this repository to file://{new_b}"):
+                _yield_to_a_rival(manager, f"file://{new_a}")
+            mine = parse_notice(notice_name(manager.me), manager.store.get_json(notice_name(manager.me)),
+                                manager.repository_id)
+            assert mine.relay == f"file://{new_b}"
+    finally:
+        manager.close()
+    a.once()
+    assert f"relay address = file://{new_b}\n" in a.conf.read_text()
+    a.write("g.txt", "after")
+    a.once()
+    b.once()
+    assert b.path("g.txt").read_text() == "after"
