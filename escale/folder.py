@@ -148,6 +148,9 @@ class Folder:
         #: what the last scan could not read (relative path, "" for the folder itself →
         #: reason): whatever lies there is unknown this cycle, not deleted
         self.unreadable: dict[str, str] = {}
+        #: the last scan's folders holding accepted files with more than one name (hard
+        #: links) → their inodes: an edit through another name reaches no watch of the folder
+        self.linked: dict[str, set[int]] = {}
         self._listings: dict[tuple[int, int], tuple[int, dict[str, list[str]]]] = {}
         self.rules = FsRules()
         self.set_rules(rules)
@@ -218,12 +221,13 @@ class Folder:
         ``descend`` says whether to walk into a folder (only exclusions stop a walk, so
         ``include directory = src/lib*`` still reaches ``src/library``); ``accept_dir``
         whether the folder itself is synced; ``accept_file`` None takes every file. Folders
-        are entered by descriptor, never through a link. What could not be read is in :attr:`unreadable` (complete once the
-        walk ends). ``tops``: the folders to walk from (a watcher-driven scan walks only the
-        folders that changed; ``descend`` then says which of their subfolders are new).
+        are entered by descriptor, never through a link. What could not be read is in
+        :attr:`unreadable` (complete once the walk ends), files with other names (hard links)
+        in :attr:`linked`. ``tops``: the folders to walk from (a watcher-driven scan walks
+        only the folders that changed; ``descend`` then says which of their subfolders are new).
         """
         descend = descend or accept_dir
-        self.unreadable = {}
+        self.unreadable, self.linked = {}, {}
 
         def unreadable(rel: str, exc: OSError) -> None:
             self.unreadable[rel] = exc.strerror or str(exc)
@@ -250,6 +254,8 @@ class Folder:
                     if accept_file is None or accept_file(relpath):
                         found[relpath] = LocalFile(relpath, FILE, st.st_size, min(st.st_mtime_ns, MAX_INT),
                                                    st.st_ino, stat.S_IMODE(st.st_mode) & 0o777, dev=st.st_dev)
+                        if st.st_nlink > 1:
+                            self.linked.setdefault(rel, set()).add(st.st_ino)
                 else:
                     log.debug("skipping %s: not a regular file or folder (symlinks are not synced)", relpath)
             yield rel, found

@@ -159,6 +159,46 @@ def test_watched_cycles_publish_what_a_full_scan_would(cluster, watched):
     assert tree(b.folder) == tree(a.folder)
 
 
+def test_hard_links_edited_through_another_name(cluster, watched):
+    """A file with several names (hard links): an edit through one name reaches only the
+    watch of that name's folder. Folders holding such files are walked every watched cycle,
+    and a new name found by a watched walk makes the next scan a full one."""
+    a = cluster.add("a")
+    f = a.folder
+    for d in ("x", "y", "z", "p"):
+        (f / d).mkdir()
+    (f / "p" / "q.txt").write_text("q")
+    (f / "x" / "a.txt").write_text("one")
+    os.link(f / "x" / "a.txt", f / "y" / "b.txt")
+    (f / "z" / "c.txt").write_text("c")
+    outside = cluster.base / "outside.txt"
+    os.link(f / "z" / "c.txt", outside)
+    _old(f)
+    w = watched(a)
+    w.cycle()
+
+    def edit(path: Path, text: str) -> None:
+        with open(path, "r+") as fh:  # in place: the same inode, so every name changes
+            fh.write(text)
+    steps = [
+        ("edit through x/a.txt", lambda: edit(f / "x" / "a.txt", "two")),
+        ("edit through y/b.txt", lambda: edit(f / "y" / "b.txt", "six")),
+        ("edit through a name outside the folder", lambda: edit(outside, "C")),
+        ("a new name", lambda: [(f / "n").mkdir(), os.link(f / "x" / "a.txt", f / "n" / "new.txt")]),
+        ("edit through the new name", lambda: edit(f / "n" / "new.txt", "ten")),
+        ("edit through the new name again", lambda: edit(f / "n" / "new.txt", "TEN")),
+        # (a cycle in between: the oracle's full scan would find the new name's folders itself)
+        ("a second name for a file that had one, a cycle, an edit through it",
+         lambda: [os.link(f / "p" / "q.txt", f / "n" / "r.txt"), w.cycle(), edit(f / "n" / "r.txt", "Q")]),
+    ]
+    for what, step in steps:
+        step()
+        r = w.cycle()
+        assert r.errors == [], (what, r.errors)
+        again = w.full_cycle()
+        assert (again.sent, again.deleted) == (0, 0), f"{what}: the watched cycle missed {again.files}"
+
+
 @pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 def test_random_edits_watched_cycles_miss_nothing(cluster, watched, seed):
     """Random creates, edits, deletes, renames and moves of files and folders, several per

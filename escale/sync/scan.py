@@ -36,6 +36,10 @@ class Scanner:
         self.walked = 0  # how many folders the last scan listed
         self.again: set[str] = set()  # folders to scan next time anyway (changing files, unreadable)
         self._taken: set[str] | None = None
+        #: folders holding files with more than one name (hard links) → their inodes: an edit
+        #: through another name is seen by no watch of the folder, so each watched cycle walks them
+        self.linked: dict[str, set[int]] = {}
+        self._relinked = False  # a watched walk found a new name of such a file: scan it all next
         #: called with (the changes so far, the report) after each folder: the pusher publishes
         #: a large scan's changes as it goes (push.Pusher._stream), taking them out of ``into``
         self.each_folder: Callable[[Changes, CycleReport], None] | None = None
@@ -59,6 +63,8 @@ class Scanner:
         watcher hands the same folders to the next scan."""
         if self.watcher is not None:
             self.watcher.finished(self._taken, complete, self.again)
+            if self._relinked:  # where its other names are, only a full scan finds
+                self.watcher.restore(None)
 
     def changes(self, unsettled: set[str], report: CycleReport) -> list[Entry]:
         """What changed since the base, in publishing order; paths found but not settled
@@ -76,6 +82,9 @@ class Scanner:
             return self.ctx.filter.may_descend(path)
 
         changed = self._taken = self.watcher.take() if self.watcher is not None else None
+        self._relinked = False
+        if changed is not None:
+            changed = changed | self.linked.keys()
         folder, cache, state = self.ctx.folder, self.ctx.cache, self.ctx.state
         self.scanned = {}  # what is sent is opened again as the very file the scan saw
         blind = folder.unreadable = {}  # what the scan could not even list (filled as the walk goes)
@@ -132,6 +141,11 @@ class Scanner:
                     self.scanned[lf.path] = lf
                 if changed is not None:  # a known folder gone from this one: its rows are deletions too
                     vanished += _lost_folders(found, base)  # (moved out of the watch: no event below it)
+                if changed is not None:  # a new name of a hard-linked file here: its others are unknown
+                    had, now = self.linked.pop(rel, set()), folder.linked.get(rel)
+                    if now:
+                        self.linked[rel] = now
+                        self._relinked |= not now <= had
                 if self.each_folder is not None:
                     self.each_folder(into, report)
             blind = folder.unreadable
@@ -141,9 +155,12 @@ class Scanner:
             if changed is None:
                 gone = set(state.base_parents()) - walked  # folders gone (or not walked): their rows
                 cache.forget_folders(cache.parents() - walked)
+                self.linked = folder.linked
             else:
                 gone = {key for v in vanished for key in state.base_parents_within(v)} - walked
                 cache.forget_folders(gone)
+                places = dict.fromkeys(vanished)
+                self.linked = {rel: ino for rel, ino in self.linked.items() if not _within(rel, places)}
         self.walked = len(walked)  # folders listed (status and tests: O(changes) with a watcher)
         self.again = {p.rpartition("/")[0] for p in unsettled} | set(blind)
         self.ctx.check_folder()  # unmounted during the scan: what it missed is not deleted
