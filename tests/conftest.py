@@ -42,7 +42,9 @@ def relay_cluster(request, tmp_path):
 #: default (a conflict resolved alike everywhere, a late joiner catching up) and the others in
 #: the slow suite (.ci/run runs it): each backend also has the conformance suite
 #: (tests/test_relay_contract.py) and its own three-client, kill -9 and fault scenarios in its
-#: test file, so the default suite stays near ten minutes on two cores
+#: test file, so the default suite is meant to stay under ten minutes on two cores (two pytest-xdist
+#: workers, setup.cfg's addopts: each worker starts its own servers, on free ports, in its
+#: own temporary folder)
 _NETWORK_DEFAULT = ("test_concurrent_edit_gives_one_winner_and_one_conflict_copy_everywhere",
                     "test_late_joiner_receives_everything")
 #: on the local Drive server every CLI cycle also pays googleapiclient's import (about 0.8 s):
