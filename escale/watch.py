@@ -16,6 +16,8 @@ did before the watcher existed. A missed event therefore costs latency, never a 
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import re
@@ -42,6 +44,23 @@ LOCAL_FILESYSTEMS = frozenset((
 #: watchdog says a kernel queue overflow (events lost) only in its log: these loggers
 #: are listened to, and an overflow makes the next scan a full one
 _OVERFLOW_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
+
+
+def _room_for_a_watch(path: Path) -> bool:
+    """Can inotify add one more watch now (one init, one add, one close)? watchdog skips a
+    subfolder whose watch it cannot add (the per-user limit fs.inotify.max_user_watches,
+    reached by a large tree or by other programs) and says nothing: changes there would
+    reach no event. A watcher that met a full limit watches its folder anew once there is room."""
+    from watchdog.observers.inotify_c import InotifyConstants, inotify_add_watch, inotify_init
+
+    fd = inotify_init()
+    if fd < 0:
+        return False
+    try:
+        return (inotify_add_watch(fd, os.fsencode(path), InotifyConstants.IN_ATTRIB) >= 0
+                or ctypes.get_errno() != errno.ENOSPC)  # (a folder gone is not this question)
+    finally:
+        os.close(fd)
 
 
 def filesystem_type(path: Path, mounts: str = "/proc/self/mountinfo") -> str | None:
@@ -95,6 +114,7 @@ class FolderWatcher:
         self._identity: tuple[int, int] | None = None
         self._listener: _OverflowListener | None = None
         self.trusted = False  # whether take() may ever answer a set (local fs, inotify)
+        self._short = False  # inotify had no room for a watch: some folders may not be watched
 
     def _relative(self, path: str) -> str | None:
         """The path relative to the root, or None for escale's own and temporary files."""
@@ -177,8 +197,16 @@ class FolderWatcher:
             same = (st.st_dev, st.st_ino) == self._identity
         except OSError:
             same = False
-        if not same:  # the folder was replaced (renamed, remounted): watch the new one
-            log.info("%s: the synced folder changed under the watcher; watching it again", self.root)
+        if not _room_for_a_watch(self.root):  # watchdog skips a folder it cannot watch, without a word
+            if not self._short:
+                log.warning("%s: inotify has no room for more watches (fs.inotify.max_user_watches): every "
+                            "cycle scans the whole folder until there is", self.root)
+            self._short = True
+            return None
+        if not same or self._short:  # replaced (renamed, remounted), or not all watched: watch it anew
+            log.info("%s: %s; watching it again", self.root,
+                     "inotify has room for watches again" if same else "the synced folder changed under the watcher")
+            self._short = False
             self.stop()
             self.start()
             with self._lock:  # this take is the full scan the new watch needs

@@ -317,6 +317,56 @@ def test_a_replaced_synced_folder_is_watched_again(tmp_path):
         w.stop()
 
 
+_NO_ROOM = """
+import sys, threading, time
+from pathlib import Path
+from escale.watch import FolderWatcher
+
+limit = Path("/proc/sys/user/max_inotify_watches")  # this user namespace's own
+limit.write_text("4")
+root = Path(sys.argv[1])
+deep = root.joinpath(*(f"d{i}" for i in range(8)))
+deep.mkdir(parents=True)
+wake = threading.Event()
+w = FolderWatcher(root, wake)
+assert w.start() and w.trusted
+w.finished(w.take(), complete=True)
+(deep / "x.txt").write_text("x")
+time.sleep(1)
+assert w.take() is None, "a folder without a watch: not every change was seen"
+w.finished(None, complete=True)
+limit.write_text("1000")
+assert w.take() is None  # room again: watched anew, and this take is its full scan
+w.finished(None, complete=True)
+wake.clear()
+(deep / "y.txt").write_text("y")
+assert wake.wait(10)
+time.sleep(0.6)
+taken = w.take()
+assert taken == {deep.relative_to(root).as_posix()}, taken
+w.stop()
+print("ok")
+"""
+
+
+def test_folders_inotify_had_no_room_to_watch(tmp_path):
+    """watchdog skips a subfolder whose watch it cannot add (fs.inotify.max_user_watches
+    reached: a large tree, or other programs' watches), without a word; the watcher must
+    then not answer "nothing changed". The limit is lowered in a user namespace of the
+    test's own (unshare -U), not for the machine."""
+    import subprocess
+    import sys
+
+    if subprocess.run(["unshare", "-U", "-r", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a user namespace here (unshare -U)")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    p = subprocess.run(["unshare", "-U", "-r", sys.executable, "-c", _NO_ROOM, str(tmp_path / "sync")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    if "w.trusted" in p.stderr:
+        pytest.skip(f"{filesystem_type(tmp_path)} here: the watcher is not trusted, every scan is full")
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
 def test_only_local_file_systems_are_trusted(tmp_path):
     mounts = tmp_path / "mountinfo"
     mounts.write_text(
