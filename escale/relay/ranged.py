@@ -9,8 +9,11 @@ its ``get`` when the object is at least :attr:`Parallel.min_size` bytes: the fir
 with ``get_range`` pinned to the version the first GET answered with, so a rewrite under
 way is an error, never a splice of two versions.
 
-Memory: at most ``width`` pieces fetched ahead plus the one being read (5 × 2 MiB by
-default). The reader sees the same bytes, in the same order, as from one GET: a piece
+Memory: at most ``width`` pieces fetched ahead plus the one being read (4 × 4 MiB by
+default; each piece is read in 256 KiB slices, so a fetching thread holds no second
+MiB-sized buffer besides its piece). Why 3 × 4 MiB and not 4 × 2 MiB: on S3 each ranged GET
+costs ~2 ms of botocore CPU, and half as many GETs with one thread fewer gave a faster
+pull for the same peak memory (docs/performance.md, "Large files"). The reader sees the same bytes, in the same order, as from one GET: a piece
 that comes short (the object truncated or replaced) is an error at that point, and the
 callers' own checks (the AEAD chunks, the file's digest) stay where they were.
 """
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+#: how much of a piece one read asks for (a backend's read may hold a copy of it meanwhile)
+SLICE = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,8 @@ class Parallel:
     """How a backend reads large objects: pieces of ``piece`` bytes, ``width`` at once, for
     objects of ``min_size`` bytes or more (a smaller one is one GET)."""
 
-    piece: int = 2 * MiB
-    width: int = 4
+    piece: int = 4 * MiB
+    width: int = 3
     min_size: int = 16 * MiB
 
     def applies(self, size: int, version: str | None) -> bool:
@@ -87,7 +92,7 @@ class ParallelRead(BlockReader):
                 while got < length:
                     if self.stop.is_set():
                         raise _Stopped()
-                    n = src.readinto(view[got:min(length, got + MiB)]) or 0
+                    n = src.readinto(view[got:min(length, got + SLICE)]) or 0
                     if not n:
                         break
                     got += n

@@ -10,7 +10,7 @@ library here gives:
 
 - streamed PUT bodies of unknown length (chunked) or known length, and streamed GET
   bodies that resume with ``Range`` after a reset, so memory stays constant; ranged GETs
-  (``get_range``), four at once for a large object (:mod:`escale.relay.ranged`);
+  (``get_range``), three at once for a large object (:mod:`escale.relay.ranged`);
 - conditional and WebDAV-specific headers (``If-None-Match: *``, ``Overwrite: F``,
   ``Depth: 1``, ``If-Range``) and a precise reading of every status code;
 - PROPFIND responses parsed incrementally (``iterparse`` on the response stream) with
