@@ -199,6 +199,30 @@ def test_hard_links_edited_through_another_name(cluster, watched):
         assert (again.sent, again.deleted) == (0, 0), f"{what}: the watched cycle missed {again.files}"
 
 
+def test_a_folder_too_deep_for_inotify_makes_every_scan_full(cluster, watched):
+    """inotify watches a folder by its whole path: watchdog skips one longer than PATH_MAX
+    (ENAMETOOLONG) without a word, while the scan walks it by descriptor and syncs it."""
+    a = cluster.add("a")
+    fd = os.open(a.folder, os.O_RDONLY)
+    for _ in range(20):  # 20 x 251 bytes: past PATH_MAX (4096), made one level at a time
+        os.mkdir("n" * 250, dir_fd=fd)
+        fd, up = os.open("n" * 250, os.O_RDONLY, dir_fd=fd), fd
+        os.close(up)
+    w = watched(a)
+    w.cycle()
+    try:
+        out = os.open("x.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, b"deep")
+        os.close(out)
+    finally:
+        os.close(fd)
+    r = w.cycle()
+    assert [what for what, _path in r.files] == ["sent"]
+    assert not w.watcher.trusted
+    again = w.full_cycle()
+    assert (again.sent, again.deleted) == (0, 0)
+
+
 @pytest.mark.parametrize("seed", [1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
 def test_random_edits_watched_cycles_miss_nothing(cluster, watched, seed):
     """Random creates, edits, deletes, renames and moves of files and folders, several per

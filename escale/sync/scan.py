@@ -58,6 +58,21 @@ class Scanner:
                  "folder", self.ctx.name, path)
         self.watcher.trusted = False
 
+    def _watchable_length(self) -> int | None:
+        """How long (bytes) a folder's path relative to the root may be for inotify to watch
+        it: watchdog watches each folder by its whole path, and one longer than PATH_MAX is
+        skipped without a word (ENAMETOOLONG), while the scan walks it by descriptor."""
+        root = os.fsencode(self.ctx.folder.root)
+        try:
+            return os.pathconf(root, "PC_PATH_MAX") - len(root) - 2  # the "/" between, the NUL
+        except (OSError, ValueError):
+            return None
+
+    def _too_deep(self, path: str) -> None:
+        log.info("%s: %s is too deep for the watcher (a path longer than PATH_MAX); every cycle scans the "
+                 "whole folder", self.ctx.name, path[:200] + "…")
+        self.watcher.trusted = False
+
     def done(self, complete: bool) -> None:
         """The changes of the last scan were all published (``complete``), or not: then the
         watcher hands the same folders to the next scan."""
@@ -96,6 +111,7 @@ class Scanner:
         walked: set[str] = set()
         # a file system mounted inside the folder: its changes may not reach the watcher
         root_dev = self._root_dev() if self.watcher is not None and self.watcher.trusted else None
+        deepest = self._watchable_length() if root_dev is not None else None  # beyond: not watched
         tops: list[str] = [""]
         vanished: list[str] = []
         chosen = self._changed_folders(changed) if changed is not None else None
@@ -113,6 +129,9 @@ class Scanner:
                 blind = folder.unreadable
                 walked.add(db_key(rel))
                 known = cache.folder(rel)
+                if deepest is not None and len(rel) * 4 > deepest and len(os.fsencode(rel)) > deepest:
+                    self._too_deep(rel)
+                    deepest = None
                 for lf in found.values():
                     if lf.dev != root_dev and root_dev is not None:
                         self._another_file_system(lf.path)
