@@ -457,12 +457,13 @@ def target_rows(by: dict[str, Outcome]) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-SCALE_ROW = re.compile(r"\|\s*(first push|first pull|idle), (\d+) files[^|]*\|[^|]*\|\s*wall ([\d.]+) s, "
+SCALE_ROW = re.compile(r"\|\s*(first push|first pull|collect \(snapshot\)|idle), (\d+) files[^|]*\|[^|]*\|\s*wall ([\d.]+) s, "
                        r"CPU ([\d.]+) s, peak RSS (\d+) MiB")
 
 
 def scale_row(by: dict) -> tuple:
-    """bench_idle --only scale: peak RSS of the first push, first pull and an idle run of N files."""
+    """bench_idle --only scale: peak RSS of the first push, first pull, the pusher's next run
+    (snapshot and collection) and an idle run of N files."""
     o = by.get("idle-scale")
     got = {m[1]: (int(m[2]), float(m[4]), int(m[5])) for m in SCALE_ROW.finditer(o.text if o else "")}
     target = "< 300 MiB with 1,000,000 files"
