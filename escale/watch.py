@@ -114,7 +114,7 @@ class FolderWatcher:
         self._identity: tuple[int, int] | None = None
         self._listener: _OverflowListener | None = None
         self.trusted = False  # whether take() may ever answer a set (local fs, inotify)
-        self._short = False  # inotify had no room for a watch: some folders may not be watched
+        self._short = False  # some folders may not be watched (no room for a watch, unreadable): watch anew
 
     def _relative(self, path: str) -> str | None:
         """The path relative to the root, or None for escale's own and temporary files."""
@@ -205,7 +205,7 @@ class FolderWatcher:
             return None
         if not same or self._short:  # replaced (renamed, remounted), or not all watched: watch it anew
             log.info("%s: %s; watching it again", self.root,
-                     "inotify has room for watches again" if same else "the synced folder changed under the watcher")
+                     "some folders may not have been watched" if same else "the synced folder changed under the watcher")
             self._short = False
             self.stop()
             self.start()
@@ -213,6 +213,13 @@ class FolderWatcher:
                 self._lost = False
             return None
         return None if lost else dirty
+
+    def rewatch(self) -> None:
+        """Some folder may have no watch (it could not be read when watched: inotify needs
+        read access, and watchdog skips a folder it cannot watch without a word): the next
+        take watches the folder anew and answers None (a full scan)."""
+        with self._lock:
+            self._short = True
 
     def restore(self, dirty: set[str] | None) -> None:
         """Give back what a take returned (a cycle that did not finish with it)."""

@@ -391,6 +391,71 @@ def test_folders_inotify_had_no_room_to_watch(tmp_path):
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
 
 
+_UNREADABLE = """
+import sys, time
+from pathlib import Path
+from escale.config import load_config
+from escale.manager import Manager
+from escale.watch import FolderWatcher
+
+def quiet():  # the watcher has noted everything (a fixed wait: nothing is asserted on it)
+    time.sleep(1.2)
+
+m = Manager.from_config(load_config(sys.argv[1]).repositories["repo"])
+m.open()
+m.connect()
+u = m.folder.root / "u"
+w = FolderWatcher(m.folder.root, m.wake)
+assert w.start()
+if not w.trusted:
+    print("untrusted")
+    sys.exit(0)
+m.pusher.scanner.watcher = w
+assert m.cycle().errors  # u cannot be read: neither sent nor deleted
+u.chmod(0o755)
+quiet()
+r = m.cycle()
+assert ("sent", "u/in/x.txt") in r.files, r.files
+(u / "in" / "x.txt").write_text("edited")
+(u / "y.txt").write_text("new")
+quiet()
+m.cycle()
+m.pusher.scanner.watcher = None
+r = m.cycle()  # the oracle: a full scan finds nothing left
+print(r.sent, r.deleted, r.files)
+w.stop()
+m.close()
+"""
+
+
+def test_a_folder_unreadable_when_watched_is_watched_once_readable(cluster):
+    """inotify needs read access to watch a folder: watchdog skips one it cannot read,
+    without a word. Once the scan reads it (its mode fixed), it must be watched, or later
+    changes in it reach no event. Root reads everything: the daemon runs as root without
+    its capabilities (setpriv), so the folder's mode counts."""
+    import shutil
+    import subprocess
+    import sys
+
+    a = cluster.add("a")
+    (a.folder / "u" / "in").mkdir(parents=True)
+    (a.folder / "u" / "in" / "x.txt").write_text("x")
+    (a.folder / "u").chmod(0o000)
+    cmd = [sys.executable, "-c", _UNREADABLE, str(a.conf)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: every folder is readable")
+        cmd = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", *cmd]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=cluster.env, timeout=120)
+    finally:
+        (a.folder / "u").chmod(0o755)
+    if p.stdout.strip() == "untrusted":
+        pytest.skip(f"{filesystem_type(a.folder)} here: the watcher is not trusted, every scan is full")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("0 0 "), f"the watched cycle missed changes in the folder once unreadable: {p.stdout}"
+
+
 def test_only_local_file_systems_are_trusted(tmp_path):
     mounts = tmp_path / "mountinfo"
     mounts.write_text(

@@ -40,6 +40,10 @@ class Scanner:
         #: through another name is seen by no watch of the folder, so each watched cycle walks them
         self.linked: dict[str, set[int]] = {}
         self._relinked = False  # a watched walk found a new name of such a file: scan it all next
+        #: folders a scan could not read: inotify could not watch them either (it needs read
+        #: access), so once one is read the watcher watches the folder anew
+        self.blinded: set[str] = set()
+        self._rewatch = False
         #: called with (the changes so far, the report) after each folder: the pusher publishes
         #: a large scan's changes as it goes (push.Pusher._stream), taking them out of ``into``
         self.each_folder: Callable[[Changes, CycleReport], None] | None = None
@@ -80,6 +84,8 @@ class Scanner:
             self.watcher.finished(self._taken, complete, self.again)
             if self._relinked:  # where its other names are, only a full scan finds
                 self.watcher.restore(None)
+            if self._rewatch:
+                self.watcher.rewatch()
 
     def changes(self, unsettled: set[str], report: CycleReport) -> list[Entry]:
         """What changed since the base, in publishing order; paths found but not settled
@@ -97,7 +103,7 @@ class Scanner:
             return self.ctx.filter.may_descend(path)
 
         changed = self._taken = self.watcher.take() if self.watcher is not None else None
-        self._relinked = False
+        self._relinked = self._rewatch = False
         if changed is not None:
             changed = changed | self.linked.keys()
         folder, cache, state = self.ctx.folder, self.ctx.cache, self.ctx.state
@@ -129,6 +135,9 @@ class Scanner:
                 blind = folder.unreadable
                 walked.add(db_key(rel))
                 known = cache.folder(rel)
+                if rel in self.blinded:  # read now, so unwatched until watched anew
+                    self.blinded.discard(rel)
+                    self._rewatch = self.watcher is not None
                 if deepest is not None and len(rel) * 4 > deepest and len(os.fsencode(rel)) > deepest:
                     self._too_deep(rel)
                     deepest = None
@@ -182,6 +191,7 @@ class Scanner:
                 self.linked = {rel: ino for rel, ino in self.linked.items() if not _within(rel, places)}
         self.walked = len(walked)  # folders listed (status and tests: O(changes) with a watcher)
         self.again = {p.rpartition("/")[0] for p in unsettled} | set(blind)
+        self.blinded = set(blind) if changed is None else self.blinded | set(blind)
         self.ctx.check_folder()  # unmounted during the scan: what it missed is not deleted
         for key in gone:
             folder_changes({}, state.base_folder_key(key), into, me=self.ctx.me, in_scope=in_scope)
