@@ -19,6 +19,7 @@ callers' own checks (the AEAD chunks, the file's digest) stay where they were.
 """
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections import deque
@@ -87,12 +88,16 @@ class ParallelRead(BlockReader):
             src = self.relay.get_range(self.name, start, length, version=self.version)
         buf = bytearray(length)
         got = 0
+        # get_range's answer is not read from yet: if the backend wrapped it in a buffer
+        # (WebDAV), its raw stream reads straight into the piece (through the buffer, each
+        # slice would be copied once more)
+        reader = src.raw if k and isinstance(src, io.BufferedReader) else src
         try:
             with memoryview(buf) as view:
                 while got < length:
                     if self.stop.is_set():
                         raise _Stopped()
-                    n = src.readinto(view[got:min(length, got + SLICE)]) or 0
+                    n = reader.readinto(view[got:min(length, got + SLICE)]) or 0
                     if not n:
                         break
                     got += n
