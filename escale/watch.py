@@ -115,6 +115,7 @@ class FolderWatcher:
         self._listener: _OverflowListener | None = None
         self.trusted = False  # whether take() may ever answer a set (local fs, inotify)
         self._short = False  # some folders may not be watched (no room for a watch, unreadable): watch anew
+        self._grown = True  # watchdog added watches (new folders) since the last take: is there room?
 
     def _relative(self, path: str) -> str | None:
         """The path relative to the root, or None for escale's own and temporary files."""
@@ -143,6 +144,7 @@ class FolderWatcher:
                 if rel is None:
                     continue
                 touched = True
+                self._grown |= is_directory and event_type in ("created", "moved")
                 if is_directory:
                     self._dirty.add(rel)  # a folder's own listing changed (or it is new, or gone)
                 if rel and not (is_directory and event_type == "modified"):
@@ -188,6 +190,7 @@ class FolderWatcher:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
             lost, self._lost = self._lost, False
+            grown, self._grown = self._grown, False
         observer = self._observer
         if (not self.trusted or observer is None or not observer.is_alive()
                 or not all(e.is_alive() for e in observer.emitters)):  # a watch that failed
@@ -197,7 +200,9 @@ class FolderWatcher:
             same = (st.st_dev, st.st_ino) == self._identity
         except OSError:
             same = False
-        if not _room_for_a_watch(self.root):  # watchdog skips a folder it cannot watch, without a word
+        # watchdog skips a folder it cannot watch, without a word: when it added watches, was
+        # there room? (the probe costs ~1 ms of CPU: idle cycles, which add none, do not pay it)
+        if (grown or self._short) and not _room_for_a_watch(self.root):
             if not self._short:
                 log.warning("%s: inotify has no room for more watches (fs.inotify.max_user_watches): every "
                             "cycle scans the whole folder until there is", self.root)
@@ -246,6 +251,7 @@ class FolderWatcher:
         with self._lock:
             self._lost = True
             self._dirty = set()
+            self._grown = True  # every folder was just watched
         try:
             st = os.stat(self.root)
             self._identity = (st.st_dev, st.st_ino)
