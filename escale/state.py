@@ -212,11 +212,13 @@ class State:
         return (p for (p,) in self.db.execute("SELECT DISTINCT parent FROM base"))
 
     def knows_folder(self, folder: str) -> bool:
-        """Whether the base holds the folder or a row in it (two indexed lookups): a
-        watcher-driven scan enters only folders it does not know (new ones)."""
+        """Whether the base holds the folder or a row in it, deletions aside (two indexed
+        lookups): a watcher-driven scan enters only folders it does not know (new ones), and
+        a folder deleted earlier and made again is new."""
         key = db_key(folder)
-        return (self.db.execute("SELECT 1 FROM base WHERE parent = ? LIMIT 1", (key,)).fetchone() is not None
-                or self.db.execute("SELECT 1 FROM base WHERE path = ?", (key,)).fetchone() is not None)
+        return (self.db.execute("SELECT 1 FROM base WHERE parent = ? AND kind != 'gone' LIMIT 1",
+                                (key,)).fetchone() is not None
+                or self.db.execute("SELECT 1 FROM base WHERE path = ? AND kind != 'gone'", (key,)).fetchone() is not None)
 
     def base_parents_within(self, folder: str) -> list[str]:
         """The keys of the folders at or under ``folder`` that the base holds rows in (a

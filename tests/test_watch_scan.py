@@ -510,3 +510,19 @@ def test_full_scans_cannot_be_turned_off(tmp_path, text):
     assert "[r]" in str(info.value) and "'full scan'" in str(info.value)
     if text in ("off", "never"):
         assert "cannot be turned off" in str(info.value)
+
+
+def test_a_folder_deleted_earlier_and_made_again_is_new(cluster, watched):
+    """A deleted folder leaves deletion rows in the base; they do not make it 'known', so a
+    watched walk enters it when it comes back (its own event may come after the walk)."""
+    a = cluster.add("a")
+    (a.folder / "x" / "y").mkdir(parents=True)
+    (a.folder / "x" / "y" / "f.txt").write_text("f")
+    w = watched(a)
+    w.cycle()
+    state = w.m.ctx.state
+    assert state.knows_folder("x") and state.knows_folder("x/y")
+    shutil.rmtree(a.folder / "x")
+    assert w.cycle().deleted == 3  # the file and its two folders
+    assert state.base_entry("x/y/f.txt") is not None  # a deletion row stays in the base
+    assert not state.knows_folder("x") and not state.knows_folder("x/y")
