@@ -192,9 +192,10 @@ class FolderWatcher:
             lost, self._lost = self._lost, False
             grown, self._grown = self._grown, False
         observer = self._observer
-        if (not self.trusted or observer is None or not observer.is_alive()
-                or not all(e.is_alive() for e in observer.emitters)):  # a watch that failed
+        if not self.trusted:
             return None
+        died = (observer is None or not observer.is_alive()
+                or not all(e.is_alive() for e in observer.emitters))  # a watch that failed
         try:
             st = os.stat(self.root)
             same = (st.st_dev, st.st_ino) == self._identity
@@ -208,9 +209,10 @@ class FolderWatcher:
                             "cycle scans the whole folder until there is", self.root)
             self._short = True
             return None
-        if not same or self._short:  # replaced (renamed, remounted), or not all watched: watch it anew
+        if not same or self._short or died:  # replaced (renamed, remounted), or not all watched: watch it anew
             log.info("%s: %s; watching it again", self.root,
-                     "some folders may not have been watched" if same else "the synced folder changed under the watcher")
+                     "the synced folder changed under the watcher" if not same else
+                     "the watcher stopped" if died else "some folders may not have been watched")
             self._short = False
             self.stop()
             self.start()

@@ -526,3 +526,26 @@ def test_a_folder_deleted_earlier_and_made_again_is_new(cluster, watched):
     assert w.cycle().deleted == 3  # the file and its two folders
     assert state.base_entry("x/y/f.txt") is not None  # a deletion row stays in the base
     assert not state.knows_folder("x") and not state.knows_folder("x/y")
+
+
+def test_a_watcher_whose_observer_stopped_watches_again(tmp_path):
+    """The observer thread ended (watchdog stops it on some errors): that take is a full scan
+    and the folder is watched anew, instead of full scans from then on."""
+    wake = threading.Event()
+    w = FolderWatcher(tmp_path, wake)
+    assert w.start()
+    try:
+        if not w.trusted:
+            pytest.skip("the watcher is not trusted here")
+        w.take()
+        w.finished(None, complete=True)
+        w._observer.stop()
+        w._observer.join(5)
+        assert w.take() is None
+        w.finished(None, complete=True)
+        (tmp_path / "z").write_text("z")
+        assert wake.wait(10)
+        settle(w)
+        assert w.take() == {""}
+    finally:
+        w.stop()
