@@ -27,9 +27,11 @@ from idle_requests import count_idle, counting
 #: what one request is on each backend: tests/idle_requests.py's ``counting``
 LIMITS = {
     "file": (1, 6),
+    # flat (new relays): open's PROPFIND Depth 1 is also the first listing
     "webdav-wsgidav": (1, 6),
     "webdav-rclone": (1, 6),
-    "webdav-apache-infinity": (1, 6),  # DavDepthInfinity On
+    "webdav-apache": (1, 6),  # Apache's default (no DavDepthInfinity)
+    "webdav-apache-infinity": (1, 6),  # nested, DavDepthInfinity On
     "s3-moto": (1, 6),
     "s3-seaweedfs": (1, 6),
     "gdrive": (1, 6),
@@ -61,11 +63,24 @@ def test_idle_cycle_on_a_file_relay_lists_and_reads_nothing_per_file(tmp_path):
     assert start["list"] == 1 and not {k for k in start if k in ("stat", "delete", "put")}, start
 
 
-@pytest.mark.parametrize("kind", ["wsgidav", "rclone"])
-def test_webdav_lists_the_relay_in_one_request_where_depth_infinity_is_answered(tmp_path, kind, request):
+@pytest.mark.parametrize("kind", ["wsgidav", "apache", "rclone"])
+def test_webdav_flat_relay_is_listed_in_one_depth_1_request_on_every_server(tmp_path, kind, request):
+    """A new WebDAV relay is flat (escale/relay/layout.py): one ``PROPFIND Depth: 1`` lists it,
+    whether or not the server answers ``Depth: infinity`` (Apache by default does not)."""
     server = request.getfixturevalue(f"relay_webdav_{kind}")
     _start_few, idle_few = count_idle(tmp_path / "few", kind, files=3, server=server)
     start, idle = count_idle(tmp_path / "many", kind, files=60, server=server)
+    assert idle_few == idle  # nothing per file
+    assert dict(idle) == {"PROPFIND": 1} and dict(idle.depths) == {"1": 1}, (idle, idle.depths)
+    assert "infinity" not in start.depths and "MKCOL" not in start, (start, start.depths)
+    _check(start, idle, f"webdav-{kind}")
+
+
+@pytest.mark.parametrize("kind", ["wsgidav", "rclone"])
+def test_webdav_nested_relay_is_listed_in_one_request_where_depth_infinity_is_answered(tmp_path, kind, request):
+    server = request.getfixturevalue(f"relay_webdav_{kind}")
+    _start_few, idle_few = count_idle(tmp_path / "few", kind, files=3, server=server, more="layout = nested\n")
+    start, idle = count_idle(tmp_path / "many", kind, files=60, server=server, more="layout = nested\n")
     assert idle_few == idle  # nothing per file
     assert dict(idle) == {"PROPFIND": 1} and dict(idle.depths) == {"infinity": 1}, (idle, idle.depths)
     _check(start, idle, f"webdav-{kind}")
@@ -80,7 +95,7 @@ def test_apache_with_depth_infinity_on_lists_in_one_request(tmp_path):
     except ServerUnavailable as exc:
         pytest.skip(f"Apache unavailable: {exc}")
     try:
-        start, idle = count_idle(tmp_path / "w", "apache", files=10, server=server)
+        start, idle = count_idle(tmp_path / "w", "apache", files=10, server=server, more="layout = nested\n")
     finally:
         server.cleanup()
     assert dict(idle) == {"PROPFIND": 1} and dict(idle.depths) == {"infinity": 1}, (idle, idle.depths)
@@ -88,13 +103,14 @@ def test_apache_with_depth_infinity_on_lists_in_one_request(tmp_path):
 
 
 def test_apache_refusing_depth_infinity_is_walked_and_asked_once_per_process(tmp_path, relay_webdav_apache, caplog):
-    """Apache's default (DavDepthInfinity Off) answers 403 propfind-finite-depth: the relay is
-    walked one collection per request, the refusal is remembered and logged once."""
+    """Apache's default (DavDepthInfinity Off) answers 403 propfind-finite-depth: a nested
+    relay is walked one collection per request, the refusal is remembered and logged once."""
     from escale.relay import webdav
 
     webdav._FINITE_DEPTH.clear()
     caplog.set_level(logging.INFO, logger="escale.relay.webdav")
-    start, idle = count_idle(tmp_path / "w", "apache", files=10, server=relay_webdav_apache)
+    start, idle = count_idle(tmp_path / "w", "apache", files=10, server=relay_webdav_apache,
+                             more="layout = nested\n")
     assert start.depths["infinity"] == 1, start.depths  # asked once, at start-up
     assert "infinity" not in idle.depths and set(idle) == {"PROPFIND"}, (idle, idle.depths)
     # the walk: the root, m/, u/ and a/ at least (one per collection), never one per file

@@ -62,6 +62,19 @@ def test_rclone_killed_is_restarted(relay_rclone_local) -> None:
     relay.close()
 
 
+def test_rclone_restarted_on_another_port_keeps_the_relay_layout(relay_rclone_local) -> None:
+    """rclone restarted on another port (its own was taken meanwhile: Rclone._revive) gets a
+    new WebDAV connection, which knows the relay (its layout, found at open) without opening."""
+    addr, _conf, kwargs = relay_rclone_local.new()
+    relay = Rclone(addr, **kwargs)
+    relay.open()
+    relay.put("a/x", io.BytesIO(b"before"))
+    relay._dav = relay._make_dav()  # what _revive does when the port changed
+    relay.put("a/y", io.BytesIO(b"after"))
+    assert relay._dav.layout == "nested" and sorted(i.name for i in relay.list()) == ["a/x", "a/y"]
+    relay.close()
+
+
 def test_unknown_remote_is_a_configuration_error(relay_rclone_local) -> None:
     relay = Rclone("rclone://nosuchremote:x", rclone_config=str(relay_rclone_local.config))
     with pytest.raises(ConfigError, match="rclone has no remote 'nosuchremote'.*rclone listremotes"):

@@ -1,11 +1,12 @@
-"""The flat and nested layouts of FTP and SFTP relays (escale/relay/layout.py), on real servers.
+"""The flat and nested layouts of FTP, SFTP and WebDAV relays (escale/relay/layout.py), on
+real servers (WebDAV: wsgidav, Apache mod_dav, ``rclone serve webdav``).
 
 A new relay is flat (one folder: listed in one request); a relay made nested (before
 2026-12, or with ``layout = nested``) stays nested whatever a client's option says; a flat
 relay keeps a client that only knows folders from writing into it; a relay that holds both
 layouts is refused; an SFTP flat relay's listing is reused only while its folder is unchanged.
 The contract suite runs on both layouts (tests/test_relay_contract.py: ``ftp-nested``,
-``sftp-nested``).
+``sftp-nested``, ``webdav-wsgidav-nested``, ``webdav-apache-nested``).
 """
 from __future__ import annotations
 
@@ -16,24 +17,28 @@ from pathlib import Path
 import pytest
 
 from escale.errors import RelayError
-from escale.relay import FTP, SFTP
+from escale.relay import FTP, SFTP, WebDAV
 from escale.relay.layout import FLAT, GUARDS, NESTED, decode, encode
 from idle_requests import counting
 
-KINDS = ["ftp", "sftp"]
+KINDS = ["ftp", "sftp", "webdav-wsgidav", "webdav-apache", "webdav-rclone"]
 
 
 def _server(request, kind: str):
+    if kind.startswith("webdav-"):
+        return request.getfixturevalue("relay_" + kind.replace("-", "_"))
     return request.getfixturevalue("relay_ftp_pyftpdlib" if kind == "ftp" else "relay_sftp")
 
 
 def _relay(kind: str, address: str, kwargs: dict, **extra):
-    relay = (FTP if kind == "ftp" else SFTP)(address, **{**kwargs, **extra})
+    relay = (WebDAV if kind.startswith("webdav-") else FTP if kind == "ftp" else SFTP)(address, **{**kwargs, **extra})
     relay.open()
     return relay
 
 
 def _folder(server, kind: str, address: str) -> Path:
+    if kind.startswith("webdav-"):
+        return server.data / "dav" / address.rsplit("/", 1)[1]
     return server.folder(address) if kind == "ftp" else server.data / address.rsplit("/", 1)[1]
 
 
@@ -105,11 +110,15 @@ def test_a_client_that_only_knows_folders_cannot_write_into_a_flat_relay(request
     finally:
         new.close()
     old = _relay(kind, address, kwargs)
-    setattr(old, "_layout" if kind == "sftp" else "layout", NESTED)  # the older code: names are paths
+    setattr(old, "layout" if kind == "ftp" else "_layout", NESTED)  # the older code: names are paths
     try:
         assert old.get("escale.json").read() == b"{}"
-        assert [i.name for i in old.list("m/")] == []
-        with pytest.raises(RelayError, match="folder|not a folder"):
+        if kind == "webdav-apache":  # "m/" names a file: Apache refuses the listing (400), nothing is read
+            with pytest.raises(RelayError, match="HTTP 400"):
+                list(old.list("m/"))
+        else:
+            assert [i.name for i in old.list("m/")] == []
+        with pytest.raises(RelayError, match="folder|not a folder|HTTP 40[049]"):
             _put(old, "m/2222222222222222", b"old card")
     finally:
         old.close()
@@ -129,9 +138,14 @@ def test_a_relay_holding_both_layouts_is_refused(request, kind) -> None:
     relay = _relay(kind, address, kwargs)
     try:
         _put(relay, "u/0123456789abcdef/1", b"one")
-        folder = _folder(server, kind, address)
-        (folder / "m").unlink()
-        (folder / "m").mkdir()  # another version's client made its folder (a race at creation)
+        # another version's client made its folder (a race at creation)
+        if kind.startswith("webdav-"):  # through the server: rclone's VFS would not see a change behind it
+            for method, url in (("DELETE", relay._url("m")), ("MKCOL", relay._url("m", True))):
+                assert relay.session.request(method, url).status_code in (201, 204)
+        else:
+            folder = _folder(server, kind, address)
+            (folder / "m").unlink()
+            (folder / "m").mkdir()
         with pytest.raises(RelayError, match="nested layout"):
             list(relay.list())
     finally:
@@ -173,3 +187,77 @@ def test_sftp_reuses_a_flat_listing_only_while_the_folder_is_unchanged(relay_sft
     finally:
         reader.close()
         writer.close()
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k.startswith("webdav-")])
+def test_webdav_flat_names_are_quoted_once_and_stored_as_written(request, kind) -> None:
+    """A flat name holds '%2F' (and '%25'): it goes on the wire as '%252F', and the server
+    stores the file under the flat name itself and lists it back unchanged."""
+    server = _server(request, kind)
+    address, _conf, kwargs = server.new()
+    relay = _relay(kind, address, kwargs)
+    names = ["u/0123456789abcdef/1", "pct/100%", "pct/%41%2F", "a b/c#d+e"]
+    try:
+        with counting("webdav") as put:
+            for i, name in enumerate(names):
+                _put(relay, name, b"%d" % i)
+        folder = _folder(server, kind, address)
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*GUARDS, *(encode(n) for n in names)])
+        assert (folder / "pct%2F%2541%252F").read_bytes() == b"2"
+        assert [i.name for i in relay.list()] == sorted(names)
+        assert [relay.get(n).read() for n in names] == [b"%d" % i for i in range(len(names))]
+        assert "MKCOL" not in put, put  # one folder: nothing to make
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k.startswith("webdav-")])
+def test_webdav_flat_relay_is_listed_in_one_depth_1_request(request, kind) -> None:
+    """Open is one ``PROPFIND Depth: 1`` (existence, layout, and the first listing at once);
+    each later listing is one more."""
+    server = _server(request, kind)
+    address, _conf, kwargs = server.new()
+    writer = _relay(kind, address, kwargs)
+    try:
+        for n in ("m/0123456789abcdef", "u/0123456789abcdef/1", "b/0123456789abcdef/1/0"):
+            _put(writer, n)
+    finally:
+        writer.close()
+    relay = WebDAV(address, **kwargs)
+    try:
+        with counting("webdav") as opening:
+            relay.open()
+            first = [i.name for i in relay.list()]
+        with counting("webdav") as again:
+            assert [i.name for i in relay.list("u/")] == ["u/0123456789abcdef/1"]
+        assert first == ["b/0123456789abcdef/1/0", "m/0123456789abcdef", "u/0123456789abcdef/1"]
+        assert dict(opening) == {"PROPFIND": 1} and dict(opening.depths) == {"1": 1}, (opening, opening.depths)
+        assert dict(again) == {"PROPFIND": 1} and dict(again.depths) == {"1": 1}, (again, again.depths)
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("kind", ["webdav-wsgidav", "webdav-apache"])
+def test_webdav_flat_temporaries_are_hidden_and_removed_by_their_writer(request, kind) -> None:
+    """A writer killed mid-put leaves ``.escale-put-<flat name>.<random>`` in the relay
+    folder: listings hide it, raw_usage counts it, abort_incomplete of its prefix removes it."""
+    import uuid
+
+    import requests
+
+    from escale.relay.base import TMP_MARK
+
+    server = _server(request, kind)
+    address, _conf, kwargs = server.new()
+    relay = _relay(kind, address, kwargs)
+    try:
+        for name in ("u/0123456789abcdef/5", "u/ffffffffffffffff/5"):
+            tmp = f"{TMP_MARK}{encode(name)}.{uuid.uuid4().hex}"
+            r = requests.put(relay._url(tmp), data=b"partial", auth=(kwargs["user"], kwargs["password"]))
+            assert r.status_code in (201, 204)
+        assert list(relay.list()) == []
+        assert relay.raw_usage() == 14
+        assert relay.abort_incomplete("u/0123456789abcdef/") == 1
+        assert relay.raw_usage() == 7  # the other writer's temporary is not ours to remove
+    finally:
+        relay.close()

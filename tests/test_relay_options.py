@@ -82,7 +82,7 @@ def test_hash_and_question_mark_in_the_path_are_folder_names(request, tmp_path) 
     relay.open()
     relay.put("u/x", io.BytesIO(b"here"))
     assert [i.name for i in relay.list()] == ["u/x"]
-    assert (server.data / "dav" / (address.rsplit("/", 1)[1] + "-#1 50%") / "u" / "x").read_bytes() == b"here"
+    assert (server.data / "dav" / (address.rsplit("/", 1)[1] + "-#1 50%") / "u%2Fx").read_bytes() == b"here"  # flat
 
 
 # ------------------------------------------------------------------ verify ssl: one parser
@@ -123,16 +123,19 @@ class _Nextcloud(BaseHTTPRequestHandler):
     def do_PROPFIND(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         base = "/remote.php/dav/files/alice/escale/"
-        if "quota" in self.path or self.headers.get("Depth") == "0" and not self.path.endswith("/x"):
-            inner = ("<d:response><d:href>%s</d:href><d:propstat><d:prop><d:resourcetype><d:collection/>"
-                     "</d:resourcetype><d:quota-available-bytes>-3</d:quota-available-bytes>"
-                     "<d:quota-used-bytes>1234</d:quota-used-bytes></d:prop><d:status>HTTP/1.1 200 OK</d:status>"
-                     "</d:propstat></d:response>") % base
-        else:
-            inner = ("<d:response><d:href>%sx</d:href><d:propstat><d:prop><d:resourcetype/>"
-                     "<d:getcontentlength>5</d:getcontentlength><d:getlastmodified>%s</d:getlastmodified>"
-                     "</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>") % (base,
-                                                                                                 NEXTCLOUD_DATE)
+        folder = ("<d:response><d:href>%s</d:href><d:propstat><d:prop><d:resourcetype><d:collection/>"
+                  "</d:resourcetype><d:quota-available-bytes>-3</d:quota-available-bytes>"
+                  "<d:quota-used-bytes>1234</d:quota-used-bytes></d:prop><d:status>HTTP/1.1 200 OK</d:status>"
+                  "</d:propstat></d:response>") % base
+        x = ("<d:response><d:href>%sx</d:href><d:propstat><d:prop><d:resourcetype/>"
+             "<d:getcontentlength>5</d:getcontentlength><d:getlastmodified>%s</d:getlastmodified>"
+             "</d:prop><d:status>HTTP/1.1 200 OK</d:status></d:propstat></d:response>") % (base, NEXTCLOUD_DATE)
+        if self.path.endswith("/x"):
+            inner = x
+        elif "quota" in self.path or self.headers.get("Depth") == "0":
+            inner = folder
+        else:  # the folder's Depth 1 (open): the folder and x, a file of a flat relay
+            inner = folder + x
         body = ('<?xml version="1.0"?><d:multistatus xmlns:d="DAV:">' + inner + "</d:multistatus>").encode()
         self.send_response(207)
         self.send_header("Content-Type", "application/xml; charset=utf-8")
@@ -152,7 +155,7 @@ def nextcloud():
 
 
 def test_nextcloud_unlimited_quota_is_unknown_not_available_bytes(nextcloud) -> None:
-    relay = WebDAV(nextcloud, user="alice", password="pw")
+    relay = WebDAV(nextcloud, user="alice", password="pw", layout="nested")  # the fake takes no PUT (guards)
     relay.open()
     usage = relay.usage()
     assert usage.available is None and usage.used == 1234
@@ -162,7 +165,8 @@ def test_minus_0000_dates_are_utc(nextcloud, monkeypatch) -> None:
     monkeypatch.setenv("TZ", "Asia/Tokyo")  # a local time far from UTC shows the mistake
     time.tzset()
     try:
-        relay = WebDAV(nextcloud, user="alice", password="pw")
+        relay = WebDAV(nextcloud, user="alice", password="pw", layout="nested")
+        relay.open()
         info = relay.stat("x")
     finally:
         monkeypatch.delenv("TZ")

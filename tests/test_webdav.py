@@ -99,7 +99,9 @@ def test_addresses_and_options(tmp_path):
 # the backend on both servers
 # ---------------------------------------------------------------------------------------
 def test_objects_with_the_escale_layout(dav_server):
-    relay = relay_on(dav_server)
+    """The nested layout (relays made before 2026-12): a collection per '/', pruned when
+    empty below the first level (the flat layout: test_relay_layout, the contract suite)."""
+    relay = relay_on(dav_server, layout="nested")
     names = {"escale.json": b'{"format":1}', f"m/{CID}": b"card", f"a/{CID}": b"", f"u/{CID}/1": b"update 1",
              f"u/{CID}/2": os.urandom(70_000), f"b/{CID}/2/0": os.urandom(2 * MB), f"b/{CID}/2/1": b"",
              f"s/{CID}": b"snap"}
@@ -208,11 +210,12 @@ def test_concurrent_create_only_has_one_winner(dav_server):
         t.join()
     assert not errors and len(winners) == 1, (winners, errors)
     r = WebDAV(address, **kwargs)
+    r.open()
     assert r.get("escale.json").read() == b"client %d" % winners[0]
 
 
 def test_interrupted_put_leaves_nothing_under_the_name(dav_server):
-    relay = relay_on(dav_server)
+    relay = relay_on(dav_server, layout="nested")  # flat: test_relay_layout
 
     class Failing(Pattern):
         def readinto(self, b):
@@ -298,7 +301,7 @@ def test_retries_honour_retry_after_and_resume_downloads(relay_webdav_apache):
     plan = {}
     proxy = FaultProxy(relay_webdav_apache.url, script=lambda m, p, n: plan.pop(n, None)).start()
     try:
-        relay = proxied(relay_webdav_apache, proxy, timeout="1")
+        relay = proxied(relay_webdav_apache, proxy, timeout="1", layout="nested")  # the plan counts its MKCOLs
         relay.open()
         data = os.urandom(3 * MB)
         n = proxy.requests

@@ -1,10 +1,12 @@
-"""How a folder-based relay (FTP, SFTP) lays escale's objects out on the server.
+"""How a folder-based relay (FTP, SFTP, WebDAV) lays escale's objects out on the server.
 
 Why two layouts
 ---------------
 FTP (``MLSD``) and SFTP (``opendir``/``readdir``) list one folder per request and have no
 recursive listing, so with escale's names (``u/<cid>/<seq>``, ``b/<cid>/<seq>/<n>``…) stored
 as nested folders an idle cycle costs one listing per folder (5+ for two members; issue 16).
+WebDAV has ``PROPFIND Depth: infinity``, but Apache refuses it by default and sabre/dav
+(Nextcloud) answers it as ``Depth: 1``: there too a nested relay is walked per collection.
 The **flat** layout stores every object as one file in the relay folder, its name's ``/``
 written ``%2F`` (and ``%`` written ``%25``): a whole listing is one folder. Nothing above the
 backend changes: names, the contract and the protocol are the same; only the backend's
@@ -25,7 +27,8 @@ A flat relay holds an empty *file* named like each first-level folder of the nes
 (``a``, ``b``, ``m``…). An escale that only knows the nested layout (before 2026-12) reads
 the header, then fails with "cannot create folder m" (FTP) or "m … is not a folder" (SFTP)
 at its first write, since a file holds the folder's name: it never writes a nested object
-into a flat relay. An object whose own flat name would be a guard's (an object named ``m``;
+into a flat relay. On WebDAV it fails (exit 2) before writing anything: wsgidav answers its
+PUT into ``m/`` 409, ``rclone serve webdav`` 404, Apache its ``PROPFIND u/<cid>`` 400. An object whose own flat name would be a guard's (an object named ``m``;
 escale has none) is written percent-encoded (``%6D``).
 """
 from __future__ import annotations
@@ -57,7 +60,7 @@ def parse_layout(text: str) -> str:
 #: the option of the backends that have both layouts (the same object: one declaration)
 LAYOUT = RelayOption(
     "layout", ("layout", "relay layout"), parse_layout,
-    doc="ftp, sftp: the layout of a relay this client creates: 'flat' (the default; one folder, listed in one "
+    doc="ftp, sftp, webdav: the layout of a relay this client creates: 'flat' (the default; one folder, listed in one "
         "request) or 'nested' (a folder per '/', as escale before 2026-12 wrote; they cannot use a flat "
         "relay); an existing relay keeps the layout it has")
 

@@ -66,6 +66,7 @@ from typing import BinaryIO, Iterator
 from ..errors import (AuthenticationError, ConfigError, ObjectExists, QuotaExceeded, RelayError,
                       RelayObjectMissing, TransientRelayError)
 from .base import Capabilities, ObjectInfo, Relay, RelayOption, Usage
+from .layout import NESTED
 from .options import MAX_RETRIES, parse_path_text
 from .split import MAX_OBJECT_SIZE
 from .webdav import WebDAV
@@ -125,10 +126,15 @@ def _parent_death_signal():
 
 class _Served(WebDAV):
     """The WebDAV backend, talking to our rclone process: revives it before every try of a
-    request (a first one, or a retry after rclone died under it)."""
+    request (a first one, or a retry after rclone died under it).
+
+    A relay it creates is **nested** (a folder per '/'), as before 2026-12: the flat layout
+    (escale/relay/layout.py) was made for servers listing one folder per request, and how
+    each rclone remote stores and lists '%' names is untested. An existing relay keeps the
+    layout its root shows, so a flat relay made by a WebDAV client is read as flat."""
 
     def __init__(self, owner: "Rclone", url: str, user: str, password: str, max_retries):
-        super().__init__(url, user=user, password=password, max_retries=max_retries)
+        super().__init__(url, user=user, password=password, max_retries=max_retries, layout=NESTED)
         self.owner = owner
 
     def _attempt(self, *args, **kwargs):
@@ -248,6 +254,8 @@ class Rclone(Relay):
 
     def _make_dav(self) -> _Served:
         dav = _Served(self, self.url, self._user, self._password, self.max_retries)
+        if self._dav is not None:  # rclone restarted on another port: the relay is the same one
+            dav._layout = self._dav.layout
         return dav
 
     def _stop_process(self) -> None:

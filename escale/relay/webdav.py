@@ -50,7 +50,15 @@ How the relay contract is met
   and only if absent. Where only ``If-None-Match`` is honoured, the put goes straight to
   the final name with it. Where neither is, a stat precedes the move (not atomic; a
   warning says so).
-- **Listings** are one ``PROPFIND Depth: infinity`` of the relay folder where the server
+- **Layouts** (:mod:`escale.relay.layout`): a relay this backend creates is *flat*, every
+  object one file of the relay collection (``u%2F<cid>%2F7``, quoted once more on the
+  wire: ``u%252F…``) beside the empty guard files, so one ``PROPFIND Depth: 1`` lists it on
+  every server (Apache refuses ``Depth: infinity`` by default; sabre/dav, so Nextcloud,
+  answers it as ``Depth: 1``) and a put needs no MKCOL. :meth:`open` is one ``Depth: 1``
+  of the relay collection: it exists, its layout, and (flat) the first listing when that
+  comes within a second with nothing written in between. A relay made before 2026-12
+  (collections ``u/``, ``m/``…) stays *nested*, listed as below.
+- **Listings** of a nested relay are one ``PROPFIND Depth: infinity`` of the relay folder where the server
   answers it (wsgidav, rclone, Apache with ``DavDepthInfinity On``); a server that refuses
   it (Apache by default: 403 ``propfind-finite-depth``) is remembered for the process and
   walked with one ``Depth: 1`` per collection, as is one that answers it only in part
@@ -61,7 +69,7 @@ How the relay contract is met
   of a second derived from the (normalised) ETag: it changes whenever the server's
   entity tag does. ETags are normalised (``W/`` and quotes dropped: Apache gives weak
   ETags for about a second after a write, wsgidav omits quotes in PROPFIND).
-- **Empty collections are pruned** after a delete, below the first level only: in
+- **Empty collections are pruned** (nested layout) after a delete, below the first level only: in
   escale's layout a first-level collection (``u/``, ``a/``, …) is shared by every
   writer, while deeper ones (``u/<cid>/``, ``b/<cid>/<seq>/``) have one writer — the one
   that deletes — so a prune never races with someone else's put.
@@ -103,11 +111,13 @@ from urllib.parse import quote, unquote, urlsplit
 from ..errors import (AuthenticationError, ConfigError, ObjectExists, QuotaExceeded, RelayError,
                       RelayObjectMissing, SourceError, TransientRelayError)
 from ..values import parse_verify_ssl
+from . import layout as layouts
 from . import retry
 from .address import redact, split_network_address
 from .base import (PROBE_MARK, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay, Usage,
                    check_name)
 from .body import PutBody
+from .layout import FLAT, GUARDS, LAYOUT, NESTED
 from .options import MAX_RETRIES, TLS
 from .ranged import Parallel, ParallelRead
 from .split import MAX_OBJECT_SIZE
@@ -235,8 +245,10 @@ class _Download(io.RawIOBase):
     """The body of a GET, read as it arrives; resumes with Range after a transport error."""
 
     def __init__(self, relay: "WebDAV", name: str, response: requests.Response, start: int = 0,
-                 end: int | None = None):
+                 end: int | None = None, path: str | None = None):
         self.relay, self.name, self.response = relay, name, response
+        #: the object's path under the relay folder (its name, or in a flat relay its file name)
+        self.path = name if path is None else path
         #: this body is bytes [start, end) of the object (a ranged GET; end None: to its end)
         self.start, self.end = start, end
         self.offset = 0
@@ -277,7 +289,7 @@ class _Download(io.RawIOBase):
         headers = {"Range": f"bytes={at}-{'' if self.end is None else self.end - 1}", "Accept-Encoding": "identity"}
         if self.etag and self.strong:
             headers["If-Range"] = f'"{self.etag}"'
-        r = self.relay._request("GET", self.relay._url(self.name), self.name, headers=headers, stream=True)
+        r = self.relay._request("GET", self.relay._url(self.path), self.name, headers=headers, stream=True)
         if r.status_code == 404:
             r.close()
             raise RelayObjectMissing(f"relay object {self.name} is missing (deleted while being read)")
@@ -352,12 +364,12 @@ def _version_stamp(lastmod: float, etag: str | None) -> float:
 
 class WebDAV(Relay):
     schemes = ("http", "https", "webdav", "webdavs")
-    options = (*TLS, MAX_RETRIES, MAX_OBJECT_SIZE)
+    options = (*TLS, MAX_RETRIES, MAX_OBJECT_SIZE, LAYOUT)
 
     def __init__(self, address: str, user: str | None = None, password: str | None = None,
                  verify_ssl: str | bool | None = None, certfile: str | None = None, keyfile: str | None = None,
                  max_retries: str | int | None = None, port: str | int | None = None,
-                 timeout: str | float | None = None, **options):
+                 timeout: str | float | None = None, layout: str | None = None, **options):
         try:
             net = split_network_address(address)
         except ConfigError as exc:
@@ -408,6 +420,16 @@ class WebDAV(Relay):
         except (TypeError, ValueError):
             raise ConfigError(f"WebDAV timeout must be a number of seconds > 0, not {t!r}") from None
         self.timeout = (min(10.0, t), t)
+        try:
+            #: the layout a new relay gets; an existing relay's own is found from its root listing
+            self.new_layout = layouts.parse_layout(layout) if isinstance(layout, str) and layout.strip() \
+                else (layout or FLAT)
+        except ValueError as exc:
+            raise ConfigError(str(exc), option="layout") from None
+        self._layout: str | None = None
+        #: the root listing of open() (flat layout): the first listing reuses it while nothing
+        #: was written since and it is under a second old (start-up: one request, not two)
+        self._opening: tuple[float, list] | None = None
         for k in options:
             log.debug("%s: option %s is not used by the WebDAV relay", self.address, k)
         self._session: requests.Session | None = None
@@ -699,20 +721,65 @@ class WebDAV(Relay):
 
     # -- the relay interface ---------------------------------------------------------------
     def open(self) -> None:
-        entries = self._propfind("", "0")
+        """One ``PROPFIND Depth: 1`` of the relay folder: it exists (made if not), how the
+        server spells its path, and the relay's layout (escale/relay/layout.py); in a flat
+        relay that answer is also the first listing."""
+        entries = self._propfind("", "1")
         if entries is None:
             self._make_base()
-            entries = self._propfind("", "0")
+            entries = self._propfind("", "1")
             if entries is None:
                 raise RelayError(f"relay folder {self.address} could not be created")
-        if not any(e.collection for e in entries):
+        cols = [e for e in entries if e.collection and e.ok]
+        if not cols:
             raise RelayError(f"relay address {self.address} is not a WebDAV collection (folder)")
-        if len(entries) == 1 and entries[0].ok:
-            own = unicodedata.normalize("NFC", entries[0].path)
-            self._href_base = own if own.endswith("/") else own + "/"
-            if self._href_base != unicodedata.normalize("NFC", self.base_path):
-                log.info("%s: the server names this folder '%s' in its answers", self.address, self._href_base)
+        # the folder itself: the shortest href (its members' hrefs extend it)
+        own = unicodedata.normalize("NFC", min(cols, key=lambda e: len(e.path.rstrip("/"))).path)
+        self._href_base = own if own.endswith("/") else own + "/"
+        if self._href_base != unicodedata.normalize("NFC", self.base_path):
+            log.info("%s: the server names this folder '%s' in its answers", self.address, self._href_base)
         self._known.add("")
+        self._layout = self._find_layout(entries)
+        self._opening = (time.monotonic(), entries) if self._layout == FLAT else None
+
+    def _find_layout(self, entries: list[_Entry]) -> str:
+        """The layout the root listing shows; a new relay takes ``layout`` (flat by default)
+        and, flat, gets its guard files (empty files where an older client makes folders)."""
+        folders, files = set(), set()
+        for e in entries:
+            rel = self._rel(e.path)
+            if rel is None:
+                raise self._unmapped(entries, "")
+            if not rel or "/" in rel or rel.startswith((TMP_MARK, PROBE_MARK)):
+                continue
+            (folders if e.collection else files).add(rel)
+        found = layouts.detect(self.address, folders, files)
+        if found is None:
+            found = self.new_layout
+            if found == FLAT:
+                for g in sorted(GUARDS - files):
+                    r = self._request("PUT", self._url(g), g, data=b"",
+                                      headers={"Content-Type": "application/octet-stream"})
+                    r.close()
+                    if r.status_code not in (200, 201, 204):
+                        raise self._status_error("PUT", g, r)
+                log.info("%s: a new relay: flat layout (one listing per cycle)", self.address)
+        return found
+
+    @property
+    def layout(self) -> str | None:
+        return self._layout
+
+    def _path(self, name: str) -> str:
+        """The path of object ``name`` under the relay folder, in this relay's layout."""
+        check_name(name)
+        if self._layout is None:
+            raise RelayError(f"{self.address}: the relay is not open")
+        return layouts.encode(name) if self._layout == FLAT else name
+
+    def _wrote(self) -> None:
+        """Something was written or removed: open()'s listing is not reused."""
+        self._opening = None
 
     def close(self) -> None:
         if self._session is not None:
@@ -722,13 +789,52 @@ class WebDAV(Relay):
     def _walk(self, folder: str, prefix: str = "", temporaries: bool = False) -> Iterator[tuple[str, _Entry]]:
         """(name, entry) of every non-collection under ``folder`` whose name starts with
         ``prefix``: one ``PROPFIND Depth: infinity`` where the server answers it, else one
-        ``Depth: 1`` per collection (:meth:`_walk_collections`)."""
+        ``Depth: 1`` per collection (:meth:`_walk_collections`). A flat relay: one
+        ``Depth: 1`` of the relay folder (:meth:`_walk_flat`)."""
+        if self._layout == FLAT:
+            yield from self._walk_flat(temporaries)
+            return
         if self._server_key() not in _FINITE_DEPTH:
             tree = self._propfind_tree(folder)
             if tree is not _REFUSED:
                 yield from self._from_tree(folder, prefix, temporaries, tree)
                 return
         yield from self._walk_collections(folder, prefix, temporaries)
+
+    def _walk_flat(self, temporaries: bool = False) -> Iterator[tuple[str, _Entry]]:
+        """(file name, entry) of every file of a flat relay's folder: the objects' (guard
+        files included), or with ``temporaries`` the hidden ones too; one ``Depth: 1``."""
+        opening, self._opening = self._opening, None
+        if opening is not None and time.monotonic() - opening[0] < 1.0:
+            entries = opening[1]
+        else:
+            entries = self._propfind("", "1")
+            if entries is None:
+                raise RelayError(f"relay folder {self.address} is missing")
+        files = []
+        for e in entries:
+            rel = self._rel(e.path)
+            if rel is None:
+                raise self._unmapped(entries, "")
+            if not rel:
+                continue
+            if "/" in rel:  # a member of a member: a Depth 1 answer has none
+                raise self._unmapped(entries, "", tree=True)
+            if not e.ok:
+                log.warning("%s: the server reports an error for '%s' in the listing; skipped", self.address, rel)
+                continue
+            if e.collection:
+                if rel in GUARDS:
+                    raise layouts.mixed(self.address, rel)
+                continue
+            hidden = rel.startswith((TMP_MARK, PROBE_MARK))
+            if hidden and e.mtime and time.time() - e.mtime > STALE_TMP_SECONDS:
+                self._delete_quietly(rel)  # a killed writer's, found by any listing
+                continue
+            if temporaries or not hidden:
+                files.append((rel, e))
+        files.sort()
+        yield from files
 
     def _server_key(self) -> str:
         return self.base_url[: len(self.base_url) - len(quote(self.base_path))]
@@ -793,6 +899,8 @@ class WebDAV(Relay):
             if e.collection:
                 cols[rel] = depth
                 continue
+            if depth == 1 and not folder and (rel in GUARDS or "%2F" in rel):
+                raise layouts.mixed(self.address, rel, nested=True)
             if not entered(parent):
                 continue
             if self._listed(rel, e, prefix, temporaries):
@@ -857,6 +965,8 @@ class WebDAV(Relay):
                     if (rel + "/").startswith(prefix) or prefix.startswith(rel + "/"):
                         subs.append(rel)
                     continue
+                if not col and (rel in GUARDS or "%2F" in rel):
+                    raise layouts.mixed(self.address, rel, nested=True)
                 if self._listed(rel, e, prefix, temporaries):
                     files.append((rel, e))
             self._known.add(col)
@@ -865,6 +975,15 @@ class WebDAV(Relay):
             stack.extend(sorted(subs, reverse=True))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if self._layout == FLAT:
+            found = []
+            for rel, e in self._walk_flat():
+                name = layouts.decode(rel)
+                if name is not None and name.startswith(prefix):
+                    found.append(ObjectInfo(name, e.size, _version_stamp(e.mtime, e.etag), e.etag))
+            found.sort(key=lambda i: i.name)
+            yield from found
+            return
         folder = prefix.rpartition("/")[0]
         if folder:
             check_name(folder)
@@ -873,20 +992,27 @@ class WebDAV(Relay):
 
     def raw_usage(self, prefix: str = "") -> int:
         """Bytes of every object, temporaries included (what the server really holds)."""
+        if self._layout == FLAT:
+            return sum(e.size for rel, e in self._walk_flat(temporaries=True)
+                       if (layouts.decode(rel) or "").startswith(prefix) or rel.startswith(TMP_MARK))
         folder = prefix.rpartition("/")[0]
         return sum(e.size for _name, e in self._walk(folder, prefix, temporaries=True))
 
     def stat(self, name: str) -> ObjectInfo | None:
-        entries = self._propfind(check_name(name), "0", collection=False)
+        e = self._stat_path(self._path(name))
+        return None if e is None else ObjectInfo(name, e.size, _version_stamp(e.mtime, e.etag), e.etag)
+
+    def _stat_path(self, path: str) -> _Entry | None:
+        """The entry of the file at ``path`` (under the relay folder), None when there is none."""
+        entries = self._propfind(path, "0", collection=False)
         if not entries:
             return None
         e = entries[0]
-        if e.collection or not e.ok:
-            return None
-        return ObjectInfo(name, e.size, _version_stamp(e.mtime, e.etag), e.etag)
+        return None if e.collection or not e.ok else e
 
     def get(self, name: str) -> BinaryIO:
-        r = self._request("GET", self._url(check_name(name)), name, headers={"Accept-Encoding": "identity"},
+        path = self._path(name)
+        r = self._request("GET", self._url(path), name, headers={"Accept-Encoding": "identity"},
                           stream=True)
         if r.status_code == 404:
             r.close()
@@ -894,7 +1020,7 @@ class WebDAV(Relay):
         if r.status_code != 200:
             r.close()
             raise self._status_error("GET", name, r)
-        body = _Download(self, name, r)
+        body = _Download(self, name, r, path=path)
         try:
             length = int(r.headers.get("Content-Length", ""))
         except ValueError:
@@ -912,7 +1038,8 @@ class WebDAV(Relay):
         # the version is checked on the answer's ETag, not with If-Match: Apache gives a weak
         # ETag for a file changed within the last second, which If-Match never matches
         headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{start + max(length, 1) - 1}"}
-        r = self._request("GET", self._url(check_name(name)), name, headers=headers, stream=True)
+        path = self._path(name)
+        r = self._request("GET", self._url(path), name, headers=headers, stream=True)
         if r.status_code == 404:
             r.close()
             raise RelayObjectMissing(f"relay object {name} is missing")
@@ -932,11 +1059,11 @@ class WebDAV(Relay):
             if first != str(start):
                 r.close()
                 raise RelayError(f"relay object {name}: the server answered a range at the wrong offset")
-            return io.BufferedReader(_Download(self, name, r, start, start + length), BLOCK)
+            return io.BufferedReader(_Download(self, name, r, start, start + length, path=path), BLOCK)
         if r.status_code != 200:
             r.close()
             raise self._status_error("GET", name, r)
-        body = _Download(self, name, r, 0, start + length)  # Range ignored: skip to the start
+        body = _Download(self, name, r, 0, start + length, path=path)  # Range ignored: skip to the start
         skip = start
         try:
             while skip > 0 and (n := body.readinto(bytearray(min(skip, BLOCK)))):
@@ -947,15 +1074,16 @@ class WebDAV(Relay):
         return io.BufferedReader(body, BLOCK)
 
     def put(self, name: str, stream: BinaryIO, *, create_only: bool = False, size: int | None = None) -> int:
-        check_name(name)
-        folder, _, base = name.rpartition("/")
+        path = self._path(name)
+        folder, _, base = path.rpartition("/")
         body = PutBody(stream, size, name)
+        self._wrote()
         self._mkcol(folder)
         mode = self._create_strategy() if create_only else None
         if mode == "if-none-match":
             # straight to the final name; a retry refused with 412 whose first try's answer
             # was lost finds its own object (checked by the retry wrapper)
-            self._put_to(name, body, {"If-None-Match": "*"}, landed=lambda: self._holds(name, body), create=True)
+            self._put_to(path, body, {"If-None-Match": "*"}, landed=lambda: self._holds(name, body), create=True)
             return body.length if body.length is not None else body.count
         tmp = (folder + "/" if folder else "") + f"{TMP_MARK}{base}.{uuid.uuid4().hex}"
         moved = False
@@ -964,17 +1092,18 @@ class WebDAV(Relay):
             if body.length is None:
                 # a chunked upload: some servers (PHP behind some front ends) silently store
                 # an empty or short file; check before it takes the real name
-                (e,) = self._propfind(tmp, "0", collection=False) or [None]
+                e = self._stat_path(tmp)
                 if e is None or e.size != body.count:
                     raise RelayError(f"PUT {name} on {self.address}: the server kept "
                                      f"{'nothing' if e is None else f'{e.size} bytes'} of {body.count} sent "
                                      "(does it accept chunked uploads?)")
-            if mode == "check" and self.stat(name) is not None:
+            if mode == "check" and self._stat_path(path) is not None:
                 raise ObjectExists(f"relay object {name} already exists")
             # a MOVE whose answer was lost, retried, finds the temporary gone: it is ours
             # when the name holds our bytes (a create) or at least exists (a replace)
-            self._move(tmp, name, overwrite=not create_only,
-                       landed=(lambda: self.stat(tmp) is None and self._holds(name, body)) if create_only else None)
+            self._move(tmp, path, overwrite=not create_only,
+                       landed=(lambda: self._stat_path(tmp) is None and self._holds(name, body))
+                       if create_only else None)
             moved = True
         finally:
             if not moved:
@@ -1026,7 +1155,7 @@ class WebDAV(Relay):
         says the first try acted, and a retry refused with 412 or 403/404 is checked the
         same way before it is reported."""
         def moved() -> bool:
-            return self.stat(src) is None and self.stat(dst) is not None
+            return self._stat_path(src) is None and self._stat_path(dst) is not None
 
         headers = {"Destination": self._url(dst), "Overwrite": "T" if overwrite else "F"}
 
@@ -1053,12 +1182,14 @@ class WebDAV(Relay):
             log.debug("%s: could not remove %s: %s", self.address, name, exc)
 
     def delete(self, name: str) -> None:
-        check_name(name)
-        r = self._request("DELETE", self._url(name), name)
+        path = self._path(name)
+        self._wrote()
+        r = self._request("DELETE", self._url(path), name)
         r.close()
         if r.status_code not in (200, 204, 404):
             raise self._status_error("DELETE", name, r)
-        self._prune(name.rpartition("/")[0])
+        if self._layout != FLAT:
+            self._prune(name.rpartition("/")[0])
 
     def _prune(self, folder: str) -> None:
         """Remove ``folder`` and its parents while empty, stopping above the first level."""
@@ -1087,7 +1218,8 @@ class WebDAV(Relay):
         return e.ok and e.collection and self._rel(e.path) == folder
 
     def abort_incomplete(self, prefix: str) -> int:
-        folder = prefix.rpartition("/")[0]
+        flat = self._layout == FLAT
+        folder = "" if flat else prefix.rpartition("/")[0]
         if folder:
             check_name(folder)
         removed = 0
@@ -1096,7 +1228,8 @@ class WebDAV(Relay):
             if not base.startswith(TMP_MARK):
                 continue
             target = (d + "/" if d else "") + base[len(TMP_MARK):].rsplit(".", 1)[0]
-            if target.startswith(prefix):
+            target = (layouts.decode(target) or "") if flat else target
+            if target and target.startswith(prefix):
                 r = self._request("DELETE", self._url(rel), rel)
                 r.close()
                 if r.status_code in (200, 204):
