@@ -66,6 +66,14 @@ class Watched:
         settle(self.watcher)
         return self.m.cycle()
 
+    def checked_cycle(self, what: str):
+        """A watched cycle without errors, then the oracle: a full scan finds nothing left."""
+        r = self.cycle()
+        assert r.errors == [], (what, r.errors)
+        again = self.full_cycle()
+        assert (again.sent, again.deleted) == (0, 0), f"{what}: the watched cycle missed {again.files}"
+        return r
+
     def full_cycle(self):
         """A cycle with a full scan (the oracle), the watcher's notes kept for later."""
         self.m.pusher.scanner.watcher = None
@@ -151,10 +159,7 @@ def test_watched_cycles_publish_what_a_full_scan_would(cluster, watched):
     ]
     for what, step in steps:
         step()
-        r = w.cycle()
-        assert r.errors == [], (what, r.errors)
-        again = w.full_cycle()
-        assert (again.sent, again.deleted) == (0, 0), f"{what}: the watched cycle missed changes"
+        w.checked_cycle(what)
     b.once()
     assert tree(b.folder) == tree(a.folder)
 
@@ -193,10 +198,7 @@ def test_hard_links_edited_through_another_name(cluster, watched):
     ]
     for what, step in steps:
         step()
-        r = w.cycle()
-        assert r.errors == [], (what, r.errors)
-        again = w.full_cycle()
-        assert (again.sent, again.deleted) == (0, 0), f"{what}: the watched cycle missed {again.files}"
+        w.checked_cycle(what)
 
 
 def test_a_folder_too_deep_for_inotify_makes_every_scan_full(cluster, watched):
@@ -261,10 +263,7 @@ def test_random_edits_watched_cycles_miss_nothing(cluster, watched, seed):
                 else:
                     target = rng.choice([d for d in ds if d != src and src not in d.parents])
                     src.rename(target / f"M{rng.randrange(10**6)}")
-        r = w.cycle()
-        assert r.errors == [], (round_, r.errors)
-        again = w.full_cycle()
-        assert (again.sent, again.deleted) == (0, 0), f"seed {seed} round {round_}: the watched cycle missed changes"
+        w.checked_cycle(f"seed {seed} round {round_}")
     b.once()
     assert tree(b.folder) == tree(a.folder)
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import RelayError
+from ..errors import ConfigError, RelayError
 from .base import RelayOption, check_name
 
 NESTED = "nested"
@@ -63,6 +63,15 @@ LAYOUT = RelayOption(
     doc="ftp, sftp, webdav: the layout of a relay this client creates: 'flat' (the default; one folder, listed in one "
         "request) or 'nested' (a folder per '/', as escale before 2026-12 wrote; they cannot use a flat "
         "relay); an existing relay keeps the layout it has")
+
+
+def new_layout(value) -> str:
+    """The layout a new relay gets, from the ``layout`` option's text (or a program's
+    constant; empty: flat); a ConfigError naming the option for anything else."""
+    try:
+        return parse_layout(value) if isinstance(value, str) and value.strip() else (value or FLAT)
+    except ValueError as exc:
+        raise ConfigError(str(exc), option="layout") from None
 
 
 def encode(name: str) -> str:

@@ -219,12 +219,8 @@ class SFTP(Relay):
         self._dirs: set[str] = set()
         self._hardlink: bool | None = None  # hardlink@openssh.com works here (None: not tried yet)
         self._claimed = False
-        try:
-            #: the layout a new relay gets; an existing relay's own is found from its root listing
-            self.new_layout = layouts.parse_layout(layout) if isinstance(layout, str) and layout.strip() \
-                else (layout or FLAT)
-        except ValueError as exc:
-            raise ConfigError(str(exc), option="layout") from None
+        #: the layout a new relay gets; an existing relay's own is found from its root listing
+        self.new_layout = layouts.new_layout(layout)
         self._layout: str | None = None
         #: the relay folder's last listing (flat layout), and what may still be reused of it
         self._root: _RootListing | None = None

@@ -109,7 +109,7 @@ from typing import BinaryIO, Iterator
 from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import (AuthenticationError, ConfigError, ObjectExists, QuotaExceeded, RelayError,
-                      RelayObjectMissing, SourceError, TransientRelayError)
+                      RelayObjectMissing, SourceError)
 from ..values import parse_verify_ssl
 from . import layout as layouts
 from . import retry
@@ -117,7 +117,7 @@ from .address import redact, split_network_address
 from .base import (PROBE_MARK, STALE_TMP_SECONDS, TMP_MARK, Capabilities, ObjectInfo, Relay, Usage,
                    check_name)
 from .body import PutBody
-from .layout import FLAT, GUARDS, LAYOUT, NESTED
+from .layout import FLAT, GUARDS, LAYOUT
 from .options import MAX_RETRIES, TLS
 from .ranged import Parallel, ParallelRead
 from .split import MAX_OBJECT_SIZE
@@ -420,12 +420,8 @@ class WebDAV(Relay):
         except (TypeError, ValueError):
             raise ConfigError(f"WebDAV timeout must be a number of seconds > 0, not {t!r}") from None
         self.timeout = (min(10.0, t), t)
-        try:
-            #: the layout a new relay gets; an existing relay's own is found from its root listing
-            self.new_layout = layouts.parse_layout(layout) if isinstance(layout, str) and layout.strip() \
-                else (layout or FLAT)
-        except ValueError as exc:
-            raise ConfigError(str(exc), option="layout") from None
+        #: the layout a new relay gets; an existing relay's own is found from its root listing
+        self.new_layout = layouts.new_layout(layout)
         self._layout: str | None = None
         #: the root listing of open() (flat layout): the first listing reuses it while nothing
         #: was written since and it is under a second old (start-up: one request, not two)
