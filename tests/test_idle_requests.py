@@ -214,7 +214,7 @@ def test_a_server_answering_depth_infinity_as_depth_1_is_walked_and_lists_everyt
     address, _conf, kwargs = relay_webdav_wsgidav.new()
     names = ["escale.json", "m/0123456789abcdef", "u/0123456789abcdef/1", "u/0123456789abcdef/2",
              "b/0123456789abcdef/2/0", "a/0123456789abcdef", "q/x y%z#+.txt", "ü/ñ"]
-    direct = WebDAV(address, **kwargs)
+    direct = WebDAV(address, **kwargs, layout="nested")  # a nested relay: the one that is walked
     direct.open()
     for n in names:
         direct.put(n, io.BytesIO(n.encode()), size=len(n.encode()))
