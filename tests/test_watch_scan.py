@@ -317,17 +317,24 @@ def test_full_scans_come_back_after_the_interval_and_after_lost_events(tmp_path)
         hourly.stop()
 
 
+def _watching(root: Path, wake: threading.Event) -> FolderWatcher:
+    """A started, trusted watcher whose start-up full scan is done (skip where untrusted)."""
+    w = FolderWatcher(root, wake)
+    assert w.start()
+    if not w.trusted:
+        w.stop()
+        pytest.skip("the watcher is not trusted here")
+    w.take()
+    w.finished(None, complete=True)
+    return w
+
+
 def test_a_replaced_synced_folder_is_watched_again(tmp_path):
     root = tmp_path / "sync"
     root.mkdir()
     wake = threading.Event()
-    w = FolderWatcher(root, wake)
-    assert w.start()
+    w = _watching(root, wake)
     try:
-        if not w.trusted:
-            pytest.skip("the watcher is not trusted here")
-        w.take()
-        w.finished(None, complete=True)
         root.rename(tmp_path / "old")
         root.mkdir()
         assert w.take() is None  # not the folder it watched: a full scan, and a new watch
@@ -531,13 +538,8 @@ def test_a_watcher_whose_observer_stopped_watches_again(tmp_path):
     """The observer thread ended (watchdog stops it on some errors): that take is a full scan
     and the folder is watched anew, instead of full scans from then on."""
     wake = threading.Event()
-    w = FolderWatcher(tmp_path, wake)
-    assert w.start()
+    w = _watching(tmp_path, wake)
     try:
-        if not w.trusted:
-            pytest.skip("the watcher is not trusted here")
-        w.take()
-        w.finished(None, complete=True)
         w._observer.stop()
         w._observer.join(5)
         assert w.take() is None

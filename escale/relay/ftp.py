@@ -604,10 +604,7 @@ class FTP(Relay):
 
     def _rel(self, name: str) -> str:
         """The path of object ``name`` under the relay folder, in this relay's layout."""
-        check_name(name)
-        if self.layout is None:
-            raise RelayError(f"{self.address}: the relay is not open")
-        return layouts.encode(name) if self.layout == FLAT else name
+        return layouts.object_path(self.address, self.layout, name)
 
     def close(self) -> None:
         with self._lock:

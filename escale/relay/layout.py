@@ -74,6 +74,15 @@ def new_layout(value) -> str:
         raise ConfigError(str(exc), option="layout") from None
 
 
+def object_path(address: str, layout: str | None, name: str) -> str:
+    """The path of object ``name`` under the relay folder in ``layout`` (None: the relay
+    was not opened, so its layout is unknown: an error naming the relay)."""
+    check_name(name)
+    if layout is None:
+        raise RelayError(f"{address}: the relay is not open")
+    return encode(name) if layout == FLAT else name
+
+
 def encode(name: str) -> str:
     """The file name of object ``name`` in a flat relay (no ``/``; reversible)."""
     flat = name.replace("%", "%25").replace("/", "%2F")

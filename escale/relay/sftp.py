@@ -428,10 +428,7 @@ class SFTP(Relay):
 
     def _rel(self, name: str) -> str:
         """The path of object ``name`` under the relay folder, in this relay's layout."""
-        check_name(name)
-        if self._layout is None:
-            raise RelayError(f"{self.address}: the relay is not open")
-        return layouts.encode(name) if self._layout == FLAT else name
+        return layouts.object_path(self.address, self._layout, name)
 
     @property
     def layout(self) -> str | None:

@@ -768,10 +768,7 @@ class WebDAV(Relay):
 
     def _path(self, name: str) -> str:
         """The path of object ``name`` under the relay folder, in this relay's layout."""
-        check_name(name)
-        if self._layout is None:
-            raise RelayError(f"{self.address}: the relay is not open")
-        return layouts.encode(name) if self._layout == FLAT else name
+        return layouts.object_path(self.address, self._layout, name)
 
     def _wrote(self) -> None:
         """Something was written or removed: open()'s listing is not reused."""
